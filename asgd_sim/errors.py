@@ -1,0 +1,19 @@
+"""The one error type a user should ever see from bad input."""
+
+from __future__ import annotations
+
+__all__ = ["ScenarioError"]
+
+
+class ScenarioError(ValueError):
+    """A scenario (file, override or argument) is invalid.
+
+    The message names the key path, the bad value, the rule it breaks and a fix, e.g.
+    ``workers[1].compute.cv = -0.3: must be >= 0 (coefficient of variation)``. The CLI prints it
+    and exits with status 2; it never becomes a traceback.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.detail = message
+        super().__init__(f"{path}: {message}" if path else message)

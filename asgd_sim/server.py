@@ -1,0 +1,139 @@
+"""Parameter-server shards: versions, locks and the apply queue.
+
+Each shard holds a slice of the parameters and its own version (number of updates applied to
+it). Locks follow ``server.lock``:
+
+- ``none``: lock-free (Hogwild, Niu et al. 2011): applies overlap, nothing waits.
+- ``shard``: one mutex per shard; ``global``: one mutex for the whole server.
+- ``rw``: per-shard readers-writer lock: writers are exclusive; a read waits for a write in
+  progress (reads take no time, so they never delay a writer).
+
+Reads are served from the last applied version. An apply holds its lock(s) for ``apply_time``.
+Every lock remembers who holds it and who waits, so a deadlock (possible with atomic
+multi-shard updates taken in random order) can be explained as a wait-for cycle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import simpy
+
+__all__ = ["Mutex", "Shard", "ParameterServer", "find_wait_cycle"]
+
+
+class Mutex:
+    """A FIFO mutex for SimPy processes.
+
+    Same semantics as ``simpy.Resource(capacity=1)`` (first come, first served), but a free lock
+    is taken with no event at all and a hand-over costs one event: the lock sits on the hot path
+    of every update, and a Resource's request/release pair costs two extra events there.
+    """
+
+    __slots__ = ("env", "name", "holder", "waiting")
+
+    def __init__(self, env: simpy.Environment, name: str) -> None:
+        self.env = env
+        self.name = name
+        self.holder: int | None = None
+        self.waiting: deque[tuple[int, simpy.Event]] = deque()
+
+    def acquire(self, worker: int) -> simpy.Event | None:
+        """None when the lock was free and is now held; else an event that fires on hand-over."""
+        if self.holder is None:
+            self.holder = worker
+            return None
+        granted = simpy.Event(self.env)
+        self.waiting.append((worker, granted))
+        return granted
+
+    def release(self) -> None:
+        if self.waiting:
+            self.holder, granted = self.waiting.popleft()
+            granted.succeed()
+        else:
+            self.holder = None
+
+
+@dataclass(eq=False)
+class Shard:
+    index: int
+    lock: Mutex | None
+    version: int = 0
+    # rw only: an event that fires when the write in progress ends (None when none is).
+    write_done: simpy.Event | None = None
+    writers: int = field(default=0)
+
+
+class ParameterServer:
+    def __init__(self, env: simpy.Environment, shards: int, lock_policy: str) -> None:
+        self.env = env
+        self.lock_policy = lock_policy
+        global_lock = Mutex(env, "the global lock") if lock_policy == "global" else None
+        self.shards = [
+            Shard(s, global_lock if lock_policy == "global" else (Mutex(env, f"shard {s}") if lock_policy in ("shard", "rw") else None))
+            for s in range(shards)
+        ]
+        self.locks: list[Mutex] = [global_lock] if global_lock is not None else [sh.lock for sh in self.shards if sh.lock is not None]
+
+    def versions(self) -> list[int]:
+        return [shard.version for shard in self.shards]
+
+    def begin_write(self, shard: Shard) -> None:
+        if self.lock_policy == "rw":
+            shard.writers += 1
+            if shard.write_done is None:
+                shard.write_done = self.env.event()
+
+    def end_write(self, shard: Shard) -> None:
+        if self.lock_policy == "rw":
+            shard.writers -= 1
+            if shard.writers == 0 and shard.write_done is not None:
+                done, shard.write_done = shard.write_done, None
+                done.succeed()
+
+    def wait_readable(self, shard: Shard):  # type: ignore[no-untyped-def]
+        """Generator: with an rw lock, wait until no write is in progress on ``shard``."""
+        while shard.write_done is not None:
+            yield shard.write_done
+
+    def wait_for_graph(self) -> tuple[dict[int, set[int]], dict[int, list[str]]]:
+        """Edges worker -> the worker holding a lock it waits for, with a note per worker."""
+        edges: dict[int, set[int]] = {}
+        notes: dict[int, list[str]] = {}
+        for lock in self.locks:
+            if lock.holder is not None:
+                notes.setdefault(lock.holder, []).append(f"holds {lock.name}")
+            for worker, _ in lock.waiting:
+                notes.setdefault(worker, []).append(f"waits for {lock.name}")
+                if lock.holder is not None and lock.holder != worker:
+                    edges.setdefault(worker, set()).add(lock.holder)
+        return edges, notes
+
+
+def find_wait_cycle(edges: dict[int, set[int]]) -> list[int]:
+    """A cycle in the wait-for graph (a list of workers, first repeated at the end), or []."""
+    state: dict[int, int] = {}  # 1 = on the DFS stack, 2 = done
+    stack: list[int] = []
+
+    def visit(node: int) -> list[int]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(edges):
+        if start not in state:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return []

@@ -1,0 +1,251 @@
+"""The trace: the immutable, columnar record of a run that everything downstream reads.
+
+One row per gradient and one row per server update (DESIGN.md "Architecture"). Columns are typed
+arrays, never a Python object per record, so a million-gradient trace costs ~100 bytes per
+gradient. The same schema is written by the simulator and by real backends, so a real trace can be
+replayed through the numerics engine exactly like a simulated one.
+
+Gradient columns
+    gid, worker, k (the worker's local iteration), local_step (index inside a local-SGD/EASGD
+    period, else 0), read_version [n, shards] (version of each shard the worker read, recorded at
+    the read), t_pull (pull issued), t_read (server served the read), t_compute_start,
+    t_compute_end, t_arrive (push reached the server), t_lock (apply lock acquired), t_applied,
+    staleness (server version just before the apply minus the version read; max over shards;
+    -1 if never applied), fate (applied | dropped | cancelled | pending).
+Update columns
+    shard, version (after the update), t_lock, t_applied, and the gradients each update
+    combines with their weights (CSR: member_offsets, member_gid, member_weight).
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Trace", "TraceBuilder", "FATES", "APPLIED", "DROPPED", "CANCELLED", "PENDING"]
+
+APPLIED, DROPPED, CANCELLED, PENDING = 0, 1, 2, 3
+FATES = ("applied", "dropped", "cancelled", "pending")
+_TIME_COLUMNS = ("t_pull", "t_read", "t_compute_start", "t_compute_end", "t_arrive", "t_lock", "t_applied")
+NAN = float("nan")
+
+
+class TraceBuilder:
+    """Append-only columns filled in as the simulation runs (array.array: 8 bytes a cell)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.worker = array("i")
+        self.k = array("q")
+        self.local_step = array("i")
+        self.read_version = array("q")  # flattened [n, shards]
+        self.staleness = array("q")
+        self.fate = array("b")
+        for name in _TIME_COLUMNS:
+            setattr(self, name, array("d"))
+        self.u_shard = array("i")
+        self.u_version = array("q")
+        self.u_lock = array("d")
+        self.u_applied = array("d")
+        self.u_offsets = array("q", [0])
+        self.u_gid = array("q")
+        self.u_weight = array("d")
+
+    @property
+    def num_gradients(self) -> int:
+        return len(self.worker)
+
+    @property
+    def num_update_rows(self) -> int:
+        return len(self.u_shard)
+
+    def new_gradient(self, worker: int, k: int, local_step: int, t_pull: float, t_read: float, versions: list[int]) -> int:
+        """A gradient whose worker read ``versions`` (one per shard) at ``t_read``; returns its gid."""
+        gid = len(self.worker)
+        self.worker.append(worker)
+        self.k.append(k)
+        self.local_step.append(local_step)
+        self.read_version.extend(versions)
+        self.staleness.append(-1)
+        self.fate.append(PENDING)
+        self.t_pull.append(t_pull)
+        self.t_read.append(t_read)
+        self.t_compute_start.append(NAN)
+        self.t_compute_end.append(NAN)
+        self.t_arrive.append(NAN)
+        self.t_lock.append(NAN)
+        self.t_applied.append(NAN)
+        return gid
+
+    def add_update(self, shard: int, version: int, t_lock: float, t_applied: float, gids: list[int], weights: list[float]) -> None:
+        self.u_shard.append(shard)
+        self.u_version.append(version)
+        self.u_lock.append(t_lock)
+        self.u_applied.append(t_applied)
+        self.u_gid.extend(gids)
+        self.u_weight.extend(weights)
+        self.u_offsets.append(len(self.u_gid))
+
+    def freeze(self, meta: dict[str, Any] | None = None) -> Trace:
+        def arr(column: array, dtype: Any) -> np.ndarray:
+            return np.frombuffer(column, dtype=dtype).copy() if len(column) else np.zeros(0, dtype)
+
+        n = self.num_gradients
+        return Trace(
+            shards=self.shards,
+            worker=arr(self.worker, np.int32),
+            k=arr(self.k, np.int64),
+            local_step=arr(self.local_step, np.int32),
+            read_version=arr(self.read_version, np.int64).reshape(n, self.shards),
+            staleness=arr(self.staleness, np.int64),
+            fate=arr(self.fate, np.int8),
+            times={name: arr(getattr(self, name), np.float64) for name in _TIME_COLUMNS},
+            u_shard=arr(self.u_shard, np.int32),
+            u_version=arr(self.u_version, np.int64),
+            u_lock=arr(self.u_lock, np.float64),
+            u_applied=arr(self.u_applied, np.float64),
+            member_offsets=arr(self.u_offsets, np.int64),
+            member_gid=arr(self.u_gid, np.int64),
+            member_weight=arr(self.u_weight, np.float64),
+            meta=dict(meta or {}),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A finished trace as numpy columns. Metrics are functions of it (STYLE.md 5)."""
+
+    shards: int
+    worker: np.ndarray
+    k: np.ndarray
+    local_step: np.ndarray
+    read_version: np.ndarray
+    staleness: np.ndarray
+    fate: np.ndarray
+    times: dict[str, np.ndarray]
+    u_shard: np.ndarray
+    u_version: np.ndarray
+    u_lock: np.ndarray
+    u_applied: np.ndarray
+    member_offsets: np.ndarray
+    member_gid: np.ndarray
+    member_weight: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # t_pull, t_read, ... read as attributes.
+        times = self.__dict__.get("times", {})
+        if name in times:
+            return times[name]
+        raise AttributeError(name)
+
+    @property
+    def num_gradients(self) -> int:
+        return len(self.worker)
+
+    @property
+    def num_update_rows(self) -> int:
+        return len(self.u_shard)
+
+    def members(self, update: int) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient ids and weights combined by update row ``update``."""
+        lo, hi = self.member_offsets[update], self.member_offsets[update + 1]
+        return self.member_gid[lo:hi], self.member_weight[lo:hi]
+
+    def nbytes(self) -> int:
+        arrays = [self.worker, self.k, self.local_step, self.read_version, self.staleness, self.fate, *self.times.values()]
+        arrays += [self.u_shard, self.u_version, self.u_lock, self.u_applied, self.member_offsets, self.member_gid, self.member_weight]
+        return int(sum(a.nbytes for a in arrays))
+
+    def equals(self, other: Trace) -> bool:
+        """Exact equality of every column (NaN equal to NaN)."""
+        mine, theirs = self._columns(), other._columns()
+        return self.shards == other.shards and mine.keys() == theirs.keys() and all(
+            np.array_equal(mine[key], theirs[key], equal_nan=mine[key].dtype.kind == "f") for key in mine
+        )
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        cols = {"worker": self.worker, "k": self.k, "local_step": self.local_step, "read_version": self.read_version,
+                "staleness": self.staleness, "fate": self.fate, **self.times, "u_shard": self.u_shard,
+                "u_version": self.u_version, "u_lock": self.u_lock, "u_applied": self.u_applied,
+                "member_offsets": self.member_offsets, "member_gid": self.member_gid, "member_weight": self.member_weight}
+        return cols
+
+    # ---- tables and files -------------------------------------------------------------------
+
+    def gradients_table(self) -> Any:
+        """The gradient rows as a pyarrow Table (read_version as one column per shard)."""
+        import pyarrow as pa
+
+        cols: dict[str, Any] = {"gid": np.arange(self.num_gradients, dtype=np.int64), "worker": self.worker, "k": self.k,
+                                "local_step": self.local_step}
+        for shard in range(self.shards):
+            cols[f"read_version_{shard}"] = self.read_version[:, shard]
+        cols.update(self.times)
+        cols["staleness"] = self.staleness
+        cols["fate"] = pa.DictionaryArray.from_arrays(pa.array(self.fate.astype(np.int8)), pa.array(list(FATES)))
+        return pa.table(cols)
+
+    def updates_table(self) -> Any:
+        """The update rows as a pyarrow Table; gids and weights as list columns."""
+        import pyarrow as pa
+
+        offsets = pa.array(self.member_offsets.astype(np.int32))
+        return pa.table({
+            "shard": self.u_shard, "version": self.u_version, "t_lock": self.u_lock, "t_applied": self.u_applied,
+            "gids": pa.ListArray.from_arrays(offsets, pa.array(self.member_gid)),
+            "weights": pa.ListArray.from_arrays(offsets, pa.array(self.member_weight)),
+        })
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``gradients.parquet`` and ``updates.parquet`` (lossless; metadata in the schema)."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {b"asgd_sim": json.dumps({"shards": self.shards, **self.meta}, default=str).encode()}
+        grads = self.gradients_table()
+        pq.write_table(grads.replace_schema_metadata(meta), folder / "gradients.parquet")
+        pq.write_table(self.updates_table(), folder / "updates.parquet")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Trace:
+        import json
+
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        grads = pq.read_table(folder / "gradients.parquet")
+        info = json.loads((grads.schema.metadata or {}).get(b"asgd_sim", b"{}"))
+        shards = int(info.pop("shards", 1))
+        ups = pq.read_table(folder / "updates.parquet")
+        fate_codes = grads.column("fate").combine_chunks()
+        fate = np.asarray(fate_codes.indices if hasattr(fate_codes, "indices") else fate_codes, dtype=np.int8)
+        gid_list = ups.column("gids").combine_chunks()
+        weight_list = ups.column("weights").combine_chunks()
+        offsets = np.asarray(gid_list.offsets, dtype=np.int64) if len(ups) else np.zeros(1, np.int64)
+        return cls(
+            shards=shards,
+            worker=grads.column("worker").to_numpy().astype(np.int32),
+            k=grads.column("k").to_numpy().astype(np.int64),
+            local_step=grads.column("local_step").to_numpy().astype(np.int32),
+            read_version=np.stack([grads.column(f"read_version_{s}").to_numpy() for s in range(shards)], axis=1).astype(np.int64)
+            if len(grads) else np.zeros((0, shards), np.int64),
+            staleness=grads.column("staleness").to_numpy().astype(np.int64),
+            fate=fate,
+            times={name: grads.column(name).to_numpy().astype(np.float64) for name in _TIME_COLUMNS},
+            u_shard=ups.column("shard").to_numpy().astype(np.int32),
+            u_version=ups.column("version").to_numpy().astype(np.int64),
+            u_lock=ups.column("t_lock").to_numpy().astype(np.float64),
+            u_applied=ups.column("t_applied").to_numpy().astype(np.float64),
+            member_offsets=offsets,
+            member_gid=np.asarray(gid_list.flatten(), dtype=np.int64) if len(ups) else np.zeros(0, np.int64),
+            member_weight=np.asarray(weight_list.flatten(), dtype=np.float64) if len(ups) else np.zeros(0, np.float64),
+            meta=info,
+        )
