@@ -16,4 +16,10 @@ class ScenarioError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         self.detail = message
-        super().__init__(f"{path}: {message}" if path else message)
+        if not path:
+            text = message
+        elif message.startswith("= "):  # "key = value: rule"
+            text = f"{path} {message}"
+        else:
+            text = f"{path}: {message}"
+        super().__init__(text)
