@@ -90,6 +90,20 @@ class TraceBuilder:
         self.u_weight.extend(weights)
         self.u_offsets.append(len(self.u_gid))
 
+    @classmethod
+    def from_trace(cls, trace: Trace) -> TraceBuilder:
+        """Columns of a finished trace, e.g. to replay a saved run through the numerics engine."""
+        builder = cls(trace.shards)
+        for name, column in (("worker", trace.worker), ("k", trace.k), ("local_step", trace.local_step),
+                             ("read_version", trace.read_version.reshape(-1)), ("staleness", trace.staleness),
+                             ("fate", trace.fate), ("u_shard", trace.u_shard), ("u_version", trace.u_version),
+                             ("u_lock", trace.u_lock), ("u_applied", trace.u_applied), ("u_offsets", trace.member_offsets),
+                             ("u_gid", trace.member_gid), ("u_weight", trace.member_weight), *trace.times.items()):
+            target = getattr(builder, name)
+            del target[:]
+            target.frombytes(np.ascontiguousarray(column, dtype=np.dtype(target.typecode)).tobytes())
+        return builder
+
     def freeze(self, meta: dict[str, Any] | None = None) -> Trace:
         def arr(column: array, dtype: Any) -> np.ndarray:
             return np.frombuffer(column, dtype=dtype).copy() if len(column) else np.zeros(0, dtype)
@@ -155,6 +169,31 @@ class Trace:
         """The gradient ids and weights combined by update row ``update``."""
         lo, hi = self.member_offsets[update], self.member_offsets[update + 1]
         return self.member_gid[lo:hi], self.member_weight[lo:hi]
+
+    def truncated(self, rows: int) -> Trace:
+        """The trace as it stood when update row ``rows - 1`` was applied (a run stopped there)."""
+        if rows >= self.num_update_rows:
+            return self
+        t_stop = float(self.u_applied[rows - 1]) if rows > 0 else 0.0
+        # Gradient ids are positions, so keep a prefix: every gradient created by t_stop.
+        started = np.flatnonzero(self.times["t_read"] <= t_stop)
+        keep = slice(0, int(started[-1]) + 1 if started.size else 0)
+        times = {name: np.where(values[keep] <= t_stop, values[keep], np.nan) for name, values in self.times.items()}
+        fate = self.fate[keep].copy()
+        staleness = self.staleness[keep].copy()
+        unfinished = ~(self.times["t_applied"][keep] <= t_stop) & (fate == APPLIED)
+        fate[unfinished] = PENDING
+        staleness[unfinished] = -1
+        dropped_late = (fate == DROPPED) & ~(self.times["t_lock"][keep] <= t_stop)
+        fate[dropped_late] = PENDING
+        staleness[dropped_late] = -1
+        end = self.member_offsets[rows]
+        return Trace(shards=self.shards, worker=self.worker[keep], k=self.k[keep], local_step=self.local_step[keep],
+                     read_version=self.read_version[keep], staleness=staleness, fate=fate, times=times,
+                     u_shard=self.u_shard[:rows], u_version=self.u_version[:rows], u_lock=self.u_lock[:rows],
+                     u_applied=self.u_applied[:rows], member_offsets=self.member_offsets[:rows + 1],
+                     member_gid=self.member_gid[:end], member_weight=self.member_weight[:end],
+                     meta={**self.meta, "sim_time": t_stop})
 
     def nbytes(self) -> int:
         arrays = [self.worker, self.k, self.local_step, self.read_version, self.staleness, self.fate, *self.times.values()]
