@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf results/demo
 	$(BIN)/asgd-sim run scenarios/quickstart.toml --out results/demo
+	@echo "plots: results/demo/*.png  timeline: results/demo/timeline.json (open in ui.perfetto.dev)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

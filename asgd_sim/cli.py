@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timing-only", action="store_true", help="simulate the schedule only: no JAX gradients")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no printed summary")
     run.set_defaults(handler=_cmd_run)
+
+    rep = sub.add_parser("replay", help="re-run the numerics on a saved run's schedule (e.g. another update rule)")
+    rep.add_argument("run_dir", type=Path, help="a results folder written by asgd-sim run")
+    rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a numerics key, e.g. --set optimizer.staleness_rule=inverse")
+    rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>)")
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(handler=_cmd_replay)
     return parser
 
 
@@ -67,6 +75,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_summary(summary, out)
     return 1 if summary["stopped"] == "deadlock" else 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .simulate import replay, write_result
+
+    result = replay(args.run_dir, args.overrides)
+    out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    write_result(result, out)
+    if not args.quiet:
+        _print_summary(result.summary, out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

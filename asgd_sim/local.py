@@ -91,8 +91,8 @@ class LocalModels:
                     origin = n.history[reads % n.H, jnp.arange(n.S)[None, :]]
                     origin = jnp.broadcast_to(origin, (len(np.unique(_col(tr.worker, np.int32)[gids])), n.S, n.chunk))
                 workers, final, losses, heads = self._local_run(tr, gids, origin)
-                if not np.all(np.isfinite(losses)) or losses.max() > n.scenario.run.max_loss:
-                    n.diverged_at = version
+                if not np.all(losses <= n.scenario.run.max_loss):  # NaN, Inf or blow-up
+                    n.row = end
                     return False
                 self._cache = (key, (workers, final, origin, heads))
                 if n.kind == "easgd":  # the worker's model after its local steps, before the exchange
@@ -103,10 +103,11 @@ class LocalModels:
             else:
                 pseudo = (origin - final) / self.lr
                 weights = _col(tr.u_weight, np.float64)[lo:hi]
-                xs = n._scan_inputs(tr, r, r + 1, np.array([0, len(heads)]), heads, np.full(len(heads), weights[0]),
-                                    np.arange(len(heads)))
-                n.params, n.state, n.history = n._apply(n.params, n.state, n.history, _pad(pseudo, n.members_max), xs)
+                inputs = n.scan_inputs(tr, r, r + 1, np.array([0, len(heads)]), heads, np.full(len(heads), weights[0]),
+                                       np.arange(len(heads)), 1)
+                n.params, n.state, n.history = n._apply(n.params, n.state, n.history, _pad(pseudo, n.members_max), *inputs)
             n.versions[shard] += 1
+            n._done(tr.num_gradients)[gids] = True
             stale = _col(tr.staleness, np.int64)[gids]
             n.stale_sum += float(stale.sum())
             n.stale_count += len(gids)

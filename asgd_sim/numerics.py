@@ -20,7 +20,9 @@ Shapes are bucketed to powers of two (padded rows are no-ops), so after warm-up 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +35,22 @@ from .config import Scenario
 from .engine import TimingEngine
 from .problems import Problem, build_problem
 from .rules import make_server_rule
-from .trace import APPLIED, TraceBuilder
+from .trace import APPLIED, PENDING, TraceBuilder
 
 __all__ = ["NumericsEngine", "Metrics"]
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled waves on disk so a rerun of a scenario skips most compilation.
+
+    Uses $ASGD_SIM_JAX_CACHE (default ~/.cache/asgd-sim/jax; "off" disables it) unless the user
+    already configured JAX's own cache.
+    """
+    where = os.environ.get("ASGD_SIM_JAX_CACHE", str(Path.home() / ".cache" / "asgd-sim" / "jax"))
+    if where == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _bucket(n: int) -> int:
@@ -67,6 +82,7 @@ class NumericsEngine:
     """Consumes a timing engine's trace as it grows and computes the parameters it implies."""
 
     def __init__(self, scenario: Scenario, problem: Problem | None = None) -> None:
+        enable_compilation_cache()
         self.scenario = sc = scenario
         self.M, self.S = sc.num_workers, sc.server.shards
         self.kind = sc.algorithm.kind
@@ -74,24 +90,37 @@ class NumericsEngine:
         flat, self.unravel = ravel_pytree(self.problem.init(jax.random.PRNGKey(sc.run.seed)))
         self.P = int(flat.size)
         self.chunk = -(-self.P // self.S)
-        padded = jnp.zeros(self.S * self.chunk, jnp.float32).at[: self.P].set(flat.astype(jnp.float32))
-        self.params = padded.reshape(self.S, self.chunk)
+        # Host-side padding and one transfer: eager device ops would each compile a tiny program.
+        padded = np.zeros(self.S * self.chunk, np.float32)
+        padded[: self.P] = np.asarray(flat, np.float32)
+        self.params = jax.device_put(padded.reshape(self.S, self.chunk))
         self.rule = make_server_rule(sc.optimizer, self.M)
-        self.state = jax.vmap(self.rule.init)(self.params)
-        self.H = _bucket(max(4 * self.M, 2 * sc.run.window, 64))
-        self.history = jnp.zeros((self.H, self.S, self.chunk), jnp.float32).at[0].set(self.params)
-        self.versions = np.zeros(self.S, np.int64)  # materialised version of each shard
+        self.state = jax.jit(jax.vmap(self.rule.init))(self.params)
         self.members_max = {"async": 1, "ssp": 1, "easgd": sc.algorithm.local_steps, "sync": self.M - sc.algorithm.backup,
                             "local_sgd": self.M * sc.algorithm.local_steps}.get(self.kind, sc.algorithm.k)
         self.cap = max(1, sc.run.batch_cap)
+        # One wave shape per run, so one compilation: about sqrt(pi M / 2) updates are ready at
+        # once in async SGD with M workers (the birthday-problem length of a run of stale reads),
+        # times S shard rows each; longer waves are split, shorter ones padded.
+        natural = self.S * math.ceil(math.sqrt(math.pi * self.M / 2)) if self.members_max == 1 else 1
+        self.max_rows = min(_bucket4(natural), max(4, _bucket4(self.cap // self.members_max + 1) // 4))
+        self.H = _bucket(max(16 * self.M, 4 * self.max_rows, 128))  # grows if a straggler needs more
+        history = np.zeros((self.H, self.S, self.chunk), np.float32)
+        history[0] = padded.reshape(self.S, self.chunk)
+        self.history = jax.device_put(history)
+        self.versions = np.zeros(self.S, np.int64)  # materialised version of each shard
         self.row = 0  # next update row of the trace to apply
         self.seen = 0  # gradients of the trace already registered as live
         self.live = np.zeros(0, np.int64)  # gradients that may still need computing
+        self.done = np.zeros(0, bool)  # per gradient: computed already
+        self.next_history_check = 0
         self.stale_sum = 0.0
         self.stale_count = 0
+        self.flags: list[tuple[int, int, jax.Array]] = []  # (first row, end row, any loss bad) per wave
+        self.check_now = False  # a divergence already known on the host
         self.diverged_at: int | None = None
         self.traces = 0  # compilations of the jitted functions (a no-retrace guard for tests)
-        self._grads = jax.jit(self._grads_impl)
+        self._wave = jax.jit(self._wave_impl, donate_argnums=(0, 1, 2))
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
         self._evaluate = jax.jit(self._evaluate_impl)
         if self.kind in ("local_sgd", "easgd"):
@@ -105,32 +134,53 @@ class NumericsEngine:
         params = self.unravel(shard_rows.reshape(-1)[: self.P])
         return self.problem.loss(params, self.problem.make_batch(worker, k))
 
-    def _grads_impl(self, history: jax.Array, slots: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Losses and gradients of G gradients, each at the history versions ``slots[g, s]``."""
-        self.traces += 1
-        read = history[slots, jnp.arange(self.S)[None, :]]  # [G, S, chunk]
-        return jax.vmap(jax.value_and_grad(self.flat_loss))(read, workers, ks)
+    def _wave_impl(self, params: jax.Array, state: Any, history: jax.Array, grad_ints: jax.Array,
+                   row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """One wave in one call: all its gradients (vmapped), then its updates in order (scan).
 
-    def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array, xs: dict[str, jax.Array]) -> tuple:
-        """Apply a wave of updates in server order (one scan step per update row)."""
+        grad_ints[g] = (read slot of each shard..., worker, k, valid); the rest as in _scan.
+        """
         self.traces += 1
+        S = self.S
+        read = history[grad_ints[:, :S], jnp.arange(S)[None, :]]  # [G, S, chunk]
+        losses, grads = jax.vmap(jax.value_and_grad(self.flat_loss))(read, grad_ints[:, S], grad_ints[:, S + 1])
+        valid = grad_ints[:, S + 2] > 0
+        bad = jnp.any(valid & ~(losses <= self.scenario.run.max_loss))  # NaN compares false
+        params, state, history = self._scan(params, state, history, grads, row_ints, member_ints, weights)
+        return params, state, history, bad
+
+    def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
+                    row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """Apply updates whose (pseudo-)gradients are given (local SGD)."""
+        self.traces += 1
+        return self._scan(params, state, history, grads, row_ints, member_ints, weights)
+
+    def _scan(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
+              row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """Apply update rows in server order, one scan step each.
+
+        row_ints[r] = (shard, history slot of the new version, active); member_ints[r, m] =
+        (gradient index, staleness, worker, history slot of the version read); weights[r, m].
+        Inactive (padding) rows change nothing.
+        """
         rule, needs_read = self.rule, self.rule.needs_read_params
 
-        def step(carry: tuple, x: dict[str, jax.Array]) -> tuple:
+        def step(carry: tuple, x: tuple) -> tuple:
             params, state, history = carry
-            s = x["shard"]
+            rows, members, weight = x
+            s, slot, active = rows[0], rows[1], rows[2] > 0
             mine = jax.tree.map(lambda leaf: leaf[s], state)
-            read = history[x["read_slot"], s] if needs_read else None
-            new, new_state = rule.apply(params[s], mine, grads[x["index"], s], weights=x["weight"],
-                                        staleness=x["staleness"], workers=x["worker"], read_params=read)
-            new = jnp.where(x["active"], new, params[s])
-            new_state = jax.tree.map(lambda n, o: jnp.where(x["active"], n, o), new_state, mine)
+            read = history[members[:, 3], s] if needs_read else None
+            new, new_state = rule.apply(params[s], mine, grads[members[:, 0], s], weights=weight,
+                                        staleness=members[:, 1], workers=members[:, 2], read_params=read)
+            new = jnp.where(active, new, params[s])
+            new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, mine)
             params = params.at[s].set(new)
             state = jax.tree.map(lambda leaf, n: leaf.at[s].set(n), state, new_state)
-            history = history.at[x["slot"], s].set(jnp.where(x["active"], new, history[x["slot"], s]))
+            history = history.at[slot, s].set(jnp.where(active, new, history[slot, s]))
             return (params, state, history), None
 
-        (params, state, history), _ = jax.lax.scan(step, (params, state, history), xs)
+        (params, state, history), _ = jax.lax.scan(step, (params, state, history), (row_ints, member_ints, weights))
         return params, state, history
 
     def _evaluate_impl(self, params: jax.Array) -> dict[str, jax.Array]:
@@ -160,149 +210,154 @@ class NumericsEngine:
             self.seen = n
         if self.live.size:
             fate = _col(tr.fate, np.int8)[self.live]
-            self.live = self.live[(fate == APPLIED) | (fate == 3)]
+            self.live = self.live[((fate == APPLIED) | (fate == PENDING)) & ~self._done(n)[self.live]]
 
-    def _ensure_history(self, tr: TraceBuilder, produced: np.ndarray) -> None:
-        """Grow the ring buffer if writing ``produced`` new versions per shard would overwrite a
-        version that a gradient not yet computed still needs."""
-        self._register(tr)
-        if self.live.size:
-            needed = _col(tr.read_version, np.int64).reshape(-1, self.S)[self.live].min(axis=0)
-        else:
-            needed = self.versions
-        span = int(np.max(self.versions + produced - np.minimum(needed, self.versions))) + 1
-        if span <= self.H:
+    def _done(self, n: int) -> np.ndarray:
+        if len(self.done) < n:
+            self.done = np.concatenate([self.done, np.zeros(max(n - len(self.done), len(self.done)), bool)])
+        return self.done
+
+    def _ensure_history(self, tr: TraceBuilder) -> None:
+        """Keep every version a not-yet-computed gradient still needs inside the ring buffer.
+
+        Checked every H/4 versions: at a check the oldest needed version must lie in the newest
+        H/2, which leaves room for H/4 more versions (>= one wave) before the next check.
+        """
+        newest = int(self.versions.max())
+        if newest < self.next_history_check:
             return
-        new_h = _bucket(2 * span)
-        old = self.history
-        keep = np.arange(max(0, int(self.versions.max()) - self.H + 1), int(self.versions.max()) + 1)
-        grown = jnp.zeros((new_h, self.S, self.chunk), jnp.float32)
-        grown = grown.at[keep % new_h].set(old[keep % self.H])
-        self.history, self.H = grown, new_h
+        self._register(tr)
+        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[self.live] if self.live.size else None
+        oldest = int(reads.min()) if reads is not None else newest
+        span = newest - min(oldest, newest) + self.H // 2
+        if span >= self.H:
+            new_h = _bucket(2 * span)
+            keep = np.arange(max(0, newest - self.H + 1), newest + 1)
+            grown = jnp.zeros((new_h, self.S, self.chunk), jnp.float32)
+            self.history = grown.at[keep % new_h].set(self.history[keep % self.H])
+            self.H = new_h
+        self.next_history_check = newest + self.H // 4
 
-    def next_wave(self, tr: TraceBuilder, eval_every: int, limit: int) -> tuple[int, int]:
+    def next_wave(self, tr: TraceBuilder, eval_every: int, limit: float) -> tuple[int, int]:
         """The update rows [row, end) whose gradients can all be computed now.
 
         A row qualifies while every member read only versions already materialised. The wave
         also ends at an evaluation point and at ``limit`` logical updates.
         """
         start = self.row
-        stop = min(tr.num_update_rows, start + max(1, self.cap // max(1, self.members_max)))
+        stop = min(tr.num_update_rows, start + self.max_rows)
         offsets = _col(tr.u_offsets, np.int64)[start:stop + 1]
         gids = _col(tr.u_gid, np.int64)[offsets[0]:offsets[-1]]
         reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[gids]
-        shards = _col(tr.u_shard, np.int32)[start:stop]
         late = np.logical_or.reduceat((reads > self.versions).any(axis=1), offsets[:-1] - offsets[0])
         end = start + (int(np.argmax(late)) if late.any() else stop - start)
         if end == start:
             raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
         # Cut at the next evaluation point or the update limit (in logical updates).
+        if self.S == 1:
+            after = self.versions[0] + np.arange(1, end - start + 1)
+            cut = np.flatnonzero((after % eval_every == 0) | (after >= limit))
+            return (start, start + int(cut[0]) + 1) if cut.size else (start, end)
         versions = self.versions.copy()
-        for i, shard in enumerate(shards[: end - start]):
+        for i, shard in enumerate(_col(tr.u_shard, np.int32)[start:end]):
             versions[shard] += 1
             logical = int(versions.min())
-            if logical % eval_every == 0 or logical >= limit:
-                if logical > self.logical_updates():
-                    return start, start + i + 1
+            if (logical % eval_every == 0 or logical >= limit) and logical > self.logical_updates():
+                return start, start + i + 1
         return start, end
 
-    def run_wave(self, tr: TraceBuilder, start: int, end: int) -> bool:
-        """Compute the wave's gradients in batches and apply its updates. False if it diverged."""
+    def run_wave(self, tr: TraceBuilder, start: int, end: int) -> None:
+        """Dispatch one wave (asynchronously: the host goes on while the device computes)."""
         if self.kind in ("local_sgd", "easgd"):
-            return self.local.run_rows(tr, start, end)
+            if not self.local.run_rows(tr, start, end):
+                self.flags.append((start, end, jnp.bool_(True)))
+                self.check_now = True
+            return
+        self._ensure_history(tr)
         offsets = _col(tr.u_offsets, np.int64)[start:end + 1]
         member_gid = _col(tr.u_gid, np.int64)[offsets[0]:offsets[-1]]
         member_weight = _col(tr.u_weight, np.float64)[offsets[0]:offsets[-1]]
-        uniq, index = np.unique(member_gid, return_inverse=True)
-        losses, grads = self.gradients(tr, uniq)
-        bad = ~np.isfinite(losses) | (losses > self.scenario.run.max_loss)
-        rows = end - start
-        self._ensure_history(tr, np.bincount(_col(tr.u_shard, np.int32)[start:end], minlength=self.S))
-        xs = self._scan_inputs(tr, start, end, offsets, member_gid, member_weight, index)
-        grads = _pad_rows(grads, _bucket(rows) * self.members_max)
-        self.params, self.state, self.history = self._apply(self.params, self.state, self.history, grads, xs)
-        shards = _col(tr.u_shard, np.int32)[start:end]
-        np.add.at(self.versions, shards, 1)
+        if self.S == 1:  # every gradient is used by exactly one update row
+            uniq, index = member_gid, np.arange(len(member_gid))
+        else:
+            uniq, index = np.unique(member_gid, return_inverse=True)
+        length = self.max_rows
+        n = len(uniq)
+        # Gradients padded to a fixed count: all rows' members for async, a power of two otherwise.
+        grad_ints = np.zeros((length if self.members_max == 1 and self.S == 1 else _bucket(n), self.S + 3), np.int32)
+        grad_ints[:n, :self.S] = _col(tr.read_version, np.int64).reshape(-1, self.S)[uniq] % self.H
+        grad_ints[:n, self.S] = _col(tr.worker, np.int32)[uniq]
+        grad_ints[:n, self.S + 1] = _col(tr.k, np.int64)[uniq]
+        grad_ints[:n, self.S + 2] = 1
+        row_ints, member_ints, weights = self.scan_inputs(tr, start, end, offsets, member_gid, member_weight, index, length)
+        self.params, self.state, self.history, bad = self._wave(self.params, self.state, self.history, grad_ints,
+                                                               row_ints, member_ints, weights)
+        self.flags.append((start, end, bad))
+        self._advance(tr, start, end, uniq)
+
+    def _advance(self, tr: TraceBuilder, start: int, end: int, computed: np.ndarray) -> None:
+        np.add.at(self.versions, _col(tr.u_shard, np.int32)[start:end], 1)
         self.row = end
-        self.live = self.live[~np.isin(self.live, uniq)]
-        stale = _col(tr.staleness, np.int64)[uniq]
-        fate = _col(tr.fate, np.int8)[uniq]
-        self.stale_sum += float(stale[fate == APPLIED].sum())
-        self.stale_count += int((fate == APPLIED).sum())
-        if bad.any():
-            first_bad = np.flatnonzero(np.isin(member_gid, uniq[bad]))[0]
-            row_of_bad = int(np.searchsorted(offsets - offsets[0], first_bad, side="right")) - 1
-            self.diverged_at = int(_col(tr.u_version, np.int64)[start + row_of_bad])
-            return False
-        return True
+        self._done(tr.num_gradients)[computed] = True
+        stale = _col(tr.staleness, np.int64)[computed]
+        applied = _col(tr.fate, np.int8)[computed] == APPLIED
+        self.stale_sum += float(stale[applied].sum())
+        self.stale_count += int(applied.sum())
 
-    def gradients(self, tr: TraceBuilder, gids: np.ndarray) -> tuple[np.ndarray, jax.Array]:
-        """Losses (host) and gradients (device, [len(gids), S, chunk]) in vmapped batches."""
-        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[gids]
-        workers = _col(tr.worker, np.int32)[gids]
-        ks = _col(tr.k, np.int64)[gids]
-        losses, grads = [], []
-        for lo in range(0, len(gids), self.cap):
-            hi = min(lo + self.cap, len(gids))
-            size = _bucket(hi - lo)
-            pad = size - (hi - lo)
-            slots = np.pad(reads[lo:hi] % self.H, ((0, pad), (0, 0)))
-            loss, grad = self._grads(self.history, jnp.asarray(slots, jnp.int32), jnp.asarray(np.pad(workers[lo:hi], (0, pad)), jnp.int32),
-                                     jnp.asarray(np.pad(ks[lo:hi], (0, pad)), jnp.int32))
-            losses.append(np.asarray(loss)[: hi - lo])
-            grads.append(grad[: hi - lo] if pad else grad)
-        return np.concatenate(losses), grads[0] if len(grads) == 1 else jnp.concatenate(grads)
+    def diverged(self, tr: TraceBuilder) -> bool:
+        """Whether any wave so far saw a NaN/Inf or too-large loss (waits for the device)."""
+        for start, end, bad in self.flags:
+            if bool(bad):
+                self.diverged_at = int(_col(tr.u_version, np.int64)[start])
+                self.row = end
+                return True
+        self.flags.clear()
+        return False
 
-    def _scan_inputs(self, tr: TraceBuilder, start: int, end: int, offsets: np.ndarray, member_gid: np.ndarray,
-                     member_weight: np.ndarray, index: np.ndarray) -> dict[str, jax.Array]:
+    def scan_inputs(self, tr: TraceBuilder, start: int, end: int, offsets: np.ndarray, member_gid: np.ndarray,
+                    member_weight: np.ndarray, index: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padded per-row and per-member arrays for `_scan` (see its docstring)."""
         rows, width = end - start, self.members_max
-        length = _bucket(rows)
-        shard = np.zeros(length, np.int32)
-        shard[:rows] = _col(tr.u_shard, np.int32)[start:end]
+        counts = np.diff(offsets)
+        row_of = np.repeat(np.arange(rows), counts)
+        position = np.arange(len(member_gid)) - np.repeat(offsets[:-1] - offsets[0], counts)
+        shard = _col(tr.u_shard, np.int32)[start:end]
         version = _col(tr.u_version, np.int64)[start:end]
-        slot = np.zeros(length, np.int32)
-        slot[:rows] = version % self.H
-        idx = np.zeros((length, width), np.int32)
-        weight = np.zeros((length, width), np.float32)
-        staleness = np.zeros((length, width), np.int32)
-        worker = np.zeros((length, width), np.int32)
-        read_slot = np.zeros((length, width), np.int32)
-        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[member_gid]
-        workers = _col(tr.worker, np.int32)[member_gid]
-        local = offsets - offsets[0]
-        for r in range(rows):
-            lo, hi = local[r], local[r + 1]
-            n = hi - lo
-            s = shard[r]
-            idx[r, :n] = index[lo:hi]
-            weight[r, :n] = member_weight[lo:hi]
-            # Staleness on this shard: the version before this update minus the version read.
-            staleness[r, :n] = version[r] - 1 - reads[lo:hi, s]
-            worker[r, :n] = workers[lo:hi]
-            read_slot[r, :n] = reads[lo:hi, s] % self.H
-        active = np.zeros(length, bool)
-        active[:rows] = True
-        return {"shard": jnp.asarray(shard), "slot": jnp.asarray(slot), "index": jnp.asarray(idx), "weight": jnp.asarray(weight),
-                "staleness": jnp.asarray(staleness), "worker": jnp.asarray(worker), "read_slot": jnp.asarray(read_slot),
-                "active": jnp.asarray(active)}
+        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[member_gid, shard[row_of]]
+        row_ints = np.zeros((length, 3), np.int32)
+        row_ints[:rows, 0] = shard
+        row_ints[:rows, 1] = version % self.H
+        row_ints[:rows, 2] = 1
+        member_ints = np.zeros((length, width, 4), np.int32)
+        member_ints[row_of, position, 0] = index
+        member_ints[row_of, position, 1] = version[row_of] - 1 - reads  # staleness on this shard
+        member_ints[row_of, position, 2] = _col(tr.worker, np.int32)[member_gid]
+        member_ints[row_of, position, 3] = reads % self.H
+        weights = np.zeros((length, width), np.float32)
+        weights[row_of, position] = member_weight
+        return row_ints, member_ints, weights
 
     def staleness_mean(self) -> float:
         return self.stale_sum / self.stale_count if self.stale_count else 0.0
 
 
-def _pad_rows(grads: jax.Array, rows: int) -> jax.Array:
-    if grads.shape[0] >= rows:
-        return grads[:rows] if grads.shape[0] > rows else grads
-    return jnp.concatenate([grads, jnp.zeros((rows - grads.shape[0], *grads.shape[1:]), grads.dtype)])
+def _bucket4(n: int) -> int:
+    """Wave lengths are padded to a power of four, at least 4: three or four shapes, so few
+    compilations. Not 1: XLA turns a one-step scan into straight-line code that copies the whole
+    donated history buffer instead of updating it in place (measured: ~50x slower per wave)."""
+    size = 4
+    while size < n:
+        size *= 4
+    return size
 
 
 def drive(engine: TimingEngine, numerics: NumericsEngine, metrics: Metrics,
           progress: Callable[[int, float], None] | None = None) -> str:
     """Advance timing and numerics together; returns why the run ended.
 
-    Timing runs ahead by ``run.window`` updates; the numerics follow wave by wave. Evaluations
-    happen every ``run.eval_every`` logical updates; ``run.target_accuracy`` and divergence stop
-    the run at the update where they happen.
+    Timing runs ahead by ``run.window`` updates; the numerics follow wave by wave without
+    waiting for the device, which is synchronised only at evaluations (every ``run.eval_every``
+    logical updates). ``run.target_accuracy`` and divergence stop the run at that point.
     """
     sc = numerics.scenario
     tr = engine.trace
@@ -313,25 +368,33 @@ def drive(engine: TimingEngine, numerics: NumericsEngine, metrics: Metrics,
         running = engine.step_until(numerics.logical_updates() + window)
         while numerics.pending_rows(tr):
             start, end = numerics.next_wave(tr, eval_every, limit)
-            ok = numerics.run_wave(tr, start, end)
-            now = float(tr.u_applied[end - 1])
-            if not ok:
-                _record(numerics, metrics, now)
-                return "diverged"
+            numerics.run_wave(tr, start, end)
             logical = numerics.logical_updates()
             if progress is not None:
-                progress(logical, now)
-            if logical % eval_every == 0 and logical > metrics.update[-1]:
-                if _record(numerics, metrics, now):
-                    return "target_accuracy"
-                if not math.isfinite(metrics.train_loss[-1]) or metrics.train_loss[-1] > sc.run.max_loss:
-                    numerics.diverged_at = logical
-                    return "diverged"
+                progress(logical, float(tr.u_applied[end - 1]))
+            if numerics.check_now or (logical % eval_every == 0 and logical > metrics.update[-1]):
+                stop = _evaluation(numerics, metrics, tr)
+                if stop:
+                    return stop
         if not running:
-            if numerics.logical_updates() > metrics.update[-1]:
-                if _record(numerics, metrics, float(engine.env.now)):
-                    return "target_accuracy"
+            if numerics.logical_updates() > metrics.update[-1] or numerics.flags:
+                stop = _evaluation(numerics, metrics, tr)
+                if stop:
+                    return stop
             return engine.stopped
+
+
+def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) -> str:
+    """Check for divergence, evaluate and record; the reason to stop, or ''."""
+    if numerics.diverged(tr):
+        _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]))
+        return "diverged"
+    if _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0):
+        return "target_accuracy"
+    if not metrics.train_loss[-1] <= numerics.scenario.run.max_loss:  # NaN, Inf or blow-up
+        numerics.diverged_at = numerics.logical_updates()
+        return "diverged"
+    return ""
 
 
 def _record(numerics: NumericsEngine, metrics: Metrics, now: float) -> bool:

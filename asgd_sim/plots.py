@@ -25,7 +25,7 @@ def plot_staleness(trace: Trace, path: Path, workers: int | None = None) -> None
         ax.bar(np.arange(top + 1), counts, width=0.9, color="#4c72b0", label="simulated")
         if workers and workers > 1:
             k = np.arange(top + 1)
-            ax.plot(k, (1 / workers) * (1 - 1 / workers) ** k, "k.--", lw=1, ms=3, label=f"Geometric(1/M), M={workers}")
+            ax.plot(k, (1 / workers) * (1 - 1 / workers) ** k, "k.--", lw=1, ms=3, label=f"Geometric(1/M), M={workers} (exponential compute)")
         ax.axvline(stale.mean(), color="#dd8452", lw=1.5, label=f"mean {stale.mean():.2f}")
         ax.legend(frameon=False, fontsize=8)
     ax.set_xlabel("staleness (updates)")

@@ -1,0 +1,117 @@
+"""End-to-end `simulate` (timing + numerics) against the loop researchers write by hand.
+
+The hand loop: a deque of past parameter versions, one jitted value_and_grad per update at a
+random past version (staleness uniform in [0, M)), one jitted SGD step. Same model (digits MLP
+64-256-256-10, batch 32), same mini-batches, same number of updates, in the same process.
+`end_to_end` includes building the problem and compiling (the simulator's timer also covers
+loading data; the hand loop's starts after); `steady` compares warm rates (the simulator after its
+first 10 % of updates, the hand loop on a second run). Prints one JSON object.
+
+    .venv/bin/python benchmarks/numerics.py [--updates N] [--workers 8 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("ASGD_SIM_JAX_CACHE", "off")  # measure cold starts: no compiled code from earlier runs
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from asgd_sim.problems import build_problem
+from asgd_sim.scenario import scenario_from_dict
+from asgd_sim.engine import TimingEngine
+from asgd_sim.numerics import Metrics, NumericsEngine, drive
+
+
+def scenario(workers: int, updates: int):
+    return scenario_from_dict({
+        "name": f"bench-mlp-{workers}",
+        "run": {"until_updates": updates, "eval_every": updates, "batch_cap": 64},
+        "workers": [{"count": workers, "compute": {"dist": "exponential", "mean": 0.05}}],
+        "network": {"latency": 0.0, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
+        "server": {"apply_time": 0.0, "lock": "none"},
+        "model": {"name": "mlp", "hidden": [256, 256]},
+        "optimizer": {"name": "sgd", "learning_rate": 0.01},
+    })
+
+
+def hand_loop(workers: int, updates: int, seed: int = 0) -> float:
+    """The baseline: one gradient and one step per update, at a random stale version."""
+    sc = scenario(workers, updates)
+    problem = build_problem(sc, workers)
+    params = problem.init(jax.random.PRNGKey(0))
+    tx = optax.sgd(0.01)
+    state = tx.init(params)
+
+    @jax.jit
+    def grad(p, worker, k):
+        return jax.value_and_grad(problem.loss)(p, problem.make_batch(worker, k))
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    rng = np.random.default_rng(seed)
+    history = collections.deque([params], maxlen=workers)
+    start = time.perf_counter()
+    for k in range(updates):
+        tau = int(rng.integers(0, len(history)))
+        loss, g = grad(history[-1 - tau], jnp.int32(k % workers), jnp.int32(k))
+        params, state = step(params, state, g)
+        history.append(params)
+    jax.block_until_ready(params)
+    return updates / (time.perf_counter() - start)
+
+
+def simulator(workers: int, updates: int) -> tuple[float, float, dict]:
+    """End-to-end updates/s (build + compile + run) and steady-state updates/s after warm-up."""
+    sc = scenario(workers, updates)
+    start = time.perf_counter()
+    numerics = NumericsEngine(sc)
+    engine = TimingEngine(sc, param_bytes=numerics.problem.param_bytes)
+    metrics = Metrics()
+    warm = updates // 10
+    engine.until_updates = warm
+    drive(engine, numerics, metrics)
+    jax.block_until_ready(numerics.params)
+    warmed = time.perf_counter()
+    engine.until_updates, engine.stopped = updates, ""
+    drive(engine, numerics, metrics)
+    jax.block_until_ready(numerics.params)
+    end = time.perf_counter()
+    summary = {"staleness_mean": numerics.staleness_mean(), "compilations": numerics.traces, "final_loss": metrics.train_loss[-1]}
+    return updates / (end - start), (updates - warm) / (end - warmed), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--updates", type=int, default=5000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[8, 64])
+    args = parser.parse_args()
+    rows = []
+    for workers in args.workers:
+        hand_cold = hand_loop(workers, args.updates)
+        sim_cold, sim_steady, summary = simulator(workers, args.updates)
+        hand_warm = hand_loop(workers, args.updates, seed=1)  # second run: its jit cache is warm
+        rows.append({"workers": workers, "updates": args.updates,
+                     "simulate_end_to_end_updates_per_s": round(sim_cold, 1), "hand_loop_cold_updates_per_s": round(hand_cold, 1),
+                     "ratio_end_to_end": round(sim_cold / hand_cold, 3),
+                     "simulate_steady_updates_per_s": round(sim_steady, 1), "hand_loop_warm_updates_per_s": round(hand_warm, 1),
+                     "ratio_steady": round(sim_steady / hand_warm, 3),
+                     "staleness_mean": round(summary["staleness_mean"], 2), "compilations": summary["compilations"]})
+    print(json.dumps({"benchmark": "numerics", "device": str(jax.devices()[0]), "jax": jax.__version__,
+                      "python": platform.python_version(), "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
