@@ -8,8 +8,9 @@ triggered it, so an update costs no extra process.
 
 Pinned semantics (tests depend on them):
 - A read is recorded when the server serves it. After its push is applied (async, SSP, EASGD),
-  included in an update (sync, K-sync, K-async, local SGD) or received (K-batch-async), a worker's
-  next pull is served at that instant: the push carries the pull request. The very first pull
+  included in an update (sync, K-sync, K-async, local SGD) or received (K-batch-async; the push
+  that completes a batch is served after the update it triggers), a worker's next pull is served
+  at that instant: the push carries the pull request. The very first pull
   (and the first after a restart) is an explicit request that takes one latency to reach the
   server. Either way the parameters then take one latency plus transfer time to come back.
 - Staleness = shard version just before the apply minus the version read (max over shards).
@@ -26,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from heapq import heappush
 from typing import Any
 
 import simpy
@@ -44,15 +46,23 @@ _INF = math.inf
 
 
 class _Timeout(Timeout):
-    """A timeout whose ties at equal time are broken by ``priority`` (the worker id)."""
+    """A timeout whose ties at equal time are broken by ``priority`` (the worker id).
 
-    def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
+    ``at`` fires it at exactly that absolute time: ``now + (at - now)`` can miss ``at`` by one
+    ulp, and a time precomputed for the trace (a compute end, an arrival) must equal the clock
+    when the event happens, or the trace's times fall out of order (t_arrive < t_compute_end).
+    """
+
+    def __init__(self, env: simpy.Environment, delay: float, priority: int, at: float | None = None) -> None:
         self.env = env
         self.callbacks = []
         self._value = None
         self._delay = delay
         self._ok = True
-        env.schedule(self, priority, delay)  # type: ignore[arg-type]
+        if at is None:
+            env.schedule(self, priority, delay)  # type: ignore[arg-type]
+        else:  # what Environment.schedule does, with the absolute time given
+            heappush(env._queue, (at, priority, next(env._eid), self))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -153,7 +163,7 @@ class TimingEngine:
                     start = now if w.has_params else now + w.latency()
                     w.has_params = False
                     arrive = self._compute(w, gids, start) + w.latency()
-                    yield _Timeout(env, arrive - now, w.priority)
+                    yield _Timeout(env, arrive - now, w.priority, at=arrive)
                     for gid in gids:
                         tr.t_arrive[gid] = arrive
                 else:
@@ -194,7 +204,7 @@ class TimingEngine:
             yield from self._transfer(w, self.pull_links[w.wid])
         w.has_params = False
         end = self._compute(w, gids, env.now)
-        yield self._timeout(end - env.now, w)
+        yield _Timeout(env, end - env.now, w.priority, at=end)
         yield self._timeout(w.latency(), w)
         yield from self._transfer(w, self.push_links[w.wid])
         for gid in gids:
@@ -206,8 +216,20 @@ class TimingEngine:
         w.transfers = []
 
     def _abandon(self, w: WorkerState) -> None:
+        tr, now = self.trace, self.env.now
         for gid in w.unpushed:
-            self.trace.fate[gid] = CANCELLED
+            tr.fate[gid] = CANCELLED
+            # The compute was recorded when scheduled (in full, possibly starting after a response
+            # latency still under way): cut it at the cancellation so the trace never shows a
+            # cancelled compute overlapping the worker's next one, and busy time counts only the
+            # work actually done. (Fix: tests/test_engine_exact.py::test_backup_worker_round.)
+            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
+            if end > now:
+                w.busy -= end - max(start, now)
+                if start > now:  # never started: no compute span at all
+                    tr.t_compute_start[gid] = tr.t_compute_end[gid] = math.nan
+                else:
+                    tr.t_compute_end[gid] = now
         w.unpushed = []
         for done in w.transfers:
             self.network.cancel(done)
@@ -391,13 +413,20 @@ class TimingEngine:
                 other.wake.succeed()  # type: ignore[union-attr]
 
     def _serve_k_batch_async(self, w: WorkerState, gids: list[int]) -> Generator:
-        """K-batch-async: the server updates per K gradients; the pusher pulls at once."""
+        """K-batch-async: the server updates per K gradients; the pusher pulls at once (after the
+        update when its push completes the batch)."""
         t_arrive = self.env.now
         self.buffer.append((w, gids))
         if len(self.buffer) >= self.K:
+            # The pusher whose gradient completes the batch is served after the update its push
+            # triggers, like an async pusher (THEORY.md C5: mean staleness (M-1)/K exactly; K = 1
+            # is async). Reading before the update (as a separate apply process did) made every
+            # staleness one too large. (Fix: tests/test_engine_theory.py::test_c5_k_batch_async_staleness.)
             batch, self.buffer = self.buffer, []
             members = [g for _, ids in batch for g in ids]
-            self.env.process(self._apply_all(members, [1.0 / len(members)] * len(members), w.wid))
+            yield from self._apply_all(members, [1.0 / len(members)] * len(members), w.wid)
+            self._piggyback(w, t_arrive)
+            return
         versions = yield from self._read()
         w.next_read = (t_arrive, self.env.now, versions)
 
@@ -497,8 +526,18 @@ class TimingEngine:
         meta = {"scenario": self.scenario.name, "kind": self.kind, "workers": self.M, "param_bytes": self.param_bytes,
                 "stopped": self.stopped, "sim_time": self.env.now}
         return TimingResult(trace=self.trace.freeze(meta), stopped=self.stopped or "running", sim_time=float(self.env.now),
-                            wall_time_s=wall_time_s, updates=self.updates, busy=[w.busy for w in self.workers],
+                            wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
                             deadlock=list(self.deadlock))
+
+    def _busy_so_far(self, w: WorkerState) -> float:
+        """Compute time up to now: ``w.busy`` also holds the scheduled rest of the compute in
+        progress (recorded in full when it starts), which lies after the end of the run."""
+        tr, now, busy = self.trace, self.env.now, w.busy
+        for gid in w.unpushed:
+            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
+            if end > now:  # (False for NaN: not started)
+                busy -= end - max(start, now)
+        return busy
 
 
 def simulate_timing(scenario: Scenario, param_bytes: float | None = None,

@@ -1,0 +1,89 @@
+"""``asgd-sim run FILE --timing-only``: the results folder, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from asgd_sim.cli import main
+from asgd_sim.scenario import load_scenario
+from asgd_sim.trace import APPLIED, Trace
+
+SCENARIO = """
+name = "tiny"
+
+[run]
+until_updates = 200
+
+[[workers]]
+count = 3
+compute = { dist = "exponential", mean = 0.05 }
+
+[model]
+param_bytes = 1e5  # timing only: the message size
+"""
+
+
+@pytest.fixture
+def scenario_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def test_run_timing_only_writes_results_folder(scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(scenario_file), "--timing-only", "--out", str(out), "--quiet", "--set", "run.until_updates=321"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet, and no progress bar off a terminal
+    for name in ("scenario.toml", "gradients.parquet", "updates.parquet", "timeline.json", "summary.json"):
+        assert (out / name).is_file(), name
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs and all((out / p).stat().st_size > 0 for p in pngs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["updates"] == 321 and summary["stopped"] == "until_updates"
+    assert summary["workers"] == 3 and summary["algorithm"] == "async"
+    # The resolved scenario has every default filled in, the override applied, and loads back.
+    resolved = tomllib.loads((out / "scenario.toml").read_text())
+    assert resolved["run"]["until_updates"] == 321 and resolved["server"]["lock"] == "shard"
+    assert load_scenario(out / "scenario.toml").run.until_updates == 321
+    # The trace files are the run's trace: they agree with the summary.
+    trace = Trace.load(out)
+    assert int((trace.fate == APPLIED).sum()) == summary["gradients"]
+    assert int(trace.u_version.max()) == 321
+    timeline = json.loads((out / "timeline.json").read_text())
+    assert any(e["ph"] == "X" for e in timeline["traceEvents"])
+
+
+def test_run_prints_summary_without_quiet(scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "loud"
+    assert main(["run", str(scenario_file), "--timing-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "200 updates" in printed and str(out) in printed
+
+
+@pytest.mark.parametrize("override, mentions", [
+    ("server.lock=globall", "server.lock"),
+    ("server.lokc=global", "server.lokc"),
+    ("run.until_updates=-3", "run.until_updates"),
+    ("no_equals_sign", "="),
+])
+def test_bad_override_exits_2_with_one_line(scenario_file, tmp_path, capsys, override, mentions) -> None:
+    out = tmp_path / "never"
+    code = main(["run", str(scenario_file), "--timing-only", "--out", str(out), "--quiet", "--set", override])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mentions in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing is written for a scenario that does not validate
+
+
+def test_missing_scenario_file_exits_2(tmp_path, capsys) -> None:
+    code = main(["run", str(tmp_path / "nope.toml"), "--timing-only", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
