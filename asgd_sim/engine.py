@@ -280,6 +280,7 @@ class TimingEngine:
     def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int) -> Generator:
         """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold."""
         lock = shard.lock
+        t_request = self.env.now
         if lock is not None:
             granted = lock.acquire(requester)
             if granted is not None:
@@ -292,7 +293,7 @@ class TimingEngine:
             hold = self.apply_time()
             if hold > 0:
                 yield _Timeout(self.env, hold, 1)
-            self._commit(shard, members, weights, t_lock)
+            self._commit(shard, members, weights, t_request, t_lock)
             self.server.end_write(shard)
         if lock is not None:
             lock.release()
@@ -312,13 +313,13 @@ class TimingEngine:
                 kept[1].append(weight)
         return kept
 
-    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_lock: float) -> None:
+    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
         """The update lands: bump the shard's version and record it in the trace."""
         tr, s, S = self.trace, shard.index, self.S
         before = shard.version
         shard.version = before + 1
         now = self.env.now
-        tr.add_update(s, before + 1, t_lock, now, members, weights)
+        tr.add_update(s, before + 1, t_request, t_lock, now, members, weights)
         for g in members:
             stale = before - tr.read_version[g * S + s]
             if stale > tr.staleness[g]:
@@ -341,6 +342,7 @@ class TimingEngine:
 
     def _apply_atomic(self, members: list[int], weights: list[float], requester: int) -> Generator:
         shards = list(self.server.shards)
+        t_request = self.env.now
         if self.scenario.server.lock_order == "random":
             shards = [shards[i] for i in self.order_rng.permutation(len(shards))]
         for shard in shards:
@@ -355,7 +357,7 @@ class TimingEngine:
                 hold = self.apply_time()
                 if hold > 0:
                     yield _Timeout(self.env, hold, 1)
-                self._commit(shard, kept, kept_weights, t_lock)
+                self._commit(shard, kept, kept_weights, t_request, t_lock)
                 self.server.end_write(shard)
         for shard in shards:
             shard.lock.release()  # type: ignore[union-attr]

@@ -33,7 +33,10 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
     stale = trace.staleness[applied]
     updates = int(trace.u_version[trace.u_shard == 0].max()) if trace.num_update_rows else 0
     horizon = sim_time if sim_time > 0 else float("nan")
-    waits = (trace.t_lock - trace.t_arrive)[applied]
+    # Lock wait per update (request to lock), and per gradient the whole wait at the server
+    # (arrival to lock: for sync kinds it includes the barrier).
+    lock_waits = trace.u_lock - trace.u_request
+    server_waits = (trace.t_lock - trace.t_arrive)[applied]
     workers = int(trace.meta.get("workers", int(trace.worker.max()) + 1 if trace.num_gradients else 0))
     per_worker = []
     for wid in range(workers):
@@ -66,8 +69,9 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
             "max": int(stale.max()) if stale.size else 0,
             "hist": staleness_histogram(stale),
         },
-        "lock_wait_mean": _mean(waits),
-        "lock_wait_p95": _quantile(waits, 0.95),
+        "lock_wait_mean": _mean(lock_waits),
+        "lock_wait_p95": _quantile(lock_waits, 0.95),
+        "server_wait_mean": _mean(server_waits),
         "per_worker": per_worker,
     }
 

@@ -13,8 +13,9 @@ Gradient columns
     staleness (server version just before the apply minus the version read; max over shards;
     -1 if never applied), fate (applied | dropped | cancelled | pending).
 Update columns
-    shard, version (after the update), t_lock, t_applied, and the gradients each update
-    combines with their weights (CSR: member_offsets, member_gid, member_weight).
+    shard, version (after the update), t_request (the apply was requested: a push arrived or a
+    round closed), t_lock (its lock acquired), t_applied, and the gradients each update combines
+    with their weights (CSR: member_offsets, member_gid, member_weight).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TraceBuilder:
             setattr(self, name, array("d"))
         self.u_shard = array("i")
         self.u_version = array("q")
+        self.u_request = array("d")
         self.u_lock = array("d")
         self.u_applied = array("d")
         self.u_offsets = array("q", [0])
@@ -81,9 +83,11 @@ class TraceBuilder:
         self.t_applied.append(NAN)
         return gid
 
-    def add_update(self, shard: int, version: int, t_lock: float, t_applied: float, gids: list[int], weights: list[float]) -> None:
+    def add_update(self, shard: int, version: int, t_request: float, t_lock: float, t_applied: float,
+                   gids: list[int], weights: list[float]) -> None:
         self.u_shard.append(shard)
         self.u_version.append(version)
+        self.u_request.append(t_request)
         self.u_lock.append(t_lock)
         self.u_applied.append(t_applied)
         self.u_gid.extend(gids)
@@ -97,7 +101,7 @@ class TraceBuilder:
         for name, column in (("worker", trace.worker), ("k", trace.k), ("local_step", trace.local_step),
                              ("read_version", trace.read_version.reshape(-1)), ("staleness", trace.staleness),
                              ("fate", trace.fate), ("u_shard", trace.u_shard), ("u_version", trace.u_version),
-                             ("u_lock", trace.u_lock), ("u_applied", trace.u_applied), ("u_offsets", trace.member_offsets),
+                             ("u_request", trace.u_request), ("u_lock", trace.u_lock), ("u_applied", trace.u_applied), ("u_offsets", trace.member_offsets),
                              ("u_gid", trace.member_gid), ("u_weight", trace.member_weight), *trace.times.items()):
             target = getattr(builder, name)
             del target[:]
@@ -120,6 +124,7 @@ class TraceBuilder:
             times={name: arr(getattr(self, name), np.float64) for name in _TIME_COLUMNS},
             u_shard=arr(self.u_shard, np.int32),
             u_version=arr(self.u_version, np.int64),
+            u_request=arr(self.u_request, np.float64),
             u_lock=arr(self.u_lock, np.float64),
             u_applied=arr(self.u_applied, np.float64),
             member_offsets=arr(self.u_offsets, np.int64),
@@ -143,6 +148,7 @@ class Trace:
     times: dict[str, np.ndarray]
     u_shard: np.ndarray
     u_version: np.ndarray
+    u_request: np.ndarray
     u_lock: np.ndarray
     u_applied: np.ndarray
     member_offsets: np.ndarray
@@ -190,14 +196,15 @@ class Trace:
         end = self.member_offsets[rows]
         return Trace(shards=self.shards, worker=self.worker[keep], k=self.k[keep], local_step=self.local_step[keep],
                      read_version=self.read_version[keep], staleness=staleness, fate=fate, times=times,
-                     u_shard=self.u_shard[:rows], u_version=self.u_version[:rows], u_lock=self.u_lock[:rows],
+                     u_shard=self.u_shard[:rows], u_version=self.u_version[:rows], u_request=self.u_request[:rows],
+                     u_lock=self.u_lock[:rows],
                      u_applied=self.u_applied[:rows], member_offsets=self.member_offsets[:rows + 1],
                      member_gid=self.member_gid[:end], member_weight=self.member_weight[:end],
                      meta={**self.meta, "sim_time": t_stop})
 
     def nbytes(self) -> int:
         arrays = [self.worker, self.k, self.local_step, self.read_version, self.staleness, self.fate, *self.times.values()]
-        arrays += [self.u_shard, self.u_version, self.u_lock, self.u_applied, self.member_offsets, self.member_gid, self.member_weight]
+        arrays += [self.u_shard, self.u_version, self.u_request, self.u_lock, self.u_applied, self.member_offsets, self.member_gid, self.member_weight]
         return int(sum(a.nbytes for a in arrays))
 
     def equals(self, other: Trace) -> bool:
@@ -210,7 +217,7 @@ class Trace:
     def _columns(self) -> dict[str, np.ndarray]:
         cols = {"worker": self.worker, "k": self.k, "local_step": self.local_step, "read_version": self.read_version,
                 "staleness": self.staleness, "fate": self.fate, **self.times, "u_shard": self.u_shard,
-                "u_version": self.u_version, "u_lock": self.u_lock, "u_applied": self.u_applied,
+                "u_version": self.u_version, "u_request": self.u_request, "u_lock": self.u_lock, "u_applied": self.u_applied,
                 "member_offsets": self.member_offsets, "member_gid": self.member_gid, "member_weight": self.member_weight}
         return cols
 
@@ -235,7 +242,7 @@ class Trace:
 
         offsets = pa.array(self.member_offsets.astype(np.int32))
         return pa.table({
-            "shard": self.u_shard, "version": self.u_version, "t_lock": self.u_lock, "t_applied": self.u_applied,
+            "shard": self.u_shard, "version": self.u_version, "t_request": self.u_request, "t_lock": self.u_lock, "t_applied": self.u_applied,
             "gids": pa.ListArray.from_arrays(offsets, pa.array(self.member_gid)),
             "weights": pa.ListArray.from_arrays(offsets, pa.array(self.member_weight)),
         })
@@ -281,6 +288,7 @@ class Trace:
             times={name: grads.column(name).to_numpy().astype(np.float64) for name in _TIME_COLUMNS},
             u_shard=ups.column("shard").to_numpy().astype(np.int32),
             u_version=ups.column("version").to_numpy().astype(np.int64),
+            u_request=ups.column("t_request").to_numpy().astype(np.float64),
             u_lock=ups.column("t_lock").to_numpy().astype(np.float64),
             u_applied=ups.column("t_applied").to_numpy().astype(np.float64),
             member_offsets=offsets,

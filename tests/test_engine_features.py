@@ -462,3 +462,18 @@ def test_engine_invariants(scenario) -> None:
     result = simulate_timing(scenario)
     check_invariants(result, scenario)
     assert simulate_timing(scenario).trace.equals(result.trace)
+
+
+def test_lock_wait_excludes_the_sync_barrier() -> None:
+    # Sync, 3 workers of 1, 2, 3 s, apply 0.25 s under one lock: a round closes at the slowest
+    # push, then one update holds the lock. Nobody else wants the lock then, so the update's lock
+    # wait (request -> lock) is 0, while the fast workers wait 2 s and 1 s at the barrier.
+    sc = make_scenario(group(1.0), group(2.0), group(3.0), kind="sync", updates=3, apply=0.25)
+    result, summary = run_timing(sc)
+    tr = result.trace
+    assert (tr.u_lock == tr.u_request).all()
+    assert summary["lock_wait_mean"] == 0.0
+    # Round 1: arrivals 1, 2, 3; the update requested at 3. Server wait = (2 + 1 + 0) / 3 per gradient.
+    first = tr.members(0)[0]
+    assert sorted((tr.t_lock - tr.t_arrive)[first]) == pytest.approx([0.0, 1.0, 2.0])
+    assert summary["server_wait_mean"] == pytest.approx(1.0)
