@@ -92,7 +92,7 @@ class LocalModels:
                     origin = jnp.broadcast_to(origin, (len(np.unique(_col(tr.worker, np.int32)[gids])), n.S, n.chunk))
                 workers, final, losses, heads = self._local_run(tr, gids, origin)
                 if not np.all(losses <= n.scenario.run.max_loss):  # NaN, Inf or blow-up
-                    n.row = end
+                    n.row = r  # rows before r were applied; this one and the rest never will be
                     return False
                 self._cache = (key, (workers, final, origin, heads))
                 if n.kind == "easgd":  # the worker's model after its local steps, before the exchange

@@ -40,6 +40,9 @@ from .trace import APPLIED, PENDING, TraceBuilder
 __all__ = ["NumericsEngine", "Metrics"]
 
 
+HISTORY_BUDGET_BYTES = 512 * 2**20  # initial ring-buffer budget; it may still grow beyond
+
+
 def enable_compilation_cache() -> None:
     """Keep compiled waves on disk so a rerun of a scenario skips most compilation.
 
@@ -103,8 +106,9 @@ class NumericsEngine:
         # once in async SGD with M workers (the birthday-problem length of a run of stale reads),
         # times S shard rows each; longer waves are split, shorter ones padded.
         natural = self.S * math.ceil(math.sqrt(math.pi * self.M / 2)) if self.members_max == 1 else 1
-        self.max_rows = min(_bucket4(natural), max(4, _bucket4(self.cap // self.members_max + 1) // 4))
-        self.H = _bucket(max(16 * self.M, 4 * self.max_rows, 128))  # grows if a straggler needs more
+        # (At most batch_cap gradients per vmapped call: the largest power of 4 <= cap / members.)
+        self.max_rows = min(_bucket4(natural), max(1, _bucket4(self.cap // self.members_max + 1) // 4))
+        self.H = self._initial_history(sc)
         history = np.zeros((self.H, self.S, self.chunk), np.float32)
         history[0] = padded.reshape(self.S, self.chunk)
         self.history = jax.device_put(history)
@@ -127,6 +131,18 @@ class NumericsEngine:
             from .local import LocalModels
 
             self.local = LocalModels(self)
+
+    def _initial_history(self, sc: Scenario) -> int:
+        """Ring size: twice the staleness a run of this length is likely to see, within a budget.
+
+        With M workers the largest staleness over N updates is about M (1 + ln N) for
+        exponential-like compute times (the maximum of N exponential draws is ~ln N means); the
+        ring grows (one recompilation) if a straggler needs more.
+        """
+        updates = sc.run.until_updates or 10_000
+        likely = 2 * self.M * (2 + math.log(max(updates, 2)))
+        budget = max(128, HISTORY_BUDGET_BYTES // (4 * self.S * self.chunk))
+        return _bucket(max(min(likely, budget), 4 * self.max_rows, 128))
 
     # ---- jitted pieces -----------------------------------------------------------------------
 
@@ -309,7 +325,8 @@ class NumericsEngine:
         for start, end, bad in self.flags:
             if bool(bad):
                 self.diverged_at = int(_col(tr.u_version, np.int64)[start])
-                self.row = end
+                # Keep self.row: the waves dispatched after this one were applied too, so the run
+                # (trace, metrics, parameters) ends after them, not at this wave's end.
                 return True
         self.flags.clear()
         return False
@@ -387,7 +404,7 @@ def drive(engine: TimingEngine, numerics: NumericsEngine, metrics: Metrics,
 def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) -> str:
     """Check for divergence, evaluate and record; the reason to stop, or ''."""
     if numerics.diverged(tr):
-        _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]))
+        _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0)
         return "diverged"
     if _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0):
         return "target_accuracy"

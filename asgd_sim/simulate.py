@@ -76,7 +76,10 @@ def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics
     trace = schedule.trace.freeze(dict(trace_meta(schedule, scenario)))
     if stopped in ("target_accuracy", "diverged"):
         trace = trace.truncated(rows)
-    sim_time = float(trace.u_applied[rows - 1]) if stopped in ("target_accuracy", "diverged") and rows else float(schedule.env.now)
+    if stopped in ("target_accuracy", "diverged"):  # the run ends at its last applied update
+        sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0
+    else:
+        sim_time = float(schedule.env.now)
     busy = [float(v) for v in np.bincount(trace.worker, weights=np.nan_to_num(np.minimum(trace.t_compute_end, sim_time) - trace.t_compute_start),
                                             minlength=scenario.num_workers)]
     timing = TimingResult(trace=trace, stopped=stopped, sim_time=sim_time, wall_time_s=wall, updates=numerics.logical_updates(),
