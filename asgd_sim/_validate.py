@@ -401,6 +401,7 @@ SERVER: dict[str, Parser] = {
     "apply_time": dist,
     "atomic": boolean,
     "lock_order": choice(LOCK_ORDERS, "lock order"),
+    "checkpoint_every": integer(1, why="updates between server checkpoints (real backends)"),
 }
 ALGORITHM: dict[str, Parser] = {
     "kind": choice(ALGORITHMS, "algorithm"),

@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default: results/<scenario>-<timestamp>)")
     run.add_argument("--timing-only", action="store_true", help="simulate the schedule only: no JAX gradients")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no printed summary")
+    run.add_argument("--backend", choices=("sim", "devices", "ray"), default="sim",
+                     help="sim: simulate (default); devices: run for real, a thread per JAX device; ray: Ray actors")
+    run.add_argument("--emulate", action="store_true",
+                     help="real backends: inject the scenario's compute times, slowdowns, latencies and apply times as real delays")
+    run.add_argument("--ray-address", metavar="ADDR", help="ray backend: an existing Ray cluster (default: start a local one)")
+    run.add_argument("--resume", action="store_true",
+                     help="real backends: continue the run in --out from its last checkpoint (server.checkpoint_every)")
     run.set_defaults(handler=_cmd_run)
 
     rep = sub.add_parser("replay", help="re-run the numerics on a saved run's schedule (e.g. another update rule)")
@@ -37,6 +44,29 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>)")
     rep.add_argument("--quiet", action="store_true")
     rep.set_defaults(handler=_cmd_replay)
+
+    cal = sub.add_parser("calibrate", help="fit a scenario's timing (compute, latency, apply time) to a real run's trace")
+    cal.add_argument("run_dir", type=Path, help="a results folder of a real run (asgd-sim run --backend devices|ray)")
+    cal.add_argument("--out", type=Path, required=True, help="the calibrated scenario file to write (.toml)")
+    cal.add_argument("--quiet", action="store_true")
+    cal.set_defaults(handler=_cmd_calibrate)
+
+    fid = sub.add_parser("fidelity", help="simulate a real run's calibrated scenario and compare it with the real run")
+    fid.add_argument("run_dir", type=Path, help="a results folder of a real run")
+    fid.add_argument("--seeds", type=int, default=5, help="simulated seeds (the band the real run is compared with)")
+    fid.add_argument("--timing-only", action="store_true", help="compare timing only (no loss curves)")
+    fid.add_argument("--quiet", action="store_true")
+    fid.set_defaults(handler=_cmd_fidelity)
+
+    val = sub.add_parser("validate", help="check the simulator against THEORY.md (C1-C12): predicted vs simulated")
+    val.add_argument("--only", metavar="C4,C12", help="run only these checks (default: all)")
+    val.add_argument("--quick", action="store_true", help="smaller sizes: all checks in about a minute")
+    val.add_argument("--out", type=Path, help="report folder (default: results/validation-<timestamp>)")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                     help="a check parameter, e.g. --set workers=32 or --set C12.workers=2,5 (see --list)")
+    val.add_argument("--list", action="store_true", help="list the checks and their parameters, run nothing")
+    val.set_defaults(handler=_cmd_validate)
+    _add_study_commands(sub)
     return parser
 
 
@@ -66,6 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = args.out or default_out_dir(scenario)
+    if getattr(args, "backend", "sim") != "sim" or getattr(args, "resume", False) or getattr(args, "emulate", False):
+        return _cmd_run_real(args, scenario, out)
     if args.timing_only:
         _, summary = run_timing(scenario, out, show_progress=not args.quiet)
     else:
@@ -87,6 +119,144 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     write_result(result, out)
     if not args.quiet:
         _print_summary(result.summary, out)
+    return 0
+
+
+def _cmd_run_real(args: argparse.Namespace, scenario: Any, out: Path) -> int:
+    """``run --backend devices|ray``: the scenario on real devices, the same run folder."""
+    from .backends import run_backend
+
+    if args.backend == "sim" or args.timing_only:
+        flag = "--timing-only" if args.timing_only and args.backend != "sim" else ("--resume" if args.resume else "--emulate")
+        raise ScenarioError(flag, f"applies to real runs only: add --backend devices or --backend ray" if args.backend == "sim"
+                            else "a real run computes real gradients: drop --timing-only")
+    if args.resume and args.out is None:
+        raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")
+    options: dict[str, Any] = {"emulate": args.emulate, "resume": args.resume, "show_progress": not args.quiet}
+    if args.backend == "ray":
+        options["address"] = args.ray_address
+    elif args.ray_address:
+        raise ScenarioError("--ray-address", "applies to --backend ray only")
+    result = run_backend(args.backend, scenario, out, **options)
+    if not args.quiet:
+        _print_summary(result.summary, out)
+        backend = result.summary["backend"]
+        print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
+              + (f", {len(backend['failures'])} worker failures" if backend.get("failures") else "")
+              + (f", resumed from update {backend['resumed_from']['updates']}" if backend.get("resumed_from") else ""))
+    return 0 if result.summary["stopped"] in ("until_updates", "until_time", "target_accuracy") else 1
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_run
+
+    scenario, report = calibrate_run(args.run_dir, args.out)
+    if not args.quiet:
+        print(report)
+        print(f"scenario   {args.out}")
+    return 0
+
+
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    from .fidelity import fidelity
+
+    report = fidelity(args.run_dir, seeds=args.seeds, numerics=not args.timing_only)
+    if not args.quiet:
+        print(report["table"])
+        print(f"written    {args.run_dir / 'fidelity.json'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import run_cli
+
+    return run_cli(args.only, args.quick, args.out, args.overrides, list_only=args.list)
+
+
+def _add_study_commands(sub: Any) -> None:
+    """sweep, compare and report: what-if studies over many runs."""
+    import os
+
+    sw = sub.add_parser("sweep", help="run a scenario over a grid of overrides and seeds (parallel, resumable)",
+                        description="Run SCENARIO at every point of the grid (the cartesian product of the --variant labels and "
+                        "the --grid axes), each with seeds 0..N-1. Rerunning the same command resumes: only missing runs run.")
+    sw.add_argument("scenario", help="scenario TOML file (see scenarios/)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="an axis of the grid, --set syntax, e.g. --grid server.lock=global,shard,none (repeatable)")
+    sw.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[;KEY=VALUE...]",
+                    help="a labelled set of overrides; the variants form one axis, e.g. --variant 'backup:algorithm.kind=sync;algorithm.backup=1'")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the base scenario for every run")
+    sw.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per point, with run.seed = 0..N-1 (default 1)")
+    sw.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="J",
+                    help="runs in parallel, each in its own process (default: half the CPU cores)")
+    sw.add_argument("--out", type=Path, required=True, help="sweep folder (rerun the same command with it to resume)")
+    sw.add_argument("--timing-only", action="store_true", help="simulate schedules only: no JAX gradients (timing questions)")
+    sw.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines, only failures and the summary")
+    sw.set_defaults(handler=_cmd_sweep)
+
+    cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with the winner")
+    cmp.add_argument("dirs", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders and sweep folders")
+    cmp.add_argument("--metric", choices=("test_accuracy", "train_loss", "staleness_mean", "throughput"),
+                     help="curve to overlay (default: test_accuracy, or throughput for timing-only runs)")
+    cmp.add_argument("--x", choices=("sim_time", "updates"), default="sim_time", help="x axis (default: sim_time)")
+    cmp.add_argument("--target", type=float, metavar="ACC",
+                     help="test accuracy for the time-to-target column (default: the scenario's run.target_accuracy)")
+    cmp.add_argument("--out", type=Path, help="folder for compare.png and compare.csv (default: the first folder given)")
+    cmp.set_defaults(handler=_cmd_compare)
+
+    rpt = sub.add_parser("report", help="write report.html (self-contained, works offline) and report.md for a run or sweep folder")
+    rpt.add_argument("dir", type=Path, metavar="DIR", help="a run folder or a sweep folder")
+    rpt.set_defaults(handler=_cmd_report)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import main_progress, plan_sweep, run_sweep
+
+    sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only)
+    state: dict[str, Any] = {}
+
+    def on_start(todo: int, total: int) -> None:
+        if not args.quiet:
+            done = total - todo
+            print(f"sweep      {sweep.name}: {len(sweep.points)} points x {sweep.seeds} seeds = {total} runs"
+                  + (f" ({done} already done, {todo} to run)" if done else "") + f", {min(args.jobs, max(todo, 1))} at a time",
+                  file=sys.stderr, flush=True)
+        state["progress"], state["close"] = main_progress(todo, args.quiet)
+
+    try:
+        outcome = run_sweep(sweep, args.out, jobs=args.jobs, retry_failed=args.retry_failed,
+                            progress=lambda record: state["progress"](record), on_start=on_start)
+    finally:
+        if "close" in state:
+            state["close"]()
+    if not args.quiet:
+        print(f"ran        {outcome.ran} runs ({outcome.skipped} were already done)")
+        print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
+        print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
+    if outcome.failed:
+        first = outcome.failed[0]
+        print(f"error: {len(outcome.failed)} of {outcome.total} runs failed (first: {first['run']}: {first['error']}); each error is in "
+              f"{args.out}/runs/<run>/result.json; fix the cause and rerun with --retry-failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_table
+
+    comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out)
+    print(format_table(comparison))
+    print(f"figure     {comparison.figure}\ntable      {comparison.table_file}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    html_path, md_path = write_report(args.dir)
+    print(f"report     {html_path} (self-contained: open it in a browser, works offline)\nmarkdown   {md_path}")
     return 0
 
 

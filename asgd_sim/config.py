@@ -120,6 +120,7 @@ class ServerConfig:
     apply_time: Distribution = field(default_factory=lambda: Constant(0.0005))  # per update per shard
     atomic: bool = False  # an update holds all its shards' locks at once ...
     lock_order: str = "sorted"  # ... taken in "sorted" or "random" order (random can deadlock)
+    checkpoint_every: int | None = None  # real backends: checkpoint the server every N updates (--resume)
 
 
 @dataclass(frozen=True)
