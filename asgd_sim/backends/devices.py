@@ -1,0 +1,149 @@
+"""The devices backend: one process, one thread per worker, each bound to a JAX device.
+
+Worker w runs on ``jax.devices()[w % D]`` (on a CPU-only machine, several devices come from
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``, set before JAX starts); the parameter
+server (`backends.server.RealServer`) keeps the shards on device 0 and applies the updates there
+with the scenario's lock policy and algorithm. Parameters travel by ``jax.device_put`` (the pull
+and the push), gradients are computed by one jitted function per device, and every timestamp of
+the trace is ``time.monotonic()`` after ``block_until_ready``.
+
+``emulate=True`` makes homogeneous hardware behave like the scenario's cluster (see
+`backends.worker`): sampled compute times, slowdowns, latencies and apply times become real
+delays, drawn from the simulator's own per-worker streams.
+
+Compilation happens before the clock starts (one gradient per device and one update), so the
+trace starts with the cluster already warm.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from ..config import Scenario
+from ..errors import ScenarioError
+from ..problems import build_problem
+from ..workers import build_workers
+from .results import finish_real_run, write_real_result
+from .server import Clock, Layout, RealServer, check_supported
+from .worker import WorkerHooks, run_worker
+
+__all__ = ["run_devices"]
+
+POLL_S = 0.02
+
+
+def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: bool = False, resume: bool = False,
+                devices: list[Any] | None = None, inject: Callable[[int, int], None] | None = None,
+                stall_after: float | None = None, show_progress: bool = False) -> Any:
+    """Run ``scenario`` for real on JAX devices; returns a `simulate.Result` (and writes ``out``).
+
+    ``resume`` continues the run in ``out`` from its last checkpoint. ``inject(worker, k)`` is
+    called before each gradient (raise from it to crash a worker). A run that makes no update for
+    ``stall_after`` seconds while no worker is due to restart stops as "stalled" (a sync barrier
+    waiting for a worker that is down for good).
+    """
+    from ..checkpoint import CheckpointWriter, load_checkpoint
+    from ..numerics import enable_compilation_cache
+    from ..scenario import dump_scenario
+
+    check_supported(scenario, "devices")
+    sc = scenario
+    enable_compilation_cache()
+    out = Path(out) if out is not None else None
+    if resume and out is None:
+        raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")
+    devices = list(devices or jax.devices())
+    M = sc.num_workers
+    problem = build_problem(sc, M)
+    layout = Layout(problem, sc.server.shards, sc.run.seed)
+    ckpt = load_checkpoint(out) if resume else None  # type: ignore[arg-type]
+    writer = CheckpointWriter(out) if (sc.server.checkpoint_every and out is not None) else None
+    clock = Clock(ckpt.t if ckpt is not None else 0.0)
+    server = RealServer(sc, layout, device=devices[0], emulate=emulate, clock=clock, resume=ckpt, on_checkpoint=writer)
+    grad = layout.grad_fn()
+    worker_device = [devices[w % len(devices)] for w in range(M)]
+    for dev in dict.fromkeys(worker_device):  # compile once per device before the clock starts
+        jax.block_until_ready(grad(jax.device_put(tuple(layout.initial), dev), np.int32(0), np.int32(0)))
+    server.warm_up()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_scenario(sc, out / "scenario.toml")
+    transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or problem.param_bytes) * sc.server.shards / sc.network.bandwidth
+    states = build_workers(sc, sc.network.latency)
+    threads = []
+    started = time.perf_counter()
+    clock.origin = time.monotonic() - (ckpt.t if ckpt is not None else 0.0)
+    server.last_update_time = clock.now()
+    for w, state in enumerate(states):
+        dev = worker_device[w]
+        slot = server.slots[w]
+        hooks = WorkerHooks(
+            fetch=lambda rows, dev=dev: jax.block_until_ready(jax.device_put(rows, dev)),
+            compute=lambda rows, wid, k: jax.block_until_ready(grad(rows, np.int32(wid), np.int32(k))),
+            ship=lambda g: jax.block_until_ready(jax.device_put(g, server.device)),
+            cancelled=slot.cancel.is_set, inject=inject, needs_read=server.needs_read,
+        )
+        thread = threading.Thread(target=run_worker, args=(server, state, hooks),
+                                  kwargs={"emulate": emulate, "clock": clock, "transfer": transfer},
+                                  name=f"worker-{w}", daemon=True)
+        threads.append(thread)
+    for thread in threads:
+        thread.start()
+    stall = stall_after if stall_after is not None else _default_stall(sc)
+    _supervise(server, threads, stall, show_progress)
+    for thread in threads:
+        thread.join(timeout=10)
+    wall = time.perf_counter() - started
+    if writer is not None:
+        writer.close()
+    server.close()
+    meta = {"scenario": sc.name, "kind": sc.algorithm.kind, "workers": M, "stopped": server.stopped,
+            "sim_time": server.stop_time, "backend": "devices", "emulate": emulate, "failures": server.failures}
+    if server.resumed_from is not None:
+        meta["resumed_from"] = server.resumed_from
+    trace = server.freeze(meta)
+    backend = {"name": "devices", "devices": [str(d) for d in devices], "worker_devices": [str(d) for d in worker_device],
+               "emulate": emulate, "failures": server.failures, "resumed_from": server.resumed_from,
+               "checkpoints": writer.written if writer is not None else [],
+               "checkpoint_errors": writer.errors if writer is not None else []}
+    final_rows = server.final_rows()
+    result = finish_real_run(sc, layout, trace, server.snapshots, final_rows, server.stopped, server.stop_time, wall, backend)
+    if out is not None:
+        write_real_result(result, out, layout, final_rows)
+    return result
+
+
+def _default_stall(sc: Scenario) -> float:
+    slowest = max(g.compute.mean for g in sc.workers)
+    return max(5.0, 50 * slowest)
+
+
+def _supervise(server: RealServer, threads: list[threading.Thread], stall: float, show_progress: bool) -> None:
+    """Wait for the run to end: its update or time limit, or a stall."""
+    from ..runner import progress_bar
+
+    update, close = progress_bar(server.until_updates if math.isfinite(server.until_updates) else float("inf"), "upd", show_progress)
+    try:
+        while not server.done.wait(POLL_S):
+            now = server.now()
+            if now >= server.until_time:
+                server.stop("until_time")
+                break
+            if update is not None:
+                update(server.updates, now)
+            if not any(t.is_alive() for t in threads):
+                server.stop("stalled")
+                break
+            restarting = any(f.get("restart_after") is not None and "restarted" not in f for f in server.failures)
+            if now - server.last_update_time > stall and not restarting:
+                server.stop("stalled")
+                break
+    finally:
+        close()

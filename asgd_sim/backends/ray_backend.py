@@ -1,0 +1,344 @@
+"""The Ray backend: the parameter server and the workers as Ray actors, on one machine or many.
+
+``run_ray(scenario, out, address=None)`` starts a local Ray (or joins the cluster at
+``address``), creates one server actor, a threaded actor hosting `backends.server.RealServer`
+(all shards, locks, algorithm, trace, checkpoints), and one actor per worker running
+`backends.worker.run_worker` against it. Parameters and gradients travel as numpy arrays through
+Ray's object store; each worker computes its gradients with JAX on its own default device.
+
+Clocks: each worker measures its offset to the server's monotonic clock once at start (the
+midpoint of a round trip, as Cristian's algorithm), so every trace time is on the server's clock
+even across machines.
+
+Faults: a worker actor that dies (``ray.kill``, a crashed process, a lost node) is noticed by the
+driver; the failure goes into the trace's metadata, the server goes on with the others, and the
+scenario's restart policy (``failures.restart_after`` / ``mttr``) starts a fresh actor for it after
+the down time, which pulls afresh. An exception inside a worker is handled inside the actor, as in
+the devices backend.
+
+Differences from the devices backend: a worker notices that a sync round closed without it only
+at its push (it is not interrupted mid-compute), and all shards live in one server actor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Scenario
+from ..errors import ScenarioError
+from .server import check_supported
+
+__all__ = ["run_ray", "ray_map", "ensure_ray"]
+
+POLL_S = 0.05
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Import Ray and connect: to ``address`` if given, else to a local Ray started here."""
+    try:
+        import ray
+    except ImportError:
+        raise ScenarioError("--backend ray", "needs Ray: pip install 'asgd-sim[ray]' (or pip install 'ray[default]')") from None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # Several worker processes may share one GPU: none may grab most of its memory up front.
+            ray.init(num_cpus=num_cpus, runtime_env={"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}, **kwargs)
+    return ray
+
+
+def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], address: str | None = None) -> list[Any]:
+    """``[fn(item) for item in items]`` as Ray tasks (e.g. the points of a sweep), in order."""
+    ray = ensure_ray(address)
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(item) for item in items])
+
+
+def _scenario_dict(sc: Scenario) -> dict[str, Any]:
+    from ..scenario import scenario_to_dict
+
+    return scenario_to_dict(sc)
+
+
+def _load(tree: dict[str, Any], name: str) -> Scenario:
+    from ..scenario import scenario_from_dict
+
+    return scenario_from_dict(tree, name=name)
+
+
+class _ServerHost:
+    """The server actor's body: a RealServer behind methods that take and give numpy arrays."""
+
+    def __init__(self, tree: dict[str, Any], name: str, emulate: bool, out: str | None, resume: bool) -> None:
+        import jax
+
+        from ..checkpoint import CheckpointWriter, load_checkpoint
+        from ..problems import build_problem
+        from .server import Clock, Layout, RealServer
+
+        self.sc = sc = _load(tree, name)
+        self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
+        ckpt = load_checkpoint(out) if resume else None
+        self.offset = ckpt.t if ckpt is not None else 0.0
+        self.writer = CheckpointWriter(out) if (sc.server.checkpoint_every and out) else None
+        self.server = RealServer(sc, self.layout, emulate=emulate, clock=Clock(self.offset), resume=ckpt, on_checkpoint=self.writer)
+        self.server.warm_up()
+        self.device = jax.devices()[0]
+
+    def start_clock(self) -> float:
+        self.server.clock.origin = time.monotonic() - self.offset
+        self.server.last_update_time = self.server.clock.now()
+        return self.server.clock.now()
+
+    def now(self) -> float:
+        return self.server.clock.now()
+
+    def status(self) -> tuple[str, int, float, float]:
+        s = self.server
+        return s.stopped, s.updates, s.clock.now(), s.last_update_time
+
+    def stop(self, reason: str) -> None:
+        self.server.stop(reason)
+
+    def _read_out(self, read: Any) -> Any:
+        if read is None:
+            return None
+        from .server import Read
+
+        return Read(read.t_pull, read.t_read, read.versions, tuple(np.asarray(r) for r in read.rows), read.round, read.has_params)
+
+    def read(self, wid: int, t_pull: float) -> Any:
+        try:
+            return self._read_out(self.server.read(wid, t_pull))
+        except Exception:  # noqa: BLE001 - stopped
+            return None
+
+    def new_gradients(self, wid: int, count: int, read: Any) -> list[tuple[int, int]]:
+        return self.server.new_gradients(wid, count, read)
+
+    def record_compute(self, gid: int, start: float, end: float) -> None:
+        self.server.record_compute(gid, start, end)
+
+    def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Any) -> Any:
+        import jax
+
+        grads = [tuple(jax.device_put(g, self.device) for g in rows) for rows in grads]
+        reads = tuple(jax.device_put(r, self.device) for r in reads) if reads is not None else None
+        return self._read_out(self.server.push(wid, gids, grads, reads, read))
+
+    def cancel(self, wid: int, gids: list[int]) -> None:
+        self.server.cancel(wid, gids)
+
+    def await_broadcast(self, wid: int) -> Any:
+        return self._read_out(self.server.await_broadcast(wid))
+
+    def worker_failed(self, wid: int, gids: list[int], error: str, restart_after: float | None) -> None:
+        self.server.worker_failed(wid, gids, RuntimeError(error), restart_after)
+
+    def worker_restarted(self, wid: int) -> None:
+        self.server.worker_restarted(wid)
+
+    def failures(self) -> list[dict[str, Any]]:
+        return list(self.server.failures)
+
+    def results(self, meta: dict[str, Any]) -> dict[str, Any]:
+        s = self.server
+        if self.writer is not None:
+            self.writer.close()
+        s.close()
+        meta = {**meta, "stopped": s.stopped, "sim_time": s.stop_time, "failures": s.failures}
+        if s.resumed_from is not None:
+            meta["resumed_from"] = s.resumed_from
+        return {
+            "trace": s.freeze(meta), "stopped": s.stopped, "stop_time": s.stop_time, "failures": s.failures,
+            "snapshots": [(u, t, tuple(np.asarray(r) for r in rows), n) for u, t, rows, n in s.snapshots],
+            "final_rows": tuple(np.asarray(r) for r in s.final_rows()), "resumed_from": s.resumed_from,
+            "checkpoints": self.writer.written if self.writer is not None else [],
+        }
+
+
+class _ServerProxy:
+    """What `run_worker` calls, forwarded to the server actor (``stopped`` cached for 50 ms)."""
+
+    def __init__(self, ray: Any, actor: Any) -> None:
+        self.ray, self.actor = ray, actor
+        self._stopped, self._checked = "", 0.0
+
+    @property
+    def stopped(self) -> str:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked > 0.05:
+            self._stopped = self.ray.get(self.actor.status.remote())[0]
+            self._checked = now
+        return self._stopped
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.actor, name)
+
+        def call(*args: Any) -> Any:
+            return self.ray.get(method.remote(*args))
+
+        return call
+
+    def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Any) -> Any:
+        from .server import Read
+
+        meta = Read(read.t_pull, read.t_read, read.versions, (), read.round, read.has_params)
+        return self.ray.get(self.actor.push.remote(wid, gids, grads, reads, meta))
+
+    def worker_failed(self, wid: int, gids: list[int], error: BaseException, restart_after: float | None) -> None:
+        self.ray.get(self.actor.worker_failed.remote(wid, gids, f"{type(error).__name__}: {error}", restart_after))
+
+
+class _SyncedClock:
+    """The server's clock, read locally: monotonic time plus the offset measured at start."""
+
+    def __init__(self, ray: Any, actor: Any) -> None:
+        best = math.inf
+        for _ in range(5):
+            t0 = time.monotonic()
+            remote = ray.get(actor.now.remote())
+            t1 = time.monotonic()
+            if t1 - t0 < best:
+                best, self.delta = t1 - t0, remote - (t0 + t1) / 2
+        self.rtt = best
+
+    def now(self) -> float:
+        return time.monotonic() + self.delta
+
+
+class _WorkerHost:
+    """A worker actor: builds the problem, compiles its gradient, then runs the worker loop."""
+
+    def __init__(self, tree: dict[str, Any], name: str, wid: int, emulate: bool, server: Any) -> None:
+        import jax
+
+        from ..problems import build_problem
+        from .server import Layout
+
+        self.sc = sc = _load(tree, name)
+        self.wid, self.emulate, self.server = wid, emulate, server
+        self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
+        self.grad = self.layout.grad_fn()
+        jax.block_until_ready(self.grad(tuple(jax.numpy.asarray(r) for r in self.layout.initial), np.int32(0), np.int32(0)))
+
+    def ready(self) -> bool:
+        return True
+
+    def run(self, restarted: bool = False, down: float | None = None) -> int:
+        import jax
+        import ray
+
+        from ..workers import build_workers
+        from .worker import WorkerHooks, run_worker
+
+        sc = self.sc
+        state = build_workers(sc, sc.network.latency)[self.wid]
+        clock = _SyncedClock(ray, self.server)
+        proxy = _ServerProxy(ray, self.server)
+        if restarted:
+            state.start = 0.0
+            state.failure_times = [t for t in state.failure_times if t > clock.now()]
+        hooks = WorkerHooks(
+            fetch=lambda rows: jax.block_until_ready(tuple(jax.numpy.asarray(r) for r in rows)),
+            compute=lambda rows, wid, k: jax.block_until_ready(self.grad(rows, np.int32(wid), np.int32(k))),
+            ship=lambda g: tuple(np.asarray(x) for x in g),
+            needs_read=False,
+        )
+        transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or self.layout.problem.param_bytes) * sc.server.shards / sc.network.bandwidth
+        run_worker(proxy, state, hooks, emulate=self.emulate, clock=clock, transfer=transfer)
+        return self.wid
+
+
+def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str | None = None, emulate: bool = False,
+            resume: bool = False, num_cpus: int | None = None, on_start: Callable[[list[Any]], None] | None = None,
+            stall_after: float | None = None, show_progress: bool = False) -> Any:
+    """Run ``scenario`` with Ray actors; returns a `simulate.Result` (and writes ``out``).
+
+    ``on_start(worker_actors)`` is called once the workers run (tests kill one from there).
+    """
+    from ..problems import build_problem
+    from ..scenario import dump_scenario
+    from .results import finish_real_run, write_real_result
+    from .server import Layout
+
+    check_supported(scenario, "ray")
+    sc = scenario
+    if resume and out is None:
+        raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")
+    if sc.optimizer.dc_lambda > 0:
+        raise ScenarioError("optimizer.dc_lambda", "DC-ASGD is not run by the ray backend yet: use --backend devices or sim")
+    ray = ensure_ray(address, num_cpus)
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_scenario(sc, out / "scenario.toml")
+    tree, M = _scenario_dict(sc), sc.num_workers
+    Server = ray.remote(num_cpus=0, max_concurrency=4 * M + 16)(_ServerHost)
+    Worker = ray.remote(num_cpus=0, max_restarts=0)(_WorkerHost)
+    server = Server.remote(tree, sc.name, emulate, str(out.resolve()) if out is not None else None, resume)
+    workers = [Worker.remote(tree, sc.name, w, emulate, server) for w in range(M)]
+    ray.get([w.ready.remote() for w in workers] + [server.now.remote()])
+    started = time.perf_counter()
+    ray.get(server.start_clock.remote())
+    running = {w.run.remote(): wid for wid, w in enumerate(workers)}
+    if on_start is not None:
+        on_start(workers)
+    stall = stall_after if stall_after is not None else max(5.0, 50 * max(g.compute.mean for g in sc.workers))
+    restarts: list[tuple[float, int, Any]] = []  # (when, worker, ready) of pending restarts of dead actors
+    from ..workers import build_workers
+
+    states = build_workers(sc, sc.network.latency)
+    until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
+    while True:
+        stopped, updates, now, last = ray.get(server.status.remote())
+        if stopped:
+            break
+        if now >= until_time:
+            ray.get(server.stop.remote("until_time"))
+            break
+        ready, _ = ray.wait(list(running), timeout=POLL_S, num_returns=1)
+        for ref in ready:
+            wid = running.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as error:  # noqa: BLE001 - the actor died (killed, crashed, node lost)
+                down = states[wid].down_time()
+                ray.get(server.worker_failed.remote(wid, [], f"actor died: {type(error).__name__}", down))
+                if down is not None:  # a fresh actor starts now (a process start takes seconds) ...
+                    workers[wid] = Worker.remote(tree, sc.name, wid, emulate, server)
+                    restarts.append((now + down, wid, workers[wid].ready.remote()))
+        for entry in list(restarts):  # ... and takes over once the down time is over and it is ready
+            when, wid, ready_ref = entry
+            if now >= when and ray.wait([ready_ref], timeout=0)[0]:
+                restarts.remove(entry)
+                ray.get(server.worker_restarted.remote(wid))
+                running[workers[wid].run.remote(True)] = wid
+        if not running and not restarts:
+            ray.get(server.stop.remote("stalled"))
+            break
+        if now - last > stall and not restarts:
+            ray.get(server.stop.remote("stalled"))
+            break
+    ray.wait(list(running), num_returns=len(running), timeout=10)
+    wall = time.perf_counter() - started
+    meta = {"scenario": sc.name, "kind": sc.algorithm.kind, "workers": M, "backend": "ray", "emulate": emulate}
+    got = ray.get(server.results.remote(meta))
+    for w in workers:
+        ray.kill(w)
+    ray.kill(server)
+    layout = Layout(build_problem(sc, M), sc.server.shards, sc.run.seed)
+    backend = {"name": "ray", "address": address or "local", "emulate": emulate, "failures": got["failures"],
+               "resumed_from": got["resumed_from"], "checkpoints": got["checkpoints"]}
+    result = finish_real_run(sc, layout, got["trace"], got["snapshots"], got["final_rows"], got["stopped"], got["stop_time"], wall, backend)
+    if out is not None:
+        write_real_result(result, out, layout, got["final_rows"])
+    return result

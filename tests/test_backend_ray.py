@@ -1,0 +1,73 @@
+"""The Ray backend on a local Ray with 2 CPUs: same algorithms, same trace, killed actors."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it (.[test,ray])
+
+from asgd_sim.scenario import scenario_from_dict  # noqa: E402
+from asgd_sim.trace import APPLIED, Trace  # noqa: E402
+
+from test_backend_devices import check_trace, replay_max_diff  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cpu"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_path: Path) -> None:
+    from asgd_sim.backends.ray_backend import run_ray
+
+    sc = scenario_from_dict({
+        "model": {"name": "logreg"}, "run": {"until_updates": 1000, "eval_every": 250},
+        "workers": [{"count": 3, "compute": 0.015, "failures": {"restart_after": 0.5}}],
+    }, name="ray-faults")
+    killed = threading.Event()
+
+    def kill_one(workers: list) -> None:
+        def kill() -> None:
+            ray.kill(workers[1])
+            killed.set()
+        threading.Timer(0.5, kill).start()
+
+    out = tmp_path / "run"
+    result = run_ray(sc, out, emulate=True, on_start=kill_one)
+    assert killed.is_set()
+    assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 1000
+    trace = Trace.load(out)
+    check_trace(trace)
+    failures = trace.meta["failures"]
+    assert [f["worker"] for f in failures] == [1] and "actor died" in failures[0]["error"]
+    assert failures[0].get("restarted") is not None, "the restart policy brings the worker back"
+    applied = trace.fate == APPLIED
+    assert ((trace.worker == 1) & applied & (trace.t_read > failures[0]["restarted"])).sum() > 3
+    assert ((trace.worker != 1) & applied & (trace.t_read > failures[0]["t"]) & (trace.t_read < failures[0]["restarted"])).sum() > 10
+    diff, _ = replay_max_diff(out)
+    assert diff <= 1e-6
+
+
+@pytest.mark.slow
+def test_ray_runs_sync_rounds(local_ray, tmp_path: Path) -> None:
+    from asgd_sim.backends.ray_backend import run_ray
+
+    sc = scenario_from_dict({
+        "model": {"name": "logreg"}, "run": {"until_updates": 40, "eval_every": 20},
+        "workers": [{"count": 3, "compute": 0.005}], "algorithm": {"kind": "sync", "backup": 1},
+    }, name="ray-sync")
+    result = run_ray(sc, tmp_path / "run")
+    trace = result.trace
+    check_trace(trace)
+    assert np.all(np.diff(trace.member_offsets) == 2) and np.all(trace.staleness[trace.fate == APPLIED] == 0)
+    assert result.summary["backend"]["name"] == "ray"
+    diff, _ = replay_max_diff(tmp_path / "run")
+    assert diff <= 1e-6
