@@ -71,11 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    clock = "measured" if summary.get("backend") else "simulated"  # a real backend's clock is real
     stale = summary["staleness"]
     lines = [
         f"scenario   {summary['scenario']} ({summary['algorithm']}, {summary['workers']} workers)",
-        f"stopped    {summary['stopped']} after {summary['updates']} updates, {summary['sim_time']:.4g} s simulated, {summary['wall_time_s']:.3g} s wall",
-        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s (simulated)",
+        f"stopped    {summary['stopped']} after {summary['updates']} updates, {summary['sim_time']:.4g} s {clock}, {summary['wall_time_s']:.3g} s wall",
+        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})",
         f"staleness  mean {stale['mean']:.3g}, p50 {stale['p50']:.3g}, p95 {stale['p95']:.3g}, max {stale['max']}",
         f"lock wait  mean {summary['lock_wait_mean']:.3g} s",
     ]
