@@ -32,10 +32,13 @@ __all__ = [
     "simulate",
     "replay",
     "Result",
+    "load_run",
+    "load_sweep",
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"simulate": "simulate", "replay": "simulate", "Result": "simulate"}  # these import JAX
+_LAZY = {"simulate": "simulate", "replay": "simulate", "Result": "simulate",  # these import JAX
+         "load_run": "results", "load_sweep": "results"}  # these read result folders (pandas)
 
 
 def __getattr__(name: str) -> Any:

@@ -221,7 +221,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     def on_start(todo: int, total: int) -> None:
         if not args.quiet:
             done = total - todo
-            print(f"sweep      {sweep.name}: {len(sweep.points)} points x {sweep.seeds} seeds = {total} runs"
+            print(f"sweep      {sweep.name}: {len(sweep.points)} points x {sweep.seeds} seed{'' if sweep.seeds == 1 else 's'} = {total} runs"
                   + (f" ({done} already done, {todo} to run)" if done else "") + f", {min(args.jobs, max(todo, 1))} at a time",
                   file=sys.stderr, flush=True)
         state["progress"], state["close"] = main_progress(todo, args.quiet)
