@@ -195,6 +195,9 @@ def _add_study_commands(sub: Any) -> None:
     sw.add_argument("--timing-only", action="store_true", help="simulate schedules only: no JAX gradients (timing questions)")
     sw.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     sw.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines, only failures and the summary")
+    sw.add_argument("--executor", choices=("processes", "ray"), default="processes",
+                    help="run the points in local processes (default) or as Ray tasks (pip install 'asgd-sim[ray]')")
+    sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
     sw.set_defaults(handler=_cmd_sweep)
 
     cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with the winner")
@@ -228,7 +231,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         outcome = run_sweep(sweep, args.out, jobs=args.jobs, retry_failed=args.retry_failed,
-                            progress=lambda record: state["progress"](record), on_start=on_start)
+                            progress=lambda record: state["progress"](record), on_start=on_start,
+                            executor=args.executor, ray_address=args.ray_address)
     finally:
         if "close" in state:
             state["close"]()

@@ -232,12 +232,17 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: bool = False,
-              progress: Callable[[dict[str, Any]], None] | None = None, on_start: Callable[[int, int], None] | None = None) -> SweepOutcome:
+              progress: Callable[[dict[str, Any]], None] | None = None, on_start: Callable[[int, int], None] | None = None,
+              executor: str = "processes", ray_address: str | None = None) -> SweepOutcome:
     """Run the runs of ``sweep`` not yet committed in ``out``; rebuild ``runs.parquet``.
 
     ``progress(record)`` is called as each run finishes; ``on_start(todo, total)`` once before.
+    ``executor`` is "processes" (``jobs`` local processes) or "ray" (each run a Ray task, on a
+    local Ray or the cluster at ``ray_address``; ``out`` must be on a filesystem the tasks see).
     Refuses (ScenarioError) a folder that holds a different sweep, or one another process writes.
     """
+    if executor not in ("processes", "ray"):
+        raise ScenarioError("--executor", f"= {executor!r}: must be 'processes' or 'ray'")
     from .results import build_runs_table, write_runs_table
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -263,7 +268,9 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: boo
         total = len(sweep.run_names())
         if on_start:
             on_start(len(todo), total)
-        if todo:
+        if todo and executor == "ray":
+            _execute_ray(todo, progress, ray_address)
+        elif todo:
             _execute_all(todo, jobs, progress)
         table = write_runs_table(build_runs_table(out), out)
         failed = [r for _, _, name in sweep.run_names() if (r := _committed(runs_dir / name)) is not None and r["status"] != "ok"]
@@ -412,6 +419,25 @@ def _execute_all(todo: list[dict[str, Any]], jobs: int, progress: Callable[[dict
             raise
         pool.shutdown(wait=True)
         pending = retry
+
+
+def _execute_ray(todo: list[dict[str, Any]], progress: Callable[[dict[str, Any]], None] | None, address: str | None) -> None:
+    """Each run as a Ray task (one CPU each); a task that dies is recorded as failed."""
+    from .backends.ray_backend import ensure_ray
+
+    ray = ensure_ray(address)
+    remote_run = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1)(_run_one)
+    pending = {remote_run.remote(task): task for task in todo}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as error:  # the task's process died MAX_ATTEMPTS times, or Ray failed it
+                record = _commit_failure(task, f"{type(error).__name__}: {error}")
+            if progress:
+                progress(record)
 
 
 def _worker_init(parent: int) -> None:
