@@ -14,8 +14,6 @@ link's transfers): the knee is where the two cross.
 
 from __future__ import annotations
 
-import argparse
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +22,13 @@ import asgd_sim
 from asgd_sim.compare import mean_ci
 from asgd_sim.plots import plt
 
+from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder (--out of asgd-sim sweep)")
-    parser.add_argument("--out", type=Path, default=Path("docs/gallery/bandwidth.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "bandwidth.png")
 
-    runs = asgd_sim.load_sweep(args.sweep)
-    runs = runs[runs["status"] == "ok"]
-    scenario = tomllib.loads(runs.attrs["sweep"]["base_scenario"])
+    runs, scenario = successful_runs(args.sweep)
     workers = sum(int(g["count"]) for g in scenario["workers"])
     compute = float(scenario["workers"][0]["compute"]["mean"])
     nic, link = float(scenario["network"]["server_bandwidth"]), float(scenario["network"]["bandwidth"])
@@ -56,10 +51,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8, loc="lower right")
     ax.set_title(f"{workers} workers, {size / 1e6:g} MB model: dashed = NIC limit, dotted = worker limit", fontsize=9)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":

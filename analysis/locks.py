@@ -13,8 +13,6 @@ an update holds the one mutex while it applies every shard. Right: mean wait for
 
 from __future__ import annotations
 
-import argparse
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +21,13 @@ import asgd_sim
 from asgd_sim.compare import mean_ci
 from asgd_sim.plots import plt
 
+from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder (--out of asgd-sim sweep)")
-    parser.add_argument("--out", type=Path, default=Path("docs/gallery/locks.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "locks.png")
 
-    runs = asgd_sim.load_sweep(args.sweep)
-    runs = runs[runs["status"] == "ok"]
-    scenario = tomllib.loads(runs.attrs["sweep"]["base_scenario"])
+    runs, scenario = successful_runs(args.sweep)
     shards = int(scenario["server"]["shards"])
     workers = sum(int(g["count"]) for g in scenario["workers"])
     compute = float(scenario["workers"][0]["compute"]["mean"])
@@ -62,10 +57,7 @@ def main() -> None:
     right.set_ylim(bottom=0)
     right.legend(frameon=False, fontsize=8)
     fig.suptitle(f"{workers} workers, {shards} shards: when does the lock become the bottleneck? (mean, 95 % interval)", fontsize=10)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Left: mean test accuracy over seeds with its 95 % band. Right: final accuracy pe
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,13 @@ import asgd_sim
 from asgd_sim.compare import band, mean_ci
 from asgd_sim.plots import plt
 
+from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder (--out of asgd-sim sweep)")
-    parser.add_argument("--out", type=Path, default=Path("docs/gallery/mitigation.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "mitigation.png")
 
-    runs = asgd_sim.load_sweep(args.sweep)
-    runs = runs[runs["status"] == "ok"]
+    runs, _ = successful_runs(args.sweep)
     curves = asgd_sim.load_sweep(args.sweep, table="metrics")
     workers = int(runs["workers"].iloc[0])
     stale = runs["staleness_mean"].mean()
@@ -54,10 +51,7 @@ def main() -> None:
     right.grid(alpha=0.3, axis="x")
     seeds = runs.groupby("point").size().min()
     fig.suptitle(f"{workers} async workers, mean staleness {stale:.0f}: which remedy recovers accuracy? (95 % band, {seeds} seeds)", fontsize=10)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":

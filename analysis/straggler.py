@@ -14,7 +14,6 @@ computed per simulated second (what each algorithm gets out of the cluster).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ import numpy as np
 import asgd_sim
 from asgd_sim.compare import mean_ci
 from asgd_sim.plots import plt
+
+from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
 
 KEY = "workers[1].compute.mean"  # the straggler's mean compute time
 
@@ -36,18 +37,9 @@ def time_to_target(curves, target: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder (--out of asgd-sim sweep)")
-    parser.add_argument("--target", type=float, default=None, help="test accuracy (default: the scenario's run.target_accuracy)")
-    parser.add_argument("--out", type=Path, default=Path("docs/gallery/straggler.png"))
-    args = parser.parse_args()
+    args = arguments(__doc__, "straggler.png", target=True)
 
-    runs = asgd_sim.load_sweep(args.sweep)
-    runs = runs[runs["status"] == "ok"]
-    base = runs.attrs["sweep"]["base_scenario"]
-    import tomllib
-
-    scenario = tomllib.loads(base)
+    runs, scenario = successful_runs(args.sweep)
     fast = float(scenario["workers"][0]["compute"]["mean"])
     target = args.target or scenario["run"].get("target_accuracy") or 0.9
     curves = asgd_sim.load_sweep(args.sweep, table="metrics")
@@ -73,10 +65,7 @@ def main() -> None:
     left.legend(frameon=False)
     seeds = runs.groupby("point").size().min()
     fig.suptitle(f"One straggler in 8 workers: sync vs async vs one backup worker (mean, 95 % interval, {seeds} seeds)", fontsize=10)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":
