@@ -47,12 +47,14 @@ HISTORY_BUDGET_BYTES = 512 * 2**20  # initial ring-buffer budget; it may still g
 def enable_compilation_cache() -> None:
     """Keep compiled waves on disk so a rerun of a scenario skips most compilation.
 
-    Uses $ASGD_SIM_JAX_CACHE (default ~/.cache/asgd-sim/jax; "off" disables it) unless the user
-    already configured JAX's own cache.
+    Uses $ASGD_SIM_JAX_CACHE: a folder, "off" (or 0/false/no) to disable, unset (or on/1/true/yes)
+    for ~/.cache/asgd-sim/jax; unless the user already configured JAX's own cache.
     """
-    where = os.environ.get("ASGD_SIM_JAX_CACHE", str(Path.home() / ".cache" / "asgd-sim" / "jax"))
-    if where == "off" or jax.config.jax_compilation_cache_dir:
+    setting = os.environ.get("ASGD_SIM_JAX_CACHE", "").strip()
+    if setting.lower() in ("off", "0", "false", "no") or jax.config.jax_compilation_cache_dir:
         return
+    default = str(Path.home() / ".cache" / "asgd-sim" / "jax")
+    where = default if setting.lower() in ("", "on", "1", "true", "yes") else setting
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
