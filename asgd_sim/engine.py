@@ -33,6 +33,7 @@ from typing import Any
 import simpy
 from simpy.events import Timeout
 
+from .algorithms import AlgorithmPhases
 from .config import Scenario
 from .network import Network
 from .server import ParameterServer, Shard, find_wait_cycle
@@ -76,7 +77,7 @@ class TimingResult:
     deadlock: list[str] = field(default_factory=list)
 
 
-class TimingEngine:
+class TimingEngine(AlgorithmPhases):
     """Builds the SimPy model of one scenario; ``run()`` returns its trace."""
 
     def __init__(self, scenario: Scenario, param_bytes: float | None = None) -> None:
@@ -367,121 +368,6 @@ class TimingEngine:
         w.next_read = (now if t_pull is None else t_pull, now, self.server.versions())
         w.round = self.round
 
-    # ---- server phase of each algorithm ------------------------------------------------------
-
-    def _serve_async(self, w: WorkerState, gids: list[int]) -> Generator:
-        """Async (ASP) and EASGD: apply this push alone, then serve this worker's pull."""
-        yield from self._apply_all(gids, [1.0] * len(gids), w.wid)
-        self._piggyback(w)
-
-    def _serve_ssp(self, w: WorkerState, gids: list[int]) -> Generator:
-        """SSP (Ho et al. 2013): commit, then wait while clock - min clock > staleness_bound."""
-        yield from self._apply_all(gids, [1.0] * len(gids), w.wid)
-        t_applied = self.env.now
-        self._piggyback(w)
-        self._commit_clock(w)
-        if w.clock - self.min_clock > self.ssp_bound:
-            w.wake = self.env.event()
-            self.clock_waiters.setdefault(w.clock, []).append(w)
-            yield w.wake
-            versions = yield from self._read()
-            w.next_read = (t_applied, self.env.now, versions)
-
-    def _commit_clock(self, w: WorkerState) -> None:
-        counts = self.clock_count
-        counts[w.clock] -= 1
-        w.clock += 1
-        counts[w.clock] = counts.get(w.clock, 0) + 1
-        while counts.get(self.min_clock, 0) == 0:
-            del counts[self.min_clock]
-            self.min_clock += 1
-            # Workers at clock c may go once c - min_clock <= bound.
-            for waiter in self.clock_waiters.pop(self.min_clock + self.ssp_bound, []):
-                waiter.wake.succeed()  # type: ignore[union-attr]
-
-    def _serve_k_async(self, w: WorkerState, gids: list[int]) -> Generator:
-        """K-async (Dutta et al. 2018): update after K workers pushed; only they pull."""
-        w.wake = self.env.event()
-        self.buffer.append((w, gids))
-        if len(self.buffer) < self.K:
-            yield w.wake
-            return
-        batch, self.buffer = self.buffer, []
-        members = [g for _, ids in batch for g in ids]
-        yield from self._apply_all(members, [1.0 / len(members)] * len(members), w.wid)
-        for other, _ in batch:
-            self._piggyback(other)
-            if other is not w:
-                other.wake.succeed()  # type: ignore[union-attr]
-
-    def _serve_k_batch_async(self, w: WorkerState, gids: list[int]) -> Generator:
-        """K-batch-async: the server updates per K gradients; the pusher pulls at once (after the
-        update when its push completes the batch)."""
-        t_arrive = self.env.now
-        self.buffer.append((w, gids))
-        if len(self.buffer) >= self.K:
-            # The pusher whose gradient completes the batch is served after the update its push
-            # triggers, like an async pusher (THEORY.md C5: mean staleness (M-1)/K exactly; K = 1
-            # is async). Reading before the update (as a separate apply process did) made every
-            # staleness one too large. (Fix: tests/test_engine_theory.py::test_c5_k_batch_async_staleness.)
-            batch, self.buffer = self.buffer, []
-            members = [g for _, ids in batch for g in ids]
-            yield from self._apply_all(members, [1.0 / len(members)] * len(members), w.wid)
-            self._piggyback(w, t_arrive)
-            return
-        versions = yield from self._read()
-        w.next_read = (t_arrive, self.env.now, versions)
-
-    def _serve_round(self, w: WorkerState, gids: list[int]) -> Generator:
-        """Sync, K-sync, backup workers, local SGD: a round closes on its K-th push."""
-        w.wake = self.env.event()
-        if w.round != self.round:  # computed on parameters of a round already closed
-            for gid in gids:
-                self.trace.fate[gid] = CANCELLED
-            w.next_read = None
-            return
-        self.buffer.append((w, gids))
-        self.waiters.append(w)
-        if len(self.buffer) < self.K:
-            yield w.wake
-            return
-        yield from self._close_round(w)
-
-    def _serve_k_batch_sync(self, w: WorkerState, gids: list[int]) -> Generator:
-        """K-batch-sync: K gradients from anyone at the same parameters; pushers keep going."""
-        if w.round != self.round:
-            for gid in gids:
-                self.trace.fate[gid] = CANCELLED
-            w.next_read = None
-            return
-        self.buffer.append((w, gids))
-        if len(self.buffer) < self.K:  # keep computing on the parameters already held
-            tr = self.trace
-            w.next_read = (tr.t_pull[gids[0]], tr.t_read[gids[0]], _read_versions(tr, gids[0], self.S))
-            w.has_params = True
-            return
-        w.wake = self.env.event()
-        self.waiters.append(w)
-        yield from self._close_round(w)
-
-    def _close_round(self, w: WorkerState) -> Generator:
-        batch, self.buffer = self.buffer, []
-        closing = self.round
-        self.round += 1
-        members = [g for _, ids in batch for g in ids]
-        weight = 1.0 / len(batch) if self.kind == "local_sgd" else 1.0 / len(members)
-        for other in self.workers:  # cancel work still in progress on this round's parameters
-            if other.alive and other.interruptible and other.round == closing and other is not w:
-                other.wake = self.env.event()
-                self.waiters.append(other)
-                other.process.interrupt("cancel")  # type: ignore[union-attr]
-        yield from self._apply_all(members, [weight] * len(members), w.wid)
-        waiters, self.waiters = self.waiters, []
-        for other in waiters:
-            self._piggyback(other)
-            if other is not w and not other.wake.triggered:  # type: ignore[union-attr]
-                other.wake.succeed()  # type: ignore[union-attr]
-
     # ---- running -----------------------------------------------------------------------------
 
     def step_until(self, updates: float = _INF, progress: Callable[[int, float], None] | None = None) -> bool:
@@ -546,9 +432,3 @@ def simulate_timing(scenario: Scenario, param_bytes: float | None = None,
                     progress: Callable[[int, float], None] | None = None) -> TimingResult:
     """Run the timing engine alone (no JAX): the trace of a scenario."""
     return TimingEngine(scenario, param_bytes).run(progress)
-
-
-def _read_versions(tr: TraceBuilder, gid: int, shards: int) -> list[int]:
-    return list(tr.read_version[gid * shards:(gid + 1) * shards])
-
-
