@@ -9,7 +9,6 @@ latency.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -25,40 +24,15 @@ from jax.flatten_util import ravel_pytree
 from asgd_sim import theory
 from asgd_sim.errors import ScenarioError
 from asgd_sim.problems import build_problem
-from asgd_sim.scenario import scenario_from_dict
 from asgd_sim.simulate import replay, simulate, write_result
 from asgd_sim.trace import APPLIED
 
-INF = math.inf
-EXP1 = {"dist": "exponential", "mean": 1.0}
-MLP32 = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"}}
-LOGREG = {"model": {"name": "logreg"}, "data": {"name": "digits"}}
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
-    return out
+from numerics_scenarios import EXP1, INF, LOGREG, MLP32, ideal_scenario, quadratic
 
 
 def scenario(*parts: dict[str, Any], **sections: Any):
     """An ideal-cluster scenario; later parts and keyword sections override earlier ones."""
-    data: dict[str, Any] = {
-        "run": {"until_updates": 200, "eval_every": 50},
-        "workers": [{"count": 4, "compute": 1.0}],
-        "network": {"latency": 0.0, "bandwidth": INF, "server_bandwidth": INF},
-        "server": {"apply_time": 0.0},
-        "optimizer": {"name": "sgd", "learning_rate": 0.05},
-    }
-    for part in (*parts, sections):
-        data = _merge(data, part)
-    return scenario_from_dict(data, name="numerics-test")
-
-
-def quadratic(eigenvalues: list[float], noise: float = 0.0) -> dict[str, Any]:
-    return {"model": {"name": "quadratic", "dim": len(eigenvalues), "eigenvalues": eigenvalues, "noise": noise},
-            "data": {"name": "none"}}
+    return ideal_scenario("numerics-test", *parts, **sections)
 
 
 def flat(params: Any) -> np.ndarray:

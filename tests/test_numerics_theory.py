@@ -8,7 +8,6 @@ statistical error is a fraction of the tolerance (noted next to each check).
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import textwrap
@@ -24,39 +23,15 @@ from asgd_sim import theory
 from asgd_sim.engine import TimingEngine, simulate_timing
 from asgd_sim.numerics import Metrics, NumericsEngine, drive
 from asgd_sim.problems import build_problem
-from asgd_sim.scenario import scenario_from_dict
 from asgd_sim.simulate import simulate
 from asgd_sim.trace import APPLIED
 
-INF = math.inf
-EXP1 = {"dist": "exponential", "mean": 1.0}
-MLP32 = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"}}
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
-    return out
+from numerics_scenarios import EXP1, MLP32, ideal_scenario, quadratic
 
 
 def scenario(*parts: dict[str, Any], **sections: Any):
     """An ideal-cluster scenario; later parts and keyword sections override earlier ones."""
-    data: dict[str, Any] = {
-        "run": {"until_updates": 200, "eval_every": 50, "batch_cap": 16},
-        "workers": [{"count": 4, "compute": 1.0}],
-        "network": {"latency": 0.0, "bandwidth": INF, "server_bandwidth": INF},
-        "server": {"apply_time": 0.0},
-        "optimizer": {"name": "sgd", "learning_rate": 0.05},
-    }
-    for part in (*parts, sections):
-        data = _merge(data, part)
-    return scenario_from_dict(data, name="theory-test")
-
-
-def quadratic(eigenvalues: Any, dim: int | None = None, noise: float = 0.0) -> dict[str, Any]:
-    dim = dim if dim is not None else len(eigenvalues)
-    return {"model": {"name": "quadratic", "dim": dim, "eigenvalues": eigenvalues, "noise": noise}, "data": {"name": "none"}}
+    return ideal_scenario("theory-test", {"run": {"batch_cap": 16}}, *parts, **sections)
 
 
 def flat(params: Any) -> np.ndarray:
