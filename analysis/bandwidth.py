@@ -14,11 +14,9 @@ link's transfers): the knee is where the two cross.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-import asgd_sim
 from asgd_sim.compare import mean_ci
 from asgd_sim.plots import plt
 

@@ -13,11 +13,9 @@ an update holds the one mutex while it applies every shard. Right: mean wait for
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-import asgd_sim
 from asgd_sim.compare import mean_ci
 from asgd_sim.plots import plt
 

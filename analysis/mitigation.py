@@ -13,7 +13,6 @@ Left: mean test accuracy over seeds with its 95 % band. Right: final accuracy pe
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

@@ -14,7 +14,6 @@ computed per simulated second (what each algorithm gets out of the cluster).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

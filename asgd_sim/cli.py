@@ -129,7 +129,7 @@ def _cmd_run_real(args: argparse.Namespace, scenario: Any, out: Path) -> int:
 
     if args.backend == "sim" or args.timing_only:
         flag = "--timing-only" if args.timing_only and args.backend != "sim" else ("--resume" if args.resume else "--emulate")
-        raise ScenarioError(flag, f"applies to real runs only: add --backend devices or --backend ray" if args.backend == "sim"
+        raise ScenarioError(flag, "applies to real runs only: add --backend devices or --backend ray" if args.backend == "sim"
                             else "a real run computes real gradients: drop --timing-only")
     if args.resume and args.out is None:
         raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from heapq import heappush
-from typing import Any
 
 import simpy
 from simpy.events import Timeout

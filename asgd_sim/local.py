@@ -80,7 +80,6 @@ class LocalModels:
             lo, hi = offsets[r - start], offsets[r - start + 1]
             gids = _col(tr.u_gid, np.int64)[lo:hi]
             shard = int(_col(tr.u_shard, np.int32)[r])
-            version = int(_col(tr.u_version, np.int64)[r])
             key = int(gids.min())
             if self._cache is None or self._cache[0] != key:
                 if n.kind == "easgd":
