@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gallery clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,25 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/timing.py
+	$(BIN)/python benchmarks/numerics.py
+
+# The README gallery: four sweeps (2-4 minutes each on 2 cores) and the scripts that draw them.
+gallery: $(STAMP)
+	$(BIN)/asgd-sim sweep scenarios/straggler.toml --grid 'workers[1].compute.mean=0.05,0.1,0.2,0.4' \
+	    --variant async:algorithm.kind=async --variant sync:algorithm.kind=sync \
+	    --variant 'backup:algorithm.kind=sync;algorithm.backup=1' --seeds 3 --jobs 2 --quiet --out results/straggler
+	$(BIN)/python analysis/straggler.py results/straggler --out docs/gallery/straggler.png
+	$(BIN)/asgd-sim sweep scenarios/lock_contention.toml --timing-only --grid server.lock=global,shard,none \
+	    --grid server.apply_time=0.0002,0.0005,0.001,0.002,0.004 --seeds 3 --jobs 2 --quiet --out results/locks
+	$(BIN)/python analysis/locks.py results/locks --out docs/gallery/locks.png
+	$(BIN)/asgd-sim sweep scenarios/bandwidth.toml --timing-only --grid server.shards=1,2,4,8,16 \
+	    --grid network.compression=1.0,0.25 --seeds 3 --jobs 2 --quiet --out results/bandwidth
+	$(BIN)/python analysis/bandwidth.py results/bandwidth --out docs/gallery/bandwidth.png
+	$(BIN)/asgd-sim sweep scenarios/staleness_mitigation.toml --seeds 3 --jobs 2 --quiet --out results/mitigation \
+	    --variant none:optimizer.staleness_rule=none --variant inverse:optimizer.staleness_rule=inverse \
+	    --variant adaptive:optimizer.staleness_rule=adaptive --variant dc-asgd:optimizer.dc_lambda=0.5 \
+	    --variant drop-stale:algorithm.drop_staleness_above=20
+	$(BIN)/python analysis/mitigation.py results/mitigation --out docs/gallery/mitigation.png
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
