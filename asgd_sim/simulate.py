@@ -69,8 +69,9 @@ def _load(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str
 
 
 def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics: Metrics, stopped: str, wall: float) -> Result:
-    from .runner import timing_summary
     from .engine import TimingResult
+    from .runner import timing_summary
+    from .summary import busy_from_trace, learning_summary
 
     rows = numerics.row
     trace = schedule.trace.freeze(dict(trace_meta(schedule, scenario)))
@@ -80,20 +81,13 @@ def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics
         sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0
     else:
         sim_time = float(schedule.env.now)
-    busy = [float(v) for v in np.bincount(trace.worker, weights=np.nan_to_num(np.minimum(trace.t_compute_end, sim_time) - trace.t_compute_start),
-                                            minlength=scenario.num_workers)]
+    busy = busy_from_trace(trace, sim_time, scenario.num_workers)
     timing = TimingResult(trace=trace, stopped=stopped, sim_time=sim_time, wall_time_s=wall, updates=numerics.logical_updates(),
                           busy=busy, deadlock=list(getattr(schedule, "deadlock", [])))
     summary = timing_summary(scenario, timing)
     arrays = metrics.as_arrays()
-    final_loss, final_acc = metrics.train_loss[-1], metrics.test_accuracy[-1]
-    target = scenario.run.target_accuracy
-    reached = np.flatnonzero(arrays["test_accuracy"] >= target) if target is not None else np.zeros(0, int)
+    summary.update(learning_summary(arrays, scenario.run.target_accuracy))
     summary.update({
-        "final_loss": final_loss if math.isfinite(final_loss) else None,
-        "final_accuracy": final_acc if math.isfinite(final_acc) else None,
-        "time_to_target": float(arrays["sim_time"][reached[0]]) if reached.size else None,
-        "updates_to_target": int(arrays["update"][reached[0]]) if reached.size else None,
         "diverged": stopped == "diverged",
         "diverged_at_update": numerics.diverged_at if stopped == "diverged" else None,
         "param_count": numerics.P,

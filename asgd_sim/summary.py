@@ -12,7 +12,7 @@ import numpy as np
 
 from .trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-__all__ = ["summarize_trace", "staleness_histogram"]
+__all__ = ["summarize_trace", "staleness_histogram", "busy_from_trace", "learning_summary"]
 
 
 def staleness_histogram(staleness: np.ndarray, max_bins: int = 100) -> dict[str, list]:
@@ -82,3 +82,21 @@ def _mean(values: np.ndarray) -> float:
 
 def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q)) if values.size else 0.0
+
+
+def busy_from_trace(trace: Trace, sim_time: float, workers: int) -> list[float]:
+    """Each worker's compute time up to ``sim_time``, from the trace's compute spans."""
+    spans = np.nan_to_num(np.minimum(trace.t_compute_end, sim_time) - trace.t_compute_start)
+    return [float(v) for v in np.bincount(trace.worker, weights=spans, minlength=workers)]
+
+
+def learning_summary(metrics: dict[str, np.ndarray], target: float | None) -> dict[str, Any]:
+    """The summary fields of a learning curve: final values and the first evaluation at the target."""
+    final_loss, final_acc = float(metrics["train_loss"][-1]), float(metrics["test_accuracy"][-1])
+    reached = np.flatnonzero(metrics["test_accuracy"] >= target) if target is not None else np.zeros(0, int)
+    return {
+        "final_loss": final_loss if np.isfinite(final_loss) else None,
+        "final_accuracy": final_acc if np.isfinite(final_acc) else None,
+        "time_to_target": float(metrics["sim_time"][reached[0]]) if reached.size else None,
+        "updates_to_target": int(metrics["update"][reached[0]]) if reached.size else None,
+    }

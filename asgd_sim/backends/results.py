@@ -28,6 +28,7 @@ def finish_real_run(scenario: Scenario, layout: Any, trace: Trace, snapshots: li
     from ..engine import TimingResult
     from ..runner import timing_summary
     from ..simulate import Result
+    from ..summary import busy_from_trace, learning_summary
 
     problem, P, unravel = layout.problem, layout.P, layout.unravel
     evaluate = jax.jit(lambda flat: problem.evaluate(unravel(flat[:P])))
@@ -43,19 +44,13 @@ def finish_real_run(scenario: Scenario, layout: Any, trace: Trace, snapshots: li
         metrics["test_accuracy"].append(float(values["test_accuracy"]))
         metrics["staleness_mean"].append(float(stale.mean()) if stale.size else 0.0)
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
-    busy = [float(v) for v in np.bincount(trace.worker, weights=np.nan_to_num(np.minimum(trace.t_compute_end, sim_time) - trace.t_compute_start),
-                                            minlength=scenario.num_workers)]
+    busy = busy_from_trace(trace, sim_time, scenario.num_workers)
     updates = int(arrays["update"][-1]) if len(arrays["update"]) else 0
     timing = TimingResult(trace=trace, stopped=stopped, sim_time=sim_time, wall_time_s=wall, updates=updates, busy=busy)
     summary = timing_summary(scenario, timing)
-    final_loss, final_acc = metrics["train_loss"][-1], metrics["test_accuracy"][-1]
-    target = scenario.run.target_accuracy
-    reached = np.flatnonzero(arrays["test_accuracy"] >= target) if target is not None else np.zeros(0, int)
+    final_loss = metrics["train_loss"][-1]
+    summary.update(learning_summary(arrays, scenario.run.target_accuracy))
     summary.update({
-        "final_loss": final_loss if math.isfinite(final_loss) else None,
-        "final_accuracy": final_acc if math.isfinite(final_acc) else None,
-        "time_to_target": float(arrays["sim_time"][reached[0]]) if reached.size else None,
-        "updates_to_target": int(arrays["update"][reached[0]]) if reached.size else None,
         "diverged": not (math.isfinite(final_loss) and final_loss <= scenario.run.max_loss),
         "diverged_at_update": None,
         "param_count": P,
