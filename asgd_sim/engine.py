@@ -36,7 +36,7 @@ from .algorithms import AlgorithmPhases
 from .config import Scenario
 from .network import Network
 from .server import ParameterServer, Shard, find_wait_cycle
-from .trace import APPLIED, CANCELLED, DROPPED, Trace, TraceBuilder
+from .trace import CANCELLED, DROPPED, Trace, TraceBuilder
 from .workers import SERVER, Sampler, WorkerState, build_workers, stream
 
 __all__ = ["TimingEngine", "TimingResult", "simulate_timing", "DEFAULT_PARAM_BYTES"]
@@ -315,20 +315,10 @@ class TimingEngine(AlgorithmPhases):
 
     def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
         """The update lands: bump the shard's version and record it in the trace."""
-        tr, s, S = self.trace, shard.index, self.S
         before = shard.version
         shard.version = before + 1
-        now = self.env.now
-        tr.add_update(s, before + 1, t_request, t_lock, now, members, weights)
-        for g in members:
-            stale = before - tr.read_version[g * S + s]
-            if stale > tr.staleness[g]:
-                tr.staleness[g] = stale
-            if tr.fate[g] != DROPPED:
-                tr.fate[g] = APPLIED
-            tr.t_lock[g] = t_lock
-            tr.t_applied[g] = now
-        self.updates = before + 1 if S == 1 else min(sh.version for sh in self.server.shards)
+        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
+        self.updates = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
 
     def _apply_all(self, members: list[int], weights: list[float], requester: int) -> Generator:
         """Apply an update to every shard: in parallel, or atomically holding all their locks."""

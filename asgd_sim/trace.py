@@ -94,6 +94,21 @@ class TraceBuilder:
         self.u_weight.extend(weights)
         self.u_offsets.append(len(self.u_gid))
 
+    def record_apply(self, shard: int, before: int, t_request: float, t_lock: float, now: float,
+                     members: list[int], weights: list[float]) -> None:
+        """An update of ``shard`` from version ``before`` lands at ``now``: its row, and for each
+        gradient it combines the staleness on this shard (max over shards), fate and times."""
+        self.add_update(shard, before + 1, t_request, t_lock, now, members, weights)
+        S = self.shards
+        for g in members:
+            stale = before - self.read_version[g * S + shard]
+            if stale > self.staleness[g]:
+                self.staleness[g] = stale
+            if self.fate[g] != DROPPED:
+                self.fate[g] = APPLIED
+            self.t_lock[g] = t_lock
+            self.t_applied[g] = now
+
     @classmethod
     def from_trace(cls, trace: Trace) -> TraceBuilder:
         """Columns of a finished trace, e.g. to replay a saved run through the numerics engine."""

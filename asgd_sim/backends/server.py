@@ -50,7 +50,7 @@ import numpy as np
 from ..config import Scenario
 from ..errors import ScenarioError
 from ..rules import make_server_rule
-from ..trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace, TraceBuilder
+from ..trace import CANCELLED, DROPPED, PENDING, Trace, TraceBuilder
 from ..workers import SERVER, Sampler, stream
 
 __all__ = ["Clock", "Layout", "Read", "RealServer", "REAL_ALGORITHMS", "check_supported", "members_width"]
@@ -646,25 +646,17 @@ class RealServer:
             if self.stopped:
                 return
             now = self.clock.now()
-            tr, s, S = self.trace, sh.index, self.S
+            S = self.S
             before = sh.version
             sh.row, sh.state, sh.version = new, state, before + 1
-            tr.add_update(s, before + 1, t_request, t_lock, now, members, weights)
-            for g in members:
-                stale = before - tr.read_version[g * S + s]
-                if stale > tr.staleness[g]:
-                    tr.staleness[g] = stale
-                if tr.fate[g] != DROPPED:
-                    tr.fate[g] = APPLIED
-                tr.t_lock[g] = t_lock
-                tr.t_applied[g] = now
+            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights)
             logical = before + 1 if S == 1 else min(x.version for x in self.shards)
             self.last_update_time = now
             if logical > self.updates:
                 self.updates = logical
                 rows = tuple(x.row for x in self.shards)
                 if logical % self.eval_every == 0:
-                    self.snapshots.append((logical, now, rows, tr.num_update_rows))
+                    self.snapshots.append((logical, now, rows, self.trace.num_update_rows))
                 if self.checkpoint_every and logical % self.checkpoint_every == 0 and logical > self.last_checkpoint \
                         and logical < self.until_updates:
                     self.last_checkpoint = logical
