@@ -20,16 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .numerics import _col
 from .trace import TraceBuilder
 
 if TYPE_CHECKING:
     from .numerics import NumericsEngine
 
 __all__ = ["LocalModels"]
-
-
-def _col(column: Any, dtype: Any) -> np.ndarray:
-    return np.frombuffer(column, dtype=dtype)
 
 
 class LocalModels:

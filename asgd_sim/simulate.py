@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ class _SavedSchedule:
     def __init__(self, trace: Trace) -> None:
         self.trace = TraceBuilder.from_trace(trace)
         self.stopped = str(trace.meta.get("stopped", "until_updates"))
-        self.env = type("Clock", (), {"now": float(trace.meta.get("sim_time", np.nanmax(trace.u_applied) if trace.num_update_rows else 0.0))})()
+        self.env = SimpleNamespace(now=float(trace.meta.get("sim_time", np.nanmax(trace.u_applied) if trace.num_update_rows else 0.0)))
         self.updates = int(trace.u_version.max()) if trace.num_update_rows else 0
 
     def step_until(self, updates: float = math.inf, progress: Any = None) -> bool:
@@ -75,9 +76,8 @@ def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics
 
     rows = numerics.row
     trace = schedule.trace.freeze(dict(trace_meta(schedule, scenario)))
-    if stopped in ("target_accuracy", "diverged"):
-        trace = trace.truncated(rows)
     if stopped in ("target_accuracy", "diverged"):  # the run ends at its last applied update
+        trace = trace.truncated(rows)
         sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0
     else:
         sim_time = float(schedule.env.now)
@@ -148,7 +148,7 @@ def write_metrics_csv(metrics: dict[str, np.ndarray], path: Path) -> None:
 def write_result(result: Result, out: Path) -> None:
     """The run folder of a full simulation (timing files plus metrics and learning curves)."""
     from .plots import plot_metrics
-    from .runner import write_json, write_timing_outputs
+    from .runner import write_timing_outputs
     from .engine import TimingResult
 
     timing = TimingResult(trace=result.trace, stopped=result.summary["stopped"], sim_time=result.summary["sim_time"],
@@ -160,7 +160,6 @@ def write_result(result: Result, out: Path) -> None:
             for x, suffix in (("sim_time", "time"), ("update", "updates")):
                 plot_metrics(result.metrics, out / f"{y.split('_')[-1]}_vs_{suffix}.png", x, y,
                              f"{label} vs {'simulated time' if x == 'sim_time' else 'server updates'}", label)
-    write_json(out / "summary.json", result.summary)
 
 
 def run_simulation(scenario: Scenario, out: Path | None, show_progress: bool = False) -> tuple[Result, dict[str, Any]]:
