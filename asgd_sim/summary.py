@@ -38,19 +38,20 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
     lock_waits = trace.u_lock - trace.u_request
     server_waits = (trace.t_lock - trace.t_arrive)[applied]
     workers = int(trace.meta.get("workers", int(trace.worker.max()) + 1 if trace.num_gradients else 0))
+    # Per-worker figures by bincount: one pass over the trace, not one per worker.
+    counts = np.bincount(trace.worker[applied], minlength=workers)
+    stale_sums = np.bincount(trace.worker[applied], weights=stale, minlength=workers)
+    if busy is None:
+        busy = busy_from_trace(trace, sim_time, workers) if sim_time > 0 else [0.0] * workers
     per_worker = []
     for wid in range(workers):
-        mine = trace.worker == wid
-        mine_applied = mine & applied
-        compute = (trace.t_compute_end - trace.t_compute_start)[mine]
-        busy_time = busy[wid] if busy is not None else float(np.nansum(compute))
         group = worker_groups[wid] if worker_groups is not None else 0
         per_worker.append({
             "worker": wid,
             "group": group_names[group] if group_names is not None else str(group),
-            "gradients": int(mine_applied.sum()),
-            "staleness_mean": _mean(trace.staleness[mine_applied]),
-            "busy_fraction": round(min(busy_time, sim_time) / horizon, 6) if sim_time > 0 else 0.0,
+            "gradients": int(counts[wid]),
+            "staleness_mean": float(stale_sums[wid] / counts[wid]) if counts[wid] else 0.0,
+            "busy_fraction": round(min(busy[wid], sim_time) / horizon, 6) if sim_time > 0 else 0.0,
         })
     return {
         "updates": updates,
