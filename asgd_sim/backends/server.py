@@ -10,7 +10,9 @@ rows (padded with zeros no loss touches), each with its own version and its own 
 (`rules.make_server_rule`). An update of shard s is one jitted call of `ServerRule.apply` on that
 row with the update's gradients padded to the numerics engine's fixed width G (weight-0 rows),
 so a replay of the real trace through the numerics engine recomputes the real parameters (up to
-float rounding: the numerics engine computes gradients under `vmap`).
+float rounding: the numerics engine computes gradients under `vmap`). Where the rows live and where
+that call runs is a shard store's business (`backends.shards`: in this process, or one Ray actor
+per shard); the server keeps only handles of the rows and decides everything else.
 
 Pinned semantics, as in the simulator (DESIGN.md "Semantics"):
 - A read is recorded when the server serves it; its versions are those of the rows it returns
@@ -52,6 +54,7 @@ from ..errors import ScenarioError
 from ..rules import make_server_rule
 from ..trace import CANCELLED, DROPPED, PENDING, Trace, TraceBuilder
 from ..workers import SERVER, Sampler, stream
+from .shards import LocalShards, ShardMath, ShardStore
 
 __all__ = ["Clock", "Layout", "Read", "RealServer", "REAL_ALGORITHMS", "check_supported", "members_width"]
 
@@ -138,7 +141,7 @@ class Read:
 @dataclass(eq=False)
 class _Shard:
     index: int
-    row: Any
+    row: Any  # handles from the shard store (see `backends.shards`)
     state: Any
     lock: threading.Lock | None  # the modelled lock (None: lock-free)
     mutex: threading.Lock = field(default_factory=threading.Lock)  # atomic arithmetic of one update
@@ -166,14 +169,15 @@ class _Stopped(Exception):
 class RealServer:
     """Shards, locks, algorithm and trace of a real run (see the module docstring).
 
-    `device` holds the parameters and runs the updates. `resume` is a loaded checkpoint
+    `store` holds the shard rows and runs the updates (default: `LocalShards` on `device`).
+    `resume` is a loaded checkpoint
     (`asgd_sim.checkpoint.Checkpoint`). `on_checkpoint(snapshot)` is called (outside all locks,
     from the committing thread) every `server.checkpoint_every` logical updates.
     """
 
     def __init__(self, scenario: Scenario, layout: Layout, *, device: Any = None, emulate: bool = False,
                  clock: Clock | None = None, resume: Any = None,
-                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None, store: ShardStore | None = None) -> None:
         check_supported(scenario, "real")
         self.scenario = sc = scenario
         self.layout = layout
@@ -199,13 +203,10 @@ class RealServer:
         policy = sc.server.lock
         self.lock_policy = policy
         global_lock = threading.Lock() if policy == "global" else None
-        rows = jax.device_put(layout.initial, self.device)
-        init = jax.jit(self.rule.init)
-        self.shards = [_Shard(s, rows[s], init(rows[s]),
+        self.store: ShardStore = store if store is not None else LocalShards(ShardMath(self.rule, self.G), self.device)
+        self.shards = [_Shard(s, row, state,
                               global_lock if policy == "global" else (threading.Lock() if policy in ("shard", "rw") else None))
-                       for s in range(self.S)]
-        self._zeros = jnp.zeros_like(self.shards[0].row)
-        self._apply = jax.jit(self._apply_impl)
+                       for s, (row, state) in enumerate(self.store.init(layout.initial))]
         self.trace = TraceBuilder(self.S)
         self.slots = [_Slot(w) for w in range(self.M)]
         self.next_k = [0] * self.M
@@ -240,19 +241,9 @@ class RealServer:
 
     # ---- arithmetic ---------------------------------------------------------------------------
 
-    def _apply_impl(self, row: jax.Array, state: Any, grads: tuple, weights: jax.Array, staleness: jax.Array,
-                    workers: jax.Array, reads: tuple | None) -> tuple:
-        read = jnp.stack(reads) if reads is not None else None
-        return self.rule.apply(row, state, jnp.stack(grads), weights=weights, staleness=staleness, workers=workers,
-                               read_params=read)
-
     def warm_up(self) -> None:
         """Compile the update before the clock starts (the first real update must not pay for it)."""
-        sh = self.shards[0]
-        reads = (self._zeros,) * self.G if self.needs_read else None
-        new, _ = self._apply(sh.row, sh.state, (self._zeros,) * self.G, np.zeros(self.G, np.float32),
-                             np.zeros(self.G, np.int32), np.zeros(self.G, np.int32), reads)
-        jax.block_until_ready(new)
+        self.store.warm_up()
 
     def now(self) -> float:
         return self.clock.now()
@@ -302,6 +293,7 @@ class RealServer:
 
     def cancel(self, wid: int, gids: Sequence[int]) -> None:
         """The worker's gradients in progress are lost (a failure, or its round closed)."""
+        lost = []
         with self.state_lock:
             now = self.clock.now()
             tr = self.trace
@@ -309,9 +301,11 @@ class RealServer:
                 if tr.fate[gid] != PENDING or not math.isnan(tr.t_arrive[gid]):
                     continue
                 tr.fate[gid] = CANCELLED
+                lost.append(gid)
                 start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
                 if not math.isnan(start) and (math.isnan(end) or end > now):
                     tr.t_compute_end[gid] = now
+        self.store.discard(lost)  # (a worker may have shipped a gradient it never pushed)
 
     # ---- failures -----------------------------------------------------------------------------
 
@@ -491,6 +485,7 @@ class RealServer:
                 self.grads.pop(gid, None)
                 self.reads.pop(gid, None)
                 self.uses.pop(gid, None)
+        self.store.discard(gids)
 
     def _take_round(self, closer: _Slot) -> tuple[list[tuple[_Slot, list[int]]], list[_Slot]]:
         """(Under cond.) Close the round: take the buffer, and mark the workers still computing
@@ -597,6 +592,7 @@ class RealServer:
             _sleep_until(self.clock, hold_until)  # lock-free: the holds of concurrent updates overlap
         with sh.mutex:
             s, S, tr = sh.index, self.S, self.trace
+            dropped: list[Any] = []
             with self.state_lock:
                 before = sh.version
                 if self.drop_above is not None:
@@ -607,28 +603,23 @@ class RealServer:
                             tr.fate[g] = DROPPED
                             tr.staleness[g] = max(tr.staleness[g], stale)
                             tr.t_lock[g] = t_lock
+                            dropped.append(self.grads[g][s])
                         else:
                             kept.append((g, w))
                     members, weights = [g for g, _ in kept], [w for _, w in kept]
                 grads = [self.grads[g][s] for g in members]
                 reads = [self.reads[g][s] for g in members] if self.needs_read else None
                 stale_of = [before - tr.read_version[g * S + s] for g in members]
-                worker_of = [tr.worker[g] for g in members]
+                worker_of = [int(tr.worker[g]) for g in members]
+                row, state = sh.row, sh.state
             if not members:
+                self.store.discard(dropped)
                 return
-            pad = self.G - len(members)
-            if pad < 0:
-                raise RuntimeError(f"an update of {len(members)} gradients exceeds the width {self.G}")
-            zeros = (self._zeros,) * pad
-            new, state = self._apply(sh.row, sh.state, tuple(grads) + zeros,
-                                     np.asarray(list(weights) + [0.0] * pad, np.float32),
-                                     np.asarray(stale_of + [0] * pad, np.int32), np.asarray(worker_of + [0] * pad, np.int32),
-                                     tuple(reads) + zeros if reads is not None else None)
             if self.lock_policy == "rw":
                 with self.gate:
                     sh.writing += 1
             try:
-                jax.block_until_ready(new)
+                new, state = self.store.update(s, before, row, state, grads, reads, weights, stale_of, worker_of, dropped)
                 if sh.lock is not None and hold_until is not None:
                     _sleep_until(self.clock, hold_until)
                 self._commit(sh, members, weights, new, state, t_request, t_lock)
@@ -664,6 +655,8 @@ class RealServer:
                 if logical >= self.until_updates:
                     self._stop_locked("until_updates", now)
         if snapshot is not None and self.on_checkpoint is not None:
+            snapshot["rows"] = self.store.fetch(snapshot["rows"])
+            snapshot["states"] = self.store.fetch(snapshot["states"])
             self.on_checkpoint(snapshot)
 
     # ---- stopping, checkpoints, results ------------------------------------------------------
@@ -698,12 +691,9 @@ class RealServer:
 
         Gradients in flight at the checkpoint were lost with the process: they are cancelled.
         """
-        treedef = jax.tree.structure(self.shards[0].state)
         for sh in self.shards:
-            sh.row = jax.device_put(np.asarray(ckpt.rows[sh.index], np.float32), self.device)
-            leaves = [jax.device_put(np.asarray(leaf), self.device) for leaf in ckpt.state_leaves[sh.index]]
-            sh.state = jax.tree.unflatten(treedef, leaves)
             sh.version = int(ckpt.versions[sh.index])
+            sh.row, sh.state = self.store.restore(sh.index, sh.version, ckpt.rows[sh.index], ckpt.state_leaves[sh.index])
         builder = TraceBuilder.from_trace(ckpt.trace)
         for gid in range(builder.num_gradients):
             if builder.fate[gid] == PENDING:
@@ -719,8 +709,13 @@ class RealServer:
             return self.trace.freeze(meta)
 
     def final_rows(self) -> tuple:
+        """Handles of the final rows (`values` turns handles into arrays)."""
         with self.state_lock:
             return tuple(sh.row for sh in self.shards)
+
+    def values(self, handles: Sequence[Any]) -> tuple:
+        """The arrays behind row handles (of a read, a snapshot or `final_rows`)."""
+        return tuple(self.store.fetch(handles))
 
     def close(self) -> None:
         if self._pool is not None:
