@@ -306,6 +306,7 @@ class TimingEngine(AlgorithmPhases):
             stale = shard.version - tr.read_version[g * S + s]
             if stale > self.drop_above:  # type: ignore[operator]
                 tr.fate[g] = DROPPED
+                tr.resolved[g] += 1
                 tr.staleness[g] = max(tr.staleness[g], stale)
                 tr.t_lock[g] = t_lock
             else:

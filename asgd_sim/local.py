@@ -84,7 +84,7 @@ class LocalModels:
                     origin = self.models[worker][None]
                 else:  # every worker of a local-SGD round starts from the version it read
                     reads = _col(tr.read_version, np.int64).reshape(-1, n.S)[gids[:1]]
-                    origin = n.history[reads % n.H, jnp.arange(n.S)[None, :]]
+                    origin = n.history[n.slots.lookup(reads), jnp.arange(n.S)[None, :]]
                     origin = jnp.broadcast_to(origin, (len(np.unique(_col(tr.worker, np.int32)[gids])), n.S, n.chunk))
                 workers, final, losses, heads = self._local_run(tr, gids, origin)
                 if not np.all(losses <= n.scenario.run.max_loss):  # NaN, Inf or blow-up
@@ -98,18 +98,30 @@ class LocalModels:
                 n.params, self.models = self._exchange(n.params, self.models, jnp.int32(workers[0]), jnp.int32(shard))
             else:
                 pseudo = (origin - final) / self.lr
-                weights = _col(tr.u_weight, np.float64)[lo:hi]
-                inputs = n.scan_inputs(tr, r, r + 1, np.array([0, len(heads)]), heads, np.full(len(heads), weights[0]),
-                                       np.arange(len(heads)), 1)
+                inputs = self._row_inputs(tr, r, heads, float(_col(tr.u_weight, np.float64)[lo]))
                 n.params, n.state, n.history = n._apply(n.params, n.state, n.history, _pad(pseudo, n.members_max), *inputs)
             n.versions[shard] += 1
-            n._done(tr.num_gradients)[gids] = True
             stale = _col(tr.staleness, np.int64)[gids]
             n.stale_sum += float(stale.sum())
             n.stale_count += len(gids)
-        n.row = end
-        n._register(tr)
+            n.row = r + 1
         return True
+
+    def _row_inputs(self, tr: TraceBuilder, r: int, heads: np.ndarray, weight: float) -> tuple[np.ndarray, ...]:
+        """`NumericsEngine._scan`'s inputs for update row r, one pseudo-gradient per worker
+        (``heads``: a gradient of each), padded to two rows (a one-step scan copies the history)."""
+        n = self.n
+        shard, version = int(_col(tr.u_shard, np.int32)[r]), int(_col(tr.u_version, np.int64)[r])
+        n.make_room(tr, 1)
+        reads = _col(tr.read_version, np.int64).reshape(-1, n.S)[heads, shard]
+        row_ints = np.zeros((2, 3), np.int32)
+        row_ints[0] = (shard, n.slots.store(shard, np.array([version]))[0], 1)
+        member_ints = np.zeros((2, n.members_max, 4), np.int32)
+        member_ints[0, :len(heads)] = np.stack([np.arange(len(heads)), version - 1 - reads, _col(tr.worker, np.int32)[heads],
+                                                n.slots.lookup(reads, np.full(len(heads), shard))], axis=1)
+        weights = np.zeros((2, n.members_max), np.float32)
+        weights[0, :len(heads)] = weight
+        return row_ints, member_ints, weights
 
 
 def _pad(grads: jax.Array, rows: int) -> jax.Array:

@@ -6,15 +6,19 @@ version already exists is computed together in one ``jax.vmap`` call, and the up
 them are then applied in server order by one jitted ``lax.scan``. A run is a sequence of such
 *waves*; with M workers a wave holds about M updates.
 
+Several waves go to the device as one call (a loop on the device), so the host pays one dispatch
+per call; a call ends at an evaluation point.
+
 Layout on the device:
 - parameters are one flat float32 vector split into S equal shard rows, ``params[S, chunk]``
   (padded with zeros that no loss touches), so a shard update is a row update;
 - the optimizer state is stacked per shard (``vmap(rule.init)``), so each shard has its own;
-- ``history[H, S, chunk]`` is a ring buffer of past versions (version v of shard s lives at
-  ``[v % H, s]``). H covers the oldest version any not-yet-computed gradient still needs, and
-  grows (doubling) when a straggler needs more: memory follows in-flight staleness, not run
-  length.
-Shapes are bucketed to powers of two (padded rows are no-ops), so after warm-up nothing retraces.
+- ``history[C, S, chunk]`` holds the past versions that gradients may still read: each shard's
+  newest version and those read by gradients not yet computed. Which slot holds which version is
+  kept on the host (history.py); slots of versions nobody can read any more are reused, and the
+  history grows (doubling) only when the versions still to be read fill most of it, so memory
+  follows the staleness in flight, not the length of the run.
+Shapes are fixed per run (padded rows and waves are no-ops), so after warm-up nothing retraces.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ from .config import Scenario
 from .engine import TimingEngine
 from .problems import Problem, build_problem
 from .rules import make_server_rule
-from .trace import APPLIED, PENDING, TraceBuilder
+from .history import SlotMap
+from .trace import APPLIED, CANCELLED, TraceBuilder
 
 __all__ = ["NumericsEngine", "Metrics"]
 
 
 CPU_WAVE_ROWS = 4  # update rows per wave on a CPU backend (see NumericsEngine.__init__)
-HISTORY_BUDGET_BYTES = 512 * 2**20  # initial ring-buffer budget; it may still grow beyond
+WAVES_PER_CALL = 64  # waves one device call may run
+HISTORY_BUDGET_BYTES = 512 * 2**20  # initial history budget; it may still grow beyond
 
 
 def enable_compilation_cache() -> None:
@@ -110,29 +116,39 @@ class NumericsEngine:
         # times S shard rows each; longer waves are split, shorter ones padded.
         natural = self.S * math.ceil(math.sqrt(math.pi * self.M / 2)) if self.members_max == 1 else 1
         if jax.default_backend() == "cpu":
-            # On a CPU a vmapped block of more than ~4 gradients costs more per gradient (the
-            # stacked weights fall out of cache: measured 0.17 ms/gradient at 4, 0.31 at 16 for the
-            # digits MLP), so waves stay short there; accelerators take the natural length.
+            # On a CPU a vmapped block of more than ~8 gradients costs more per gradient (the
+            # stacked weights fall out of cache: measured 0.12 ms/gradient at 4 and 8, 0.15 at 16,
+            # 0.16 alone for the digits MLP) and padding rows are computed too, so waves stay
+            # short there; accelerators take the natural length.
             natural = min(natural, CPU_WAVE_ROWS * self.S)
-        # (At most batch_cap gradients per vmapped call: the largest power of 4 <= cap / members.)
-        self.max_rows = min(_bucket4(natural), max(1, _bucket4(self.cap // self.members_max + 1) // 4))
-        self.H = self._initial_history(sc)
-        history = np.zeros((self.H, self.S, self.chunk), np.float32)
+        # At most batch_cap gradients per vmapped call: the largest power of 2 <= cap / members.
+        self.max_rows = min(_bucket(natural), 1 << max(0, (self.cap // self.members_max).bit_length() - 1))
+        # The scan over a wave's rows has at least 2 steps: XLA turns a one-step scan into
+        # straight-line code that copies the whole donated history instead of updating it in place
+        # (measured ~50x slower). Padding rows are no-ops.
+        self.rows_per_wave = max(2, self.max_rows)
+        # Waves per device call: a call runs its waves in a loop on the device, so the host pays
+        # one dispatch per call, not per wave; the member table of a call stays below ~1 MB.
+        width = self.rows_per_wave * self.members_max
+        self.waves_per_call = max(1, min(WAVES_PER_CALL, 65536 // width))
+        self.slots = SlotMap(self.S, self._initial_capacity())
+        history = np.zeros((self.slots.capacity, self.S, self.chunk), np.float32)
         history[0] = padded.reshape(self.S, self.chunk)
+        self.slots.store_each(np.zeros(self.S, np.int64))
         self.history = jax.device_put(history)
-        self.versions = np.zeros(self.S, np.int64)  # materialised version of each shard
+        self.versions = np.zeros(self.S, np.int64)  # planned (dispatched) version of each shard
         self.row = 0  # next update row of the trace to apply
         self.seen = 0  # gradients of the trace already registered as live
-        self.live = np.zeros(0, np.int64)  # gradients that may still need computing
-        self.done = np.zeros(0, bool)  # per gradient: computed already
-        self.next_history_check = 0
+        self.live = np.zeros(0, np.int64)  # gradients that may still appear in an update row
+        self.waves = 0  # vmapped gradient calls so far
+        self.counted = np.zeros(0, bool)  # with shards: gradients whose staleness is counted
         self.stale_sum = 0.0
         self.stale_count = 0
-        self.flags: list[tuple[int, int, jax.Array]] = []  # (first row, end row, any loss bad) per wave
+        self.flags: list[tuple[np.ndarray, jax.Array]] = []  # per call: first row of each wave, any loss bad
         self.check_now = False  # a divergence already known on the host
         self.diverged_at: int | None = None
         self.traces = 0  # compilations of the jitted functions (a no-retrace guard for tests)
-        self._wave = jax.jit(self._wave_impl, donate_argnums=(0, 1, 2))
+        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2))
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
         self._evaluate = jax.jit(self._evaluate_impl)
         if self.kind in ("local_sgd", "easgd"):
@@ -140,38 +156,38 @@ class NumericsEngine:
 
             self.local = LocalModels(self)
 
-    def _initial_history(self, sc: Scenario) -> int:
-        """Ring size: twice the staleness a run of this length is likely to see, within a budget.
-
-        With M workers the largest staleness over N updates is about M (1 + ln N) for
-        exponential-like compute times (the maximum of N exponential draws is ~ln N means); the
-        ring grows (one recompilation) if a straggler needs more.
-        """
-        updates = sc.run.until_updates or 10_000
-        likely = 2 * self.M * (2 + math.log(max(updates, 2)))
-        budget = max(128, HISTORY_BUDGET_BYTES // (4 * self.S * self.chunk))
-        return _bucket(max(min(likely, budget), 4 * self.max_rows, 128))
-
     # ---- jitted pieces -----------------------------------------------------------------------
 
     def flat_loss(self, shard_rows: jax.Array, worker: jax.Array, k: jax.Array) -> jax.Array:
         params = self.unravel(shard_rows.reshape(-1)[: self.P])
         return self.problem.loss(params, self.problem.make_batch(worker, k))
 
-    def _wave_impl(self, params: jax.Array, state: Any, history: jax.Array, grad_ints: jax.Array,
-                   row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
-        """One wave in one call: all its gradients (vmapped), then its updates in order (scan).
+    def _waves_impl(self, params: jax.Array, state: Any, history: jax.Array, count: jax.Array, grad_ints: jax.Array,
+                    row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """``count`` waves in one call, in order; each computes all its gradients (vmapped), then
+        applies its updates in server order (scan).
 
-        grad_ints[g] = (read slot of each shard..., worker, k, valid); the rest as in _scan.
+        grad_ints[w, g] = (history slot read of each shard..., worker, k, valid); row_ints,
+        member_ints and weights [w] as in `_scan`. Returns the new (params, state, history) and
+        per wave whether a loss was NaN, Inf or above ``run.max_loss``.
         """
         self.traces += 1
         S = self.S
-        read = history[grad_ints[:, :S], jnp.arange(S)[None, :]]  # [G, S, chunk]
-        losses, grads = jax.vmap(jax.value_and_grad(self.flat_loss))(read, grad_ints[:, S], grad_ints[:, S + 1])
-        valid = grad_ints[:, S + 2] > 0
-        bad = jnp.any(valid & ~(losses <= self.scenario.run.max_loss))  # NaN compares false
-        params, state, history = self._scan(params, state, history, grads, row_ints, member_ints, weights)
-        return params, state, history, bad
+        grad = jax.vmap(jax.value_and_grad(self.flat_loss))
+
+        def wave(i: jax.Array, carry: tuple) -> tuple:
+            params, state, history, bad = carry
+            ints = grad_ints[i]
+            read = history[ints[:, :S], jnp.arange(S)[None, :]]  # [G, S, chunk]
+            losses, grads = grad(read, ints[:, S], ints[:, S + 1])
+            valid = ints[:, S + 2] > 0
+            bad = bad.at[i].set(jnp.any(valid & ~(losses <= self.scenario.run.max_loss)))  # NaN compares false
+            params, state, history = self._scan(params, state, history, grads, row_ints[i], member_ints[i], weights[i])
+            return params, state, history, bad
+
+        # A loop with a run-time trip count: a call with fewer waves costs only the waves it has.
+        bad = jnp.zeros(grad_ints.shape[0], bool)
+        return jax.lax.fori_loop(0, count, wave, (params, state, history, bad))
 
     def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
                     row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
@@ -230,154 +246,219 @@ class NumericsEngine:
     def pending_rows(self, tr: TraceBuilder) -> int:
         return tr.num_update_rows - self.row
 
+    def _initial_capacity(self) -> int:
+        """History slots to start with: the versions in-flight gradients read (about one per
+        worker) plus each shard's newest, twice over so that collections are rare, within
+        HISTORY_BUDGET_BYTES; the history grows when a run needs more."""
+        wanted = _bucket(2 * (self.M + 1) + 4 * self.rows_per_wave)
+        budget = HISTORY_BUDGET_BYTES // (4 * self.S * self.chunk)
+        return max(min(wanted, _bucket(budget + 1) // 2), 4 * self.rows_per_wave)
+
     def _register(self, tr: TraceBuilder) -> None:
-        """Track new gradients, and forget those computed, cancelled or dropped."""
+        """Track new gradients; forget those settled on every shard (all their rows are in the
+        trace, so `_collect` finds them there) or cancelled."""
         n = tr.num_gradients
         if n > self.seen:
             self.live = np.concatenate([self.live, np.arange(self.seen, n)])
             self.seen = n
         if self.live.size:
             fate = _col(tr.fate, np.int8)[self.live]
-            self.live = self.live[((fate == APPLIED) | (fate == PENDING)) & ~self._done(n)[self.live]]
+            resolved = _col(tr.resolved, np.int32)[self.live]
+            self.live = self.live[(fate != CANCELLED) & (resolved < self.S)]
 
-    def _done(self, n: int) -> np.ndarray:
-        if len(self.done) < n:
-            self.done = np.concatenate([self.done, np.zeros(max(n - len(self.done), len(self.done)), bool)])
-        return self.done
+    def _collect(self, tr: TraceBuilder, row: int, versions: np.ndarray) -> None:
+        """Free the history slots of every version no gradient can read any more.
 
-    def _ensure_history(self, tr: TraceBuilder) -> None:
-        """Keep every version a not-yet-computed gradient still needs inside the ring buffer.
-
-        Checked every H/4 versions: at a check the oldest needed version must lie in the newest
-        H/2, which leaves room for H/4 more versions (>= one wave) before the next check.
+        Kept: each shard's newest version (``versions``; future pulls read it) and the versions
+        read by gradients that may still join an update row (`_register`) or that update rows
+        from ``row`` on use. Rows before ``row`` are planned: a wave reads its versions before any
+        later wave writes, so their slots may be reused.
         """
-        newest = int(self.versions.max())
-        if newest < self.next_history_check:
-            return
         self._register(tr)
-        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[self.live] if self.live.size else None
-        oldest = int(reads.min()) if reads is not None else newest
-        span = newest - min(oldest, newest) + self.H // 2
-        if span >= self.H:
-            new_h = _bucket(2 * span)
-            keep = np.arange(max(0, newest - self.H + 1), newest + 1)
-            grown = jnp.zeros((new_h, self.S, self.chunk), jnp.float32)
-            self.history = grown.at[keep % new_h].set(self.history[keep % self.H])
-            self.H = new_h
-        self.next_history_check = newest + self.H // 4
-
-    def next_wave(self, tr: TraceBuilder, eval_every: int, limit: float) -> tuple[int, int]:
-        """The update rows [row, end) whose gradients can all be computed now.
-
-        A row qualifies while every member read only versions already materialised. The wave
-        also ends at an evaluation point and at ``limit`` logical updates.
-        """
-        start = self.row
-        stop = min(tr.num_update_rows, start + self.max_rows)
-        offsets = _col(tr.u_offsets, np.int64)[start:stop + 1]
-        gids = _col(tr.u_gid, np.int64)[offsets[0]:offsets[-1]]
+        offsets = _col(tr.u_offsets, np.int64)
+        gids = np.concatenate([self.live, _col(tr.u_gid, np.int64)[offsets[row]:]])
         reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[gids]
-        late = np.logical_or.reduceat((reads > self.versions).any(axis=1), offsets[:-1] - offsets[0])
-        end = start + (int(np.argmax(late)) if late.any() else stop - start)
-        if end == start:
-            raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
-        # Cut at the next evaluation point or the update limit (in logical updates).
-        if self.S == 1:
-            after = self.versions[0] + np.arange(1, end - start + 1)
-            cut = np.flatnonzero((after % eval_every == 0) | (after >= limit))
-            return (start, start + int(cut[0]) + 1) if cut.size else (start, end)
-        versions = self.versions.copy()
-        for i, shard in enumerate(_col(tr.u_shard, np.int32)[start:end]):
-            versions[shard] += 1
-            logical = int(versions.min())
-            if (logical % eval_every == 0 or logical >= limit) and logical > self.logical_updates():
-                return start, start + i + 1
-        return start, end
+        self.slots.collect([np.append(reads[:, s], versions[s]) for s in range(self.S)])
 
-    def run_wave(self, tr: TraceBuilder, start: int, end: int) -> None:
-        """Dispatch one wave (asynchronously: the host goes on while the device computes)."""
+    def make_room(self, tr: TraceBuilder, rows: int) -> None:
+        """At least ``rows`` free history slots per shard, collecting first and growing the
+        history (doubling: one recompilation) only when live versions fill most of it."""
+        if self.slots.free_slots() >= rows:
+            return
+        self._collect(tr, self.row, self.versions)
+        if self.slots.free_slots() < max(rows, self.slots.capacity // 4):
+            extra = self.slots.capacity
+            while self.slots.free_slots() + extra < max(rows, (self.slots.capacity + extra) // 4):
+                extra *= 2
+            self.slots.grow(self.slots.capacity + extra)
+            self.history = jnp.pad(self.history, ((0, extra), (0, 0), (0, 0)))
+
+    def run_call(self, tr: TraceBuilder, eval_every: int, limit: float) -> None:
+        """Plan waves from the pending update rows and dispatch them as one device call
+        (asynchronously: the host goes on while the device computes).
+
+        A wave is a run of update rows whose gradients read only versions that exist at its
+        start; the call ends at an evaluation point, at ``limit`` logical updates, after
+        ``waves_per_call`` waves, or when the history needs to grow.
+        """
         if self.kind in ("local_sgd", "easgd"):
+            start = self.row
+            end = start + self._rows_to_cut(tr, start, tr.num_update_rows, eval_every, limit)
             if not self.local.run_rows(tr, start, end):
-                self.flags.append((start, end, jnp.bool_(True)))
+                self.flags.append((np.array([start]), jnp.ones(1, bool)))
                 self.check_now = True
             return
-        self._ensure_history(tr)
-        offsets = _col(tr.u_offsets, np.int64)[start:end + 1]
-        member_gid = _col(tr.u_gid, np.int64)[offsets[0]:offsets[-1]]
-        member_weight = _col(tr.u_weight, np.float64)[offsets[0]:offsets[-1]]
-        if self.S == 1:  # every gradient is used by exactly one update row
-            uniq, index = member_gid, np.arange(len(member_gid))
-        else:
-            uniq, index = np.unique(member_gid, return_inverse=True)
-        length = self.max_rows
-        n = len(uniq)
-        # Gradients padded to a fixed count: all rows' members for async, a power of two otherwise.
-        grad_ints = np.zeros((length if self.members_max == 1 and self.S == 1 else _bucket(n), self.S + 3), np.int32)
-        grad_ints[:n, :self.S] = _col(tr.read_version, np.int64).reshape(-1, self.S)[uniq] % self.H
-        grad_ints[:n, self.S] = _col(tr.worker, np.int32)[uniq]
-        grad_ints[:n, self.S + 1] = _col(tr.k, np.int64)[uniq]
-        grad_ints[:n, self.S + 2] = 1
-        row_ints, member_ints, weights = self.scan_inputs(tr, start, end, offsets, member_gid, member_weight, index, length)
-        self.params, self.state, self.history, bad = self._wave(self.params, self.state, self.history, grad_ints,
-                                                               row_ints, member_ints, weights)
-        self.flags.append((start, end, bad))
-        self._advance(tr, start, end, uniq)
+        self.make_room(tr, self.max_rows)
+        start = self.row
+        bounds, read_slots, write_slots, versions = self._plan(tr, eval_every, limit)
+        inputs = self._call_inputs(tr, start, bounds, read_slots, write_slots)
+        count = np.int32(len(bounds) - 1)
+        self.params, self.state, self.history, bad = self._waves(self.params, self.state, self.history, count, *inputs)
+        self.flags.append((start + bounds[:-1], bad))
+        self.waves += int(count)
+        self.versions = versions
+        self._advance(tr, start, start + int(bounds[-1]))
 
-    def _advance(self, tr: TraceBuilder, start: int, end: int, computed: np.ndarray) -> None:
-        np.add.at(self.versions, _col(tr.u_shard, np.int32)[start:end], 1)
+    def _rows_to_cut(self, tr: TraceBuilder, start: int, stop: int, eval_every: int, limit: float) -> int:
+        """How many rows from ``start`` (at most to ``stop``) until an evaluation point or the limit."""
+        versions, logical = self.versions.copy(), self.logical_updates()
+        for i, shard in enumerate(_col(tr.u_shard, np.int32)[start:stop]):
+            versions[shard] += 1
+            now = int(versions.min())
+            if now > logical and (now % eval_every == 0 or now >= limit):
+                return i + 1
+        return stop - start
+
+    def _plan(self, tr: TraceBuilder, eval_every: int, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy waves over the pending rows, with the history slots each reads and writes.
+
+        Returns the wave boundaries (row offsets from ``self.row``), the read slots of every
+        member ``[members, S]``, the write slot of every row, and the shard versions after the call.
+        """
+        S, R, start = self.S, self.max_rows, self.row
+        stop = min(tr.num_update_rows, start + self.waves_per_call * R)
+        offsets = _col(tr.u_offsets, np.int64)[start:stop + 1]
+        first = int(offsets[0])
+        gids = _col(tr.u_gid, np.int64)[first:offsets[-1]]
+        reads = _col(tr.read_version, np.int64).reshape(-1, S)[gids]
+        shard = _col(tr.u_shard, np.int32)[start:stop]
+        new_version = _col(tr.u_version, np.int64)[start:stop]
+        need = np.maximum.reduceat(reads, offsets[:-1] - first, axis=0)  # newest version each row reads
+        need_one = need[:, 0].tolist() if S == 1 else None
+        versions, logical = self.versions.copy(), self.logical_updates()
+        read_slots = np.zeros((len(gids), S), np.int32)
+        write_slots = np.zeros(stop - start, np.int32)
+        bounds, r, n, cut = [0], 0, stop - start, False
+        while r < n and len(bounds) <= self.waves_per_call and not cut:
+            if self.slots.free_slots() < R:
+                self._collect(tr, start + r, versions)
+                if self.slots.free_slots() < R:
+                    break  # the next call grows the history
+            w0 = r
+            if S == 1:  # the common case, on plain ints
+                base = now = int(versions[0])
+                while r < n and r - w0 < R and need_one[r] <= base:
+                    r, now = r + 1, now + 1
+                    if now % eval_every == 0 or now >= limit:
+                        cut = True
+                        break
+                versions[0] = now
+            else:
+                base = versions.copy()
+                while r < n and r - w0 < R and (need[r] <= base).all():
+                    versions[shard[r]] += 1
+                    r += 1
+                    now = int(versions.min())
+                    if now > logical and (now % eval_every == 0 or now >= limit):
+                        cut = True
+                        break
+            if r == w0:
+                raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
+            # The versions this wave reads (before any of its writes), then the slots it writes.
+            m0, m1 = offsets[w0] - first, offsets[r] - first
+            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
+            for s in range(S):
+                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
+                write_slots[mine] = self.slots.store(s, new_version[mine])
+            bounds.append(r)
+        return np.array(bounds), read_slots, write_slots, versions
+
+    def _call_inputs(self, tr: TraceBuilder, start: int, bounds: np.ndarray, read_slots: np.ndarray,
+                     write_slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The padded arrays of `_waves_impl` for the planned waves (see its docstring)."""
+        S, W, rows = self.S, self.waves_per_call, int(bounds[-1])
+        offsets = _col(tr.u_offsets, np.int64)[start:start + rows + 1]
+        first = int(offsets[0])
+        m_gid = _col(tr.u_gid, np.int64)[first:offsets[-1]]
+        count = np.diff(offsets)
+        row_wave = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+        row_pos = np.arange(rows) - bounds[row_wave]
+        m_row = np.repeat(np.arange(rows), count)
+        m_pos = np.arange(len(m_gid)) - np.repeat(offsets[:-1] - first, count)
+        m_wave = row_wave[m_row]
+        if S == 1:  # a gradient is used by one update row only
+            u_member = np.arange(len(m_gid))
+            m_index = u_member - (offsets[bounds[:-1]] - first)[m_wave]
+            u_index = m_index
+        else:  # a gradient used by several shard rows of a wave is computed once in it
+            _, u_member, inverse = np.unique(m_wave * tr.num_gradients + m_gid, return_index=True, return_inverse=True)
+            u_index = np.arange(len(u_member)) - np.searchsorted(m_wave[u_member], np.arange(len(bounds) - 1))[m_wave[u_member]]
+            m_index = u_index[inverse.reshape(-1)]
+        G = self.max_rows if self.members_max == 1 and S == 1 else _bucket(int(u_index.max()) + 1)
+        u_wave, u_gid = m_wave[u_member], m_gid[u_member]
+        worker = _col(tr.worker, np.int32)
+        grad_ints = np.zeros((W, G, S + 3), np.int32)
+        grad_ints[u_wave, u_index, :S] = read_slots[u_member]
+        grad_ints[u_wave, u_index, S] = worker[u_gid]
+        grad_ints[u_wave, u_index, S + 1] = _col(tr.k, np.int64)[u_gid]
+        grad_ints[u_wave, u_index, S + 2] = 1
+        shard = _col(tr.u_shard, np.int32)[start:start + rows]
+        row_ints = np.zeros((W, self.rows_per_wave, 3), np.int32)
+        row_ints[row_wave, row_pos] = np.stack([shard, write_slots[:rows], np.ones(rows, np.int32)], axis=1)
+        m_shard = shard[m_row]
+        m_read = _col(tr.read_version, np.int64).reshape(-1, S)[m_gid, m_shard]
+        version = _col(tr.u_version, np.int64)[start:start + rows]
+        member_ints = np.zeros((W, self.rows_per_wave, self.members_max, 4), np.int32)
+        member_ints[m_wave, row_pos[m_row], m_pos] = np.stack(
+            [m_index, version[m_row] - 1 - m_read, worker[m_gid], read_slots[np.arange(len(m_gid)), m_shard]], axis=1)
+        weights = np.zeros((W, self.rows_per_wave, self.members_max), np.float32)
+        weights[m_wave, row_pos[m_row], m_pos] = _col(tr.u_weight, np.float64)[first:offsets[-1]]
+        return grad_ints, row_ints, member_ints, weights
+
+    def _advance(self, tr: TraceBuilder, start: int, end: int) -> None:
+        """Rows [start, end) are dispatched: count the staleness of the gradients they apply."""
         self.row = end
-        self._done(tr.num_gradients)[computed] = True
-        stale = _col(tr.staleness, np.int64)[computed]
-        applied = _col(tr.fate, np.int8)[computed] == APPLIED
+        offsets = _col(tr.u_offsets, np.int64)
+        gids = _col(tr.u_gid, np.int64)[offsets[start]:offsets[end]]
+        if self.S > 1:  # a gradient has a row per shard; count it once
+            gids = np.unique(gids)
+            counted = self._counted(tr.num_gradients)
+            gids = gids[~counted[gids]]
+            counted[gids] = True
+        stale = _col(tr.staleness, np.int64)[gids]
+        applied = _col(tr.fate, np.int8)[gids] == APPLIED
         self.stale_sum += float(stale[applied].sum())
         self.stale_count += int(applied.sum())
 
+    def _counted(self, n: int) -> np.ndarray:
+        if len(self.counted) < n:
+            self.counted = np.concatenate([self.counted, np.zeros(max(n - len(self.counted), len(self.counted)), bool)])
+        return self.counted
+
     def diverged(self, tr: TraceBuilder) -> bool:
         """Whether any wave so far saw a NaN/Inf or too-large loss (waits for the device)."""
-        for start, end, bad in self.flags:
-            if bool(bad):
-                self.diverged_at = int(_col(tr.u_version, np.int64)[start])
+        for wave_rows, bad in self.flags:
+            flags = np.asarray(bad)[: len(wave_rows)]
+            if flags.any():
+                self.diverged_at = int(_col(tr.u_version, np.int64)[wave_rows[int(np.argmax(flags))]])
                 # Keep self.row: the waves dispatched after this one were applied too, so the run
                 # (trace, metrics, parameters) ends after them, not at this wave's end.
                 return True
         self.flags.clear()
         return False
 
-    def scan_inputs(self, tr: TraceBuilder, start: int, end: int, offsets: np.ndarray, member_gid: np.ndarray,
-                    member_weight: np.ndarray, index: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Padded per-row and per-member arrays for `_scan` (see its docstring)."""
-        rows, width = end - start, self.members_max
-        counts = np.diff(offsets)
-        row_of = np.repeat(np.arange(rows), counts)
-        position = np.arange(len(member_gid)) - np.repeat(offsets[:-1] - offsets[0], counts)
-        shard = _col(tr.u_shard, np.int32)[start:end]
-        version = _col(tr.u_version, np.int64)[start:end]
-        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[member_gid, shard[row_of]]
-        row_ints = np.zeros((length, 3), np.int32)
-        row_ints[:rows, 0] = shard
-        row_ints[:rows, 1] = version % self.H
-        row_ints[:rows, 2] = 1
-        member_ints = np.zeros((length, width, 4), np.int32)
-        member_ints[row_of, position, 0] = index
-        member_ints[row_of, position, 1] = version[row_of] - 1 - reads  # staleness on this shard
-        member_ints[row_of, position, 2] = _col(tr.worker, np.int32)[member_gid]
-        member_ints[row_of, position, 3] = reads % self.H
-        weights = np.zeros((length, width), np.float32)
-        weights[row_of, position] = member_weight
-        return row_ints, member_ints, weights
-
     def staleness_mean(self) -> float:
         return self.stale_sum / self.stale_count if self.stale_count else 0.0
-
-
-def _bucket4(n: int) -> int:
-    """Wave lengths are padded to a power of four, at least 4: three or four shapes, so few
-    compilations. Not 1: XLA turns a one-step scan into straight-line code that copies the whole
-    donated history buffer instead of updating it in place (measured: ~50x slower per wave)."""
-    size = 4
-    while size < n:
-        size *= 4
-    return size
 
 
 def drive(engine: TimingEngine, numerics: NumericsEngine, metrics: Metrics,
@@ -396,11 +477,10 @@ def drive(engine: TimingEngine, numerics: NumericsEngine, metrics: Metrics,
     while True:
         running = engine.step_until(numerics.logical_updates() + window)
         while numerics.pending_rows(tr):
-            start, end = numerics.next_wave(tr, eval_every, limit)
-            numerics.run_wave(tr, start, end)
+            numerics.run_call(tr, eval_every, limit)
             logical = numerics.logical_updates()
             if progress is not None:
-                progress(logical, float(tr.u_applied[end - 1]))
+                progress(logical, float(tr.u_applied[numerics.row - 1]))
             if numerics.check_now or (logical % eval_every == 0 and logical > metrics.update[-1]):
                 stop = _evaluation(numerics, metrics, tr)
                 if stop:

@@ -92,6 +92,7 @@ def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics
         "diverged_at_update": numerics.diverged_at if stopped == "diverged" else None,
         "param_count": numerics.P,
         "compilations": numerics.traces,
+        "waves": numerics.waves,
     })
     return Result(scenario=scenario, trace=trace, metrics=arrays, summary=summary, params=numerics.current_params())
 

@@ -46,6 +46,10 @@ class TraceBuilder:
         self.read_version = array("q")  # flattened [n, shards]
         self.staleness = array("q")
         self.fate = array("b")
+        # Per gradient, on how many shards its push is settled (applied or dropped): once on all,
+        # every update row that uses it is in the trace. Only the numerics engine reads it, to
+        # know which parameter versions a gradient may still need; it is not part of the schema.
+        self.resolved = array("i")
         for name in _TIME_COLUMNS:
             setattr(self, name, array("d"))
         self.u_shard = array("i")
@@ -74,6 +78,7 @@ class TraceBuilder:
         self.read_version.extend(versions)
         self.staleness.append(-1)
         self.fate.append(PENDING)
+        self.resolved.append(0)
         self.t_pull.append(t_pull)
         self.t_read.append(t_read)
         self.t_compute_start.append(NAN)
@@ -106,6 +111,7 @@ class TraceBuilder:
                 self.staleness[g] = stale
             if self.fate[g] != DROPPED:
                 self.fate[g] = APPLIED
+            self.resolved[g] += 1
             self.t_lock[g] = t_lock
             self.t_applied[g] = now
 
@@ -121,6 +127,7 @@ class TraceBuilder:
             target = getattr(builder, name)
             del target[:]
             target.frombytes(np.ascontiguousarray(column, dtype=np.dtype(target.typecode)).tobytes())
+        builder.resolved = array("i", [trace.shards]) * len(trace.worker)  # a finished trace: all settled
         return builder
 
     def freeze(self, meta: dict[str, Any] | None = None) -> Trace:
