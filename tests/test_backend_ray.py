@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it (.[test,ray])
 
 from asgd_sim.scenario import scenario_from_dict  # noqa: E402
-from asgd_sim.trace import APPLIED, Trace  # noqa: E402
+from asgd_sim.trace import APPLIED, CANCELLED, Trace  # noqa: E402
 
 from test_backend_devices import check_trace, replay_max_diff  # noqa: E402
 
@@ -47,7 +47,7 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
     trace = Trace.load(out)
     check_trace(trace)
     failures = trace.meta["failures"]
-    assert [f["worker"] for f in failures] == [1] and "actor died" in failures[0]["error"]
+    assert [f["worker"] for f in failures] == [1] and "actor died" in failures[0]["error"], failures
     assert failures[0].get("restarted") is not None, "the restart policy brings the worker back"
     applied = trace.fate == APPLIED
     assert ((trace.worker == 1) & applied & (trace.t_read > failures[0]["restarted"])).sum() > 3
@@ -63,14 +63,57 @@ def test_ray_runs_sync_rounds(local_ray, tmp_path: Path) -> None:
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 40, "eval_every": 20},
         "workers": [{"count": 3, "compute": 0.005}], "algorithm": {"kind": "sync", "backup": 1},
+        "server": {"shards": 2, "lock": "global"},
     }, name="ray-sync")
     result = run_ray(sc, tmp_path / "run")
     trace = result.trace
     check_trace(trace)
     assert np.all(np.diff(trace.member_offsets) == 2) and np.all(trace.staleness[trace.fate == APPLIED] == 0)
+    assert (trace.fate == CANCELLED).any(), "the backup worker's gradient of each round is cancelled"
     assert result.summary["backend"]["name"] == "ray"
     diff, _ = replay_max_diff(tmp_path / "run")
     assert diff <= 1e-6
+
+
+@pytest.mark.slow
+def test_ray_shards_are_actors_checkpoint_resume_and_replay_exactly(local_ray, tmp_path: Path) -> None:
+    # Two shards with Adam (an optimizer state per shard, checkpointed): every shard's rows,
+    # states and updates live in its own actor.
+    import os
+
+    from asgd_sim.backends.ray_backend import run_ray
+    from asgd_sim.checkpoint import load_checkpoint
+
+    sc = scenario_from_dict({
+        "model": {"name": "logreg"}, "run": {"until_updates": 130, "eval_every": 40},
+        "workers": [{"count": 3, "compute": 0.005}], "server": {"shards": 2, "lock": "shard", "checkpoint_every": 40},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }, name="ray-shards")
+    out = tmp_path / "run"
+    result = run_ray(sc, out)
+    assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 130
+    trace = Trace.load(out)
+    check_trace(trace)
+    assert trace.shards == 2 and trace.staleness[trace.fate == APPLIED].max() > 0
+    backend = result.summary["backend"]
+    actors = backend["shard_actors"]
+    assert [a["shard"] for a in actors] == [0, 1]
+    pids = {a["pid"] for a in actors}
+    assert len(pids) == 2 and backend["server_pid"] not in pids and os.getpid() not in pids  # a process per shard
+    for a in actors:  # each shard's updates were computed by its actor (one may be cut short by the stop)
+        recorded = int((trace.u_shard == a["shard"]).sum())
+        assert recorded >= 130 and recorded <= a["applied"] <= recorded + 1, (a, recorded)
+    diff, _ = replay_max_diff(out)
+    assert diff <= 1e-6, diff
+    ckpt = load_checkpoint(out)
+    assert ckpt.updates == 120 and min(ckpt.versions) == 120 and len(ckpt.state_leaves[1]) > 1
+
+    resumed = run_ray(sc, out, resume=True)  # from the checkpoint at 120 (its Adam states included)
+    assert resumed.summary["backend"]["resumed_from"]["updates"] == 120 and resumed.summary["updates"] == 130
+    trace = Trace.load(out)
+    check_trace(trace)
+    diff, _ = replay_max_diff(out)
+    assert diff <= 1e-6, diff
 
 
 def test_sweep_runs_its_points_as_ray_tasks(local_ray, tmp_path: Path) -> None:

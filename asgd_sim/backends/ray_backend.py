@@ -23,6 +23,7 @@ at its push (it is not interrupted mid-compute), and all shards live in one serv
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 from ..config import Scenario
 from ..errors import ScenarioError
 from .server import check_supported
+from .shards import ShardHost
 
 __all__ = ["run_ray", "ray_map", "ensure_ray"]
 
@@ -75,23 +77,25 @@ def _load(tree: dict[str, Any], name: str) -> Scenario:
 
 
 class _ServerHost:
-    """The server actor's body: a RealServer behind methods that take and give numpy arrays."""
+    """The coordinator actor's body: a RealServer whose shards are the shard actors. Reads carry
+    ObjectRefs of shard rows; pushes carry gradient ids (the bytes went to the shard actors)."""
 
-    def __init__(self, tree: dict[str, Any], name: str, emulate: bool, out: str | None, resume: bool) -> None:
-        import jax
-
+    def __init__(self, tree: dict[str, Any], name: str, emulate: bool, out: str | None, resume: bool,
+                 shards: list[Any]) -> None:
         from ..checkpoint import CheckpointWriter, load_checkpoint
         from ..problems import build_problem
         from .server import Clock, Layout, RealServer
+        from .shards import ActorShards
 
         self.sc = sc = _load(tree, name)
         self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
         ckpt = load_checkpoint(out) if resume else None
         self.offset = ckpt.t if ckpt is not None else 0.0
         self.writer = CheckpointWriter(out) if (sc.server.checkpoint_every and out) else None
-        self.server = RealServer(sc, self.layout, emulate=emulate, clock=Clock(self.offset), resume=ckpt, on_checkpoint=self.writer)
+        self.store = ActorShards(shards)
+        self.server = RealServer(sc, self.layout, emulate=emulate, clock=Clock(self.offset), resume=ckpt,
+                                 on_checkpoint=self.writer, store=self.store)
         self.server.warm_up()
-        self.device = jax.devices()[0]
 
     def start_clock(self) -> float:
         self.server.clock.origin = time.monotonic() - self.offset
@@ -105,19 +109,16 @@ class _ServerHost:
         s = self.server
         return s.stopped, s.updates, s.clock.now(), s.last_update_time
 
+    def flags(self, wid: int) -> tuple[str, bool]:
+        """Whether the run is over, and whether worker ``wid``'s round closed without it."""
+        return self.server.stopped, self.server.slots[wid].cancel.is_set()
+
     def stop(self, reason: str) -> None:
         self.server.stop(reason)
 
-    def _read_out(self, read: Any) -> Any:
-        if read is None:
-            return None
-        from .server import Read
-
-        return Read(read.t_pull, read.t_read, read.versions, tuple(np.asarray(r) for r in read.rows), read.round, read.has_params)
-
     def read(self, wid: int, t_pull: float) -> Any:
         try:
-            return self._read_out(self.server.read(wid, t_pull))
+            return self.server.read(wid, t_pull)
         except Exception:  # noqa: BLE001 - stopped
             return None
 
@@ -128,17 +129,13 @@ class _ServerHost:
         self.server.record_compute(gid, start, end)
 
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Any) -> Any:
-        import jax
-
-        grads = [tuple(jax.device_put(g, self.device) for g in rows) for rows in grads]
-        reads = tuple(jax.device_put(r, self.device) for r in reads) if reads is not None else None
-        return self._read_out(self.server.push(wid, gids, grads, reads, read))
+        return self.server.push(wid, gids, grads, reads, read)
 
     def cancel(self, wid: int, gids: list[int]) -> None:
         self.server.cancel(wid, gids)
 
     def await_broadcast(self, wid: int) -> Any:
-        return self._read_out(self.server.await_broadcast(wid))
+        return self.server.await_broadcast(wid)
 
     def worker_failed(self, wid: int, gids: list[int], error: str, restart_after: float | None) -> None:
         self.server.worker_failed(wid, gids, RuntimeError(error), restart_after)
@@ -159,32 +156,46 @@ class _ServerHost:
             meta["resumed_from"] = s.resumed_from
         return {
             "trace": s.freeze(meta), "stopped": s.stopped, "stop_time": s.stop_time, "failures": s.failures,
-            "snapshots": [(u, t, tuple(np.asarray(r) for r in rows), n) for u, t, rows, n in s.snapshots],
-            "final_rows": tuple(np.asarray(r) for r in s.final_rows()), "resumed_from": s.resumed_from,
+            "snapshots": [(u, t, s.values(rows), n) for u, t, rows, n in s.snapshots],
+            "final_rows": s.values(s.final_rows()), "resumed_from": s.resumed_from,
             "checkpoints": self.writer.written if self.writer is not None else [],
+            "server_pid": os.getpid(), "shards": self.store.info(),
         }
 
 
 class _ServerProxy:
-    """What `run_worker` calls, forwarded to the server actor (``stopped`` cached for 50 ms)."""
+    """What `run_worker` calls, forwarded to the coordinator actor. ``stopped`` and
+    ``cancelled()`` (the worker's round closed without it) are asked at most every 50 ms; a call
+    that can change the latter (read, push, cancel, await_broadcast) makes the next one ask again."""
 
-    def __init__(self, ray: Any, actor: Any) -> None:
-        self.ray, self.actor = ray, actor
-        self._stopped, self._checked = "", 0.0
+    def __init__(self, ray: Any, actor: Any, wid: int) -> None:
+        self.ray, self.actor, self.wid = ray, actor, wid
+        self._stopped, self._cancelled, self._checked = "", False, 0.0
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked > 0.05:
+            self._stopped, self._cancelled = self.ray.get(self.actor.flags.remote(self.wid))
+            self._checked = now
 
     @property
     def stopped(self) -> str:
-        now = time.monotonic()
-        if not self._stopped and now - self._checked > 0.05:
-            self._stopped = self.ray.get(self.actor.status.remote())[0]
-            self._checked = now
+        self._refresh()
         return self._stopped
+
+    def cancelled(self) -> bool:
+        self._refresh()
+        return self._cancelled
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.actor, name)
+        resets = name in ("read", "cancel", "await_broadcast")
 
         def call(*args: Any) -> Any:
-            return self.ray.get(method.remote(*args))
+            out = self.ray.get(method.remote(*args))
+            if resets:
+                self._cancelled, self._checked = False, 0.0
+            return out
 
         return call
 
@@ -192,7 +203,9 @@ class _ServerProxy:
         from .server import Read
 
         meta = Read(read.t_pull, read.t_read, read.versions, (), read.round, read.has_params)
-        return self.ray.get(self.actor.push.remote(wid, gids, grads, reads, meta))
+        out = self.ray.get(self.actor.push.remote(wid, gids, grads, reads, meta))
+        self._cancelled, self._checked = False, 0.0
+        return out
 
     def worker_failed(self, wid: int, gids: list[int], error: BaseException, restart_after: float | None) -> None:
         self.ray.get(self.actor.worker_failed.remote(wid, gids, f"{type(error).__name__}: {error}", restart_after))
@@ -216,22 +229,33 @@ class _SyncedClock:
 
 
 class _WorkerHost:
-    """A worker actor: builds the problem, compiles its gradient, then runs the worker loop."""
+    """A worker actor: builds the problem, compiles its gradient, then runs the worker loop.
 
-    def __init__(self, tree: dict[str, Any], name: str, wid: int, emulate: bool, server: Any) -> None:
+    It reads shard rows from the object store (ObjectRefs the coordinator grants) and sends each
+    gradient's shard chunks straight to the shard actors (`ShardHost.stage`) before it pushes."""
+
+    def __init__(self, tree: dict[str, Any], name: str, wid: int, emulate: bool, server: Any, shards: list[Any]) -> None:
         import jax
 
         from ..problems import build_problem
         from .server import Layout
 
         self.sc = sc = _load(tree, name)
-        self.wid, self.emulate, self.server = wid, emulate, server
+        self.wid, self.emulate, self.server, self.shards = wid, emulate, server, shards
         self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
         self.grad = self.layout.grad_fn()
         jax.block_until_ready(self.grad(tuple(jax.numpy.asarray(r) for r in self.layout.initial), np.int32(0), np.int32(0)))
 
     def ready(self) -> bool:
         return True
+
+    def _stage(self, gid: int, grad: tuple) -> tuple:
+        """Send each shard its chunk of gradient ``gid``; wait until every shard holds it (so a
+        worker dying after its push loses nothing the server counts on)."""
+        import ray
+
+        ray.get([shard.stage.remote(gid, np.asarray(chunk)) for shard, chunk in zip(self.shards, grad)])
+        return (gid,) * len(self.shards)
 
     def run(self, restarted: bool = False, down: float | None = None) -> int:
         import jax
@@ -243,15 +267,14 @@ class _WorkerHost:
         sc = self.sc
         state = build_workers(sc, sc.network.latency)[self.wid]
         clock = _SyncedClock(ray, self.server)
-        proxy = _ServerProxy(ray, self.server)
+        proxy = _ServerProxy(ray, self.server, self.wid)
         if restarted:
             state.start = 0.0
             state.failure_times = [t for t in state.failure_times if t > clock.now()]
         hooks = WorkerHooks(
-            fetch=lambda rows: jax.block_until_ready(tuple(jax.numpy.asarray(r) for r in rows)),
+            fetch=lambda rows: jax.block_until_ready(tuple(jax.numpy.asarray(r) for r in ray.get(list(rows)))),
             compute=lambda rows, wid, k: jax.block_until_ready(self.grad(rows, np.int32(wid), np.int32(k))),
-            ship=lambda g: tuple(np.asarray(x) for x in g),
-            needs_read=False,
+            ship=self._stage, cancelled=proxy.cancelled, needs_read=False,
         )
         transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or self.layout.problem.param_bytes) * sc.server.shards / sc.network.bandwidth
         run_worker(proxy, state, hooks, emulate=self.emulate, clock=clock, transfer=transfer)
@@ -282,10 +305,14 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
         out.mkdir(parents=True, exist_ok=True)
         dump_scenario(sc, out / "scenario.toml")
     tree, M = _scenario_dict(sc), sc.num_workers
-    Server = ray.remote(num_cpus=0, max_concurrency=4 * M + 16)(_ServerHost)
+    # One actor per shard (its row, optimizer state and updates; one call at a time, so no locks),
+    # a threaded coordinator (algorithm, locks, trace, checkpoints), one actor per worker.
+    Shard = ray.remote(num_cpus=0, max_restarts=0)(ShardHost)
+    Server = ray.remote(num_cpus=0, max_concurrency=4 * M + 2 * sc.server.shards + 16)(_ServerHost)
     Worker = ray.remote(num_cpus=0, max_restarts=0)(_WorkerHost)
-    server = Server.remote(tree, sc.name, emulate, str(out.resolve()) if out is not None else None, resume)
-    workers = [Worker.remote(tree, sc.name, w, emulate, server) for w in range(M)]
+    shards = [Shard.remote(tree, sc.name, s, bool(sc.server.checkpoint_every)) for s in range(sc.server.shards)]
+    server = Server.remote(tree, sc.name, emulate, str(out.resolve()) if out is not None else None, resume, shards)
+    workers = [Worker.remote(tree, sc.name, w, emulate, server, shards) for w in range(M)]
     ray.get([w.ready.remote() for w in workers] + [server.now.remote()])
     started = time.perf_counter()
     ray.get(server.start_clock.remote())
@@ -314,7 +341,7 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
                 down = states[wid].down_time()
                 ray.get(server.worker_failed.remote(wid, [], f"actor died: {type(error).__name__}", down))
                 if down is not None:  # a fresh actor starts now (a process start takes seconds) ...
-                    workers[wid] = Worker.remote(tree, sc.name, wid, emulate, server)
+                    workers[wid] = Worker.remote(tree, sc.name, wid, emulate, server, shards)
                     restarts.append((now + down, wid, workers[wid].ready.remote()))
         for entry in list(restarts):  # ... and takes over once the down time is over and it is ready
             when, wid, ready_ref = entry
@@ -332,12 +359,12 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
     wall = time.perf_counter() - started
     meta = {"scenario": sc.name, "kind": sc.algorithm.kind, "workers": M, "backend": "ray", "emulate": emulate}
     got = ray.get(server.results.remote(meta))
-    for w in workers:
-        ray.kill(w)
-    ray.kill(server)
+    for actor in [*workers, server, *shards]:
+        ray.kill(actor)
     layout = Layout(build_problem(sc, M), sc.server.shards, sc.run.seed)
     backend = {"name": "ray", "address": address or "local", "emulate": emulate, "failures": got["failures"],
-               "resumed_from": got["resumed_from"], "checkpoints": got["checkpoints"]}
+               "resumed_from": got["resumed_from"], "checkpoints": got["checkpoints"],
+               "server_pid": got["server_pid"], "shard_actors": got["shards"]}
     result = finish_real_run(sc, layout, got["trace"], got["snapshots"], got["final_rows"], got["stopped"], got["stop_time"], wall, backend)
     if out is not None:
         write_real_result(result, out, layout, got["final_rows"])

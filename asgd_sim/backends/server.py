@@ -264,7 +264,9 @@ class RealServer:
             now = self.clock.now()
             versions = tuple(sh.version for sh in self.shards)
             rows = tuple(sh.row for sh in self.shards)
-        return Read(now if t_pull is None else t_pull, now, versions, rows, round_, has_params)
+        # (A remote worker's clock is the server's to within half a round trip: a pull it stamps
+        # a few microseconds after the server served it was sent before.)
+        return Read(now if t_pull is None else min(t_pull, now), now, versions, rows, round_, has_params)
 
     def read(self, wid: int, t_pull: float) -> Read | None:
         """An explicit pull (the first one, or after a restart), served now (None: the run is over)."""

@@ -172,11 +172,9 @@ class ShardHost:
         for gid in gids:
             self.staged.pop(gid, None)
 
-    def apply(self, version: int, gids: Sequence[int], reads: Sequence[Any] | None, weights: Sequence[float],
-              staleness: Sequence[int], workers: Sequence[int], dropped: Sequence[int]) -> tuple[Any, Any]:
+    def apply(self, version: int, gids: Sequence[int], weights: Sequence[float], staleness: Sequence[int],
+              workers: Sequence[int], dropped: Sequence[int]) -> tuple[Any, Any]:
         """Update the row at ``version`` with the staged gradients ``gids``; publish the result."""
-        import ray
-
         if version != self.version:  # the server serialises a shard's updates: anything else is a bug
             raise RuntimeError(f"shard {self.index}: asked to update version {version}, holds version {self.version}")
         self.discard(dropped)
@@ -184,8 +182,7 @@ class ShardHost:
         if missing:
             raise RuntimeError(f"shard {self.index}: gradients {missing} were never staged here")
         grads = [jnp.asarray(self.staged.pop(g)) for g in gids]
-        read_rows = [jnp.asarray(r) for r in ray.get(list(reads))] if reads is not None else None
-        self.row, self.state = self.math.apply(self.row, self.state, grads, read_rows, weights, staleness, workers)
+        self.row, self.state = self.math.apply(self.row, self.state, grads, None, weights, staleness, workers)
         self.version += 1
         self.applied += 1
         return self._publish()
@@ -225,10 +222,12 @@ class ActorShards:
     def update(self, shard: int, version: int, row: Any, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
                weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int],
                dropped: Sequence[Any]) -> tuple[Any, Any]:
-        # `grads` are gradient ids (what the worker staged under); `reads` ObjectRefs of rows this
-        # actor published, inside a list so that the actor, not this process, fetches them.
-        return self.ray.get(self.actors[shard].apply.remote(version, list(grads), list(reads) if reads is not None else None,
-                                                            list(weights), list(staleness), list(workers), list(dropped)))
+        # `grads` are gradient ids (what the workers staged their chunks under). `reads` (DC-ASGD)
+        # is refused before a run starts (`ray_backend.run_ray`): the actors keep no past rows.
+        if reads is not None:
+            raise RuntimeError("shard actors do not run rules that need the rows a gradient was computed at")
+        return self.ray.get(self.actors[shard].apply.remote(version, list(grads), list(weights), list(staleness),
+                                                            list(workers), list(dropped)))
 
     def discard(self, gids: Sequence[int]) -> None:
         if gids:
