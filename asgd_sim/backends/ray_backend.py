@@ -1,23 +1,36 @@
-"""The Ray backend: the parameter server and the workers as Ray actors, on one machine or many.
+"""The Ray backend: server shards, a coordinator and the workers as Ray actors, on one machine or many.
 
 ``run_ray(scenario, out, address=None)`` starts a local Ray (or joins the cluster at
-``address``), creates one server actor, a threaded actor hosting `backends.server.RealServer`
-(all shards, locks, algorithm, trace, checkpoints), and one actor per worker running
-`backends.worker.run_worker` against it. Parameters and gradients travel as numpy arrays through
-Ray's object store; each worker computes its gradients with JAX on its own default device.
+``address``) and creates:
 
-Clocks: each worker measures its offset to the server's monotonic clock once at start (the
-midpoint of a round trip, as Cristian's algorithm), so every trace time is on the server's clock
-even across machines.
+- one actor per server shard (`backends.shards.ShardHost`): the shard's row, its optimizer state
+  and version, and the update itself (the numerics engine's compiled rule);
+- one coordinator actor, a threaded actor hosting `backends.server.RealServer` over those shards
+  (`backends.shards.ActorShards`): what must be global stays there (the algorithm's rounds,
+  buffers and SSP clocks, the lock policy, versions, the trace, checkpoints);
+- one actor per worker running `backends.worker.run_worker` against the coordinator.
+
+Parameter and gradient bytes never pass through the coordinator: a worker sends each gradient's
+chunk for shard s straight to shard s's actor (inline in the call when small, through Ray's object
+store when large) and waits until it is there, then pushes only the gradient's id; the coordinator
+tells each shard actor which staged gradients an update applies (and in what order, with which
+weights and staleness), and the actor publishes every new row in the object store. A read is a
+set of ObjectRefs at the versions the coordinator grants, which the worker fetches from there.
+
+Clocks: each worker measures its offset to the coordinator's monotonic clock once at start (the
+midpoint of a round trip, as Cristian's algorithm), so every trace time is on the coordinator's
+clock even across machines.
 
 Faults: a worker actor that dies (``ray.kill``, a crashed process, a lost node) is noticed by the
 driver; the failure goes into the trace's metadata, the server goes on with the others, and the
 scenario's restart policy (``failures.restart_after`` / ``mttr``) starts a fresh actor for it after
 the down time, which pulls afresh. An exception inside a worker is handled inside the actor, as in
-the devices backend.
+the devices backend. Shard and coordinator actors are not restarted: losing one ends the run.
 
-Differences from the devices backend: a worker notices that a sync round closed without it only
-at its push (it is not interrupted mid-compute), and all shards live in one server actor.
+Differences from the devices backend: a worker learns that a sync round closed without it by
+asking the coordinator (at most every 50 ms, at the same points where a devices worker looks), so
+it may notice up to 50 ms late, at its push at the latest; DC-ASGD (``optimizer.dc_lambda``) is
+not run, since shard actors keep no past rows.
 """
 
 from __future__ import annotations
