@@ -47,7 +47,7 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
     trace = Trace.load(out)
     check_trace(trace)
     failures = trace.meta["failures"]
-    assert [f["worker"] for f in failures] == [1] and "actor died" in failures[0]["error"], failures
+    assert [f["worker"] for f in failures] == [1] and "actor died" in failures[0]["error"], [f["error"] for f in failures]
     assert failures[0].get("restarted") is not None, "the restart policy brings the worker back"
     applied = trace.fate == APPLIED
     assert ((trace.worker == 1) & applied & (trace.t_read > failures[0]["restarted"])).sum() > 3

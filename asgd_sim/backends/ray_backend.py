@@ -109,6 +109,15 @@ class _ServerHost:
         self.server = RealServer(sc, self.layout, emulate=emulate, clock=Clock(self.offset), resume=ckpt,
                                  on_checkpoint=self.writer, store=self.store)
         self.server.warm_up()
+        # The row refs of each worker's latest read, held here until its next call: by then it has
+        # fetched them. (Ray's borrower bookkeeping alone lost such a row now and then when
+        # another worker's actor was killed: ReferenceCountingAssertionError in the reader.)
+        self.granted: dict[int, tuple] = {}
+
+    def _grant(self, wid: int, read: Any) -> Any:
+        if read is not None and not read.has_params:
+            self.granted[wid] = read.rows
+        return read
 
     def start_clock(self) -> float:
         self.server.clock.origin = time.monotonic() - self.offset
@@ -131,7 +140,7 @@ class _ServerHost:
 
     def read(self, wid: int, t_pull: float) -> Any:
         try:
-            return self.server.read(wid, t_pull)
+            return self._grant(wid, self.server.read(wid, t_pull))
         except Exception:  # noqa: BLE001 - stopped
             return None
 
@@ -142,13 +151,13 @@ class _ServerHost:
         self.server.record_compute(gid, start, end)
 
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Any) -> Any:
-        return self.server.push(wid, gids, grads, reads, read)
+        return self._grant(wid, self.server.push(wid, gids, grads, reads, read))
 
     def cancel(self, wid: int, gids: list[int]) -> None:
         self.server.cancel(wid, gids)
 
     def await_broadcast(self, wid: int) -> Any:
-        return self.server.await_broadcast(wid)
+        return self._grant(wid, self.server.await_broadcast(wid))
 
     def worker_failed(self, wid: int, gids: list[int], error: str, restart_after: float | None) -> None:
         self.server.worker_failed(wid, gids, RuntimeError(error), restart_after)
