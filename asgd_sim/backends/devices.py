@@ -87,7 +87,7 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
         hooks = WorkerHooks(
             fetch=lambda rows, dev=dev: jax.block_until_ready(jax.device_put(rows, dev)),
             compute=lambda rows, wid, k: jax.block_until_ready(grad(rows, np.int32(wid), np.int32(k))),
-            ship=lambda gid, g: jax.block_until_ready(jax.device_put(g, server.device)),
+            ship=lambda gid, g, rows: jax.block_until_ready(jax.device_put(g, server.device)),
             cancelled=slot.cancel.is_set, inject=inject, needs_read=server.needs_read,
         )
         thread = threading.Thread(target=run_worker, args=(server, state, hooks),

@@ -29,8 +29,8 @@ the devices backend. Shard and coordinator actors are not restarted: losing one 
 
 Differences from the devices backend: a worker learns that a sync round closed without it by
 asking the coordinator (at most every 50 ms, at the same points where a devices worker looks), so
-it may notice up to 50 ms late, at its push at the latest; DC-ASGD (``optimizer.dc_lambda``) is
-not run, since shard actors keep no past rows.
+it may notice up to 50 ms late, at its push at the latest. Shard actors keep no past rows: for
+DC-ASGD (``optimizer.dc_lambda``) each worker sends its read rows along with its gradient chunks.
 """
 
 from __future__ import annotations
@@ -264,6 +264,7 @@ class _WorkerHost:
 
         self.sc = sc = _load(tree, name)
         self.wid, self.emulate, self.server, self.shards = wid, emulate, server, shards
+        self.dc = sc.optimizer.dc_lambda > 0  # DC-ASGD needs the rows each gradient was computed at
         self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
         self.grad = self.layout.grad_fn()
         jax.block_until_ready(self.grad(tuple(jax.numpy.asarray(r) for r in self.layout.initial), np.int32(0), np.int32(0)))
@@ -271,12 +272,14 @@ class _WorkerHost:
     def ready(self) -> bool:
         return True
 
-    def _stage(self, gid: int, grad: tuple) -> tuple:
-        """Send each shard its chunk of gradient ``gid``; wait until every shard holds it (so a
-        worker dying after its push loses nothing the server counts on)."""
+    def _stage(self, gid: int, grad: tuple, rows: tuple) -> tuple:
+        """Send each shard its chunk of gradient ``gid`` (with DC-ASGD, also its row the gradient
+        was computed at); wait until every shard holds it (so a worker dying after its push loses
+        nothing the server counts on)."""
         import ray
 
-        ray.get([shard.stage.remote(gid, np.asarray(chunk)) for shard, chunk in zip(self.shards, grad)])
+        reads = [np.asarray(row) for row in rows] if self.dc else [None] * len(self.shards)
+        ray.get([shard.stage.remote(gid, np.asarray(chunk), read) for shard, chunk, read in zip(self.shards, grad, reads)])
         return (gid,) * len(self.shards)
 
     def run(self, restarted: bool = False, down: float | None = None) -> int:
@@ -319,8 +322,6 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
     sc = scenario
     if resume and out is None:
         raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")
-    if sc.optimizer.dc_lambda > 0:
-        raise ScenarioError("optimizer.dc_lambda", "DC-ASGD is not run by the ray backend yet: use --backend devices or sim")
     ray = ensure_ray(address, num_cpus)
     out = Path(out) if out is not None else None
     if out is not None:

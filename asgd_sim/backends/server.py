@@ -204,6 +204,9 @@ class RealServer:
         self.lock_policy = policy
         global_lock = threading.Lock() if policy == "global" else None
         self.store: ShardStore = store if store is not None else LocalShards(ShardMath(self.rule, self.G), self.device)
+        # DC-ASGD: the server holds the rows each gradient was computed at, unless the store takes
+        # them from the workers (shard actors: the rows travel with the gradient chunks).
+        self.needs_read = self.needs_read and not self.store.reads_from_workers
         self.shards = [_Shard(s, row, state,
                               global_lock if policy == "global" else (threading.Lock() if policy in ("shard", "rw") else None))
                        for s, (row, state) in enumerate(self.store.init(layout.initial))]

@@ -73,7 +73,13 @@ class ShardMath:
 
 
 class ShardStore(Protocol):
-    """What `RealServer` asks of the place its shards live (see the module docstring)."""
+    """What `RealServer` asks of the place its shards live (see the module docstring).
+
+    ``reads_from_workers``: the store receives the rows each gradient was computed at (DC-ASGD)
+    from the workers' ``ship`` itself, so the server passes no ``reads`` to `update`.
+    """
+
+    reads_from_workers: bool
 
     def init(self, rows: np.ndarray) -> list[tuple[Any, Any]]:
         """Load the initial rows (S x chunk); the (row, state) handle of each shard."""
@@ -100,6 +106,8 @@ class ShardStore(Protocol):
 
 class LocalShards:
     """Rows and optimizer states as JAX arrays on ``device``, updated in this process."""
+
+    reads_from_workers = False
 
     def __init__(self, math: ShardMath, device: Any) -> None:
         self.math, self.device = math, device
@@ -147,6 +155,7 @@ class ShardHost:
         self.index, self.keep_states = index, keep_states
         self.math = ShardMath(make_server_rule(sc.optimizer, sc.num_workers), members_width(sc))
         self.staged: dict[int, np.ndarray] = {}
+        self.staged_reads: dict[int, np.ndarray] = {}  # DC-ASGD: this shard's row each gradient was computed at
         self.row: Any = None
         self.state: Any = None
         self.version = 0
@@ -164,13 +173,17 @@ class ShardHost:
     def warm_up(self) -> None:
         self.math.warm_up(self.row, self.state)
 
-    def stage(self, gid: int, chunk: np.ndarray) -> None:
-        """A worker's gradient chunk for this shard, held until an update applies or drops it."""
+    def stage(self, gid: int, chunk: np.ndarray, read: np.ndarray | None = None) -> None:
+        """A worker's gradient chunk for this shard (and, for DC-ASGD, this shard's row it was
+        computed at), held until an update applies or drops it."""
         self.staged[gid] = chunk
+        if read is not None:
+            self.staged_reads[gid] = read
 
     def discard(self, gids: Sequence[int]) -> None:
         for gid in gids:
             self.staged.pop(gid, None)
+            self.staged_reads.pop(gid, None)
 
     def apply(self, version: int, gids: Sequence[int], weights: Sequence[float], staleness: Sequence[int],
               workers: Sequence[int], dropped: Sequence[int]) -> tuple[Any, Any]:
@@ -182,7 +195,8 @@ class ShardHost:
         if missing:
             raise RuntimeError(f"shard {self.index}: gradients {missing} were never staged here")
         grads = [jnp.asarray(self.staged.pop(g)) for g in gids]
-        self.row, self.state = self.math.apply(self.row, self.state, grads, None, weights, staleness, workers)
+        reads = [jnp.asarray(self.staged_reads.pop(g)) for g in gids] if self.math.needs_read else None
+        self.row, self.state = self.math.apply(self.row, self.state, grads, reads, weights, staleness, workers)
         self.version += 1
         self.applied += 1
         return self._publish()
@@ -205,6 +219,8 @@ class ActorShards:
     """A `ShardStore` whose shards are `ShardHost` actors; handles are ObjectRefs they own (state
     handles are None unless the actors keep states, which only checkpoints need)."""
 
+    reads_from_workers = True  # DC-ASGD: workers stage their read rows with their gradients
+
     def __init__(self, actors: Sequence[Any]) -> None:
         import ray
 
@@ -222,10 +238,8 @@ class ActorShards:
     def update(self, shard: int, version: int, row: Any, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
                weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int],
                dropped: Sequence[Any]) -> tuple[Any, Any]:
-        # `grads` are gradient ids (what the workers staged their chunks under). `reads` (DC-ASGD)
-        # is refused before a run starts (`ray_backend.run_ray`): the actors keep no past rows.
-        if reads is not None:
-            raise RuntimeError("shard actors do not run rules that need the rows a gradient was computed at")
+        # `grads` are gradient ids (what the workers staged their chunks, and for DC-ASGD their
+        # read rows, under); the server passes no `reads` (reads_from_workers).
         return self.ray.get(self.actors[shard].apply.remote(version, list(grads), list(weights), list(staleness),
                                                             list(workers), list(dropped)))
 

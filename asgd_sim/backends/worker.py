@@ -47,15 +47,16 @@ class WorkerHooks:
     """How one worker talks to its server and its device.
 
     fetch(rows) -> rows on the worker's device (blocks until there); compute(rows, worker, k) ->
-    the gradient's shard rows (blocks until computed); ship(gid, grads) -> per shard, what the
-    server's push takes for gradient ``gid`` (blocks until the bytes are where the shard lives). cancelled() says whether the worker's round closed without it (the
+    the gradient's shard rows (blocks until computed); ship(gid, grads, rows) -> per shard, what the
+    server's push takes for gradient ``gid``, computed at ``rows`` (blocks until the bytes are where
+    the shard lives). cancelled() says whether the worker's round closed without it (the
     devices backend checks it while it sleeps; None: noticed at the push). inject(worker, k) runs
     before each gradient (tests raise from it to crash a worker).
     """
 
     fetch: Callable[[tuple], Any]
     compute: Callable[[Any, int, int], tuple]
-    ship: Callable[[int, tuple], Any]
+    ship: Callable[[int, tuple, tuple], Any]
     cancelled: Callable[[], bool] | None = None
     inject: Callable[[int, int], None] | None = None
     needs_read: bool = False
@@ -156,7 +157,7 @@ def run_worker(server: Any, state: Any, hooks: WorkerHooks, *, emulate: bool, cl
                     else:
                         sched.check()
                     server.record_compute(gid, start, clock.now())
-                    grads.append(hooks.ship(gid, grad))
+                    grads.append(hooks.ship(gid, grad, local))
                 sched.message()  # the push travels to the server
                 sched.check()
                 next_read = server.push(wid, gids, grads, read.rows if hooks.needs_read else None, read)
