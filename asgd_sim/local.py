@@ -115,6 +115,7 @@ class LocalModels:
         n.make_room(tr, 1)
         reads = _col(tr.read_version, np.int64).reshape(-1, n.S)[heads, shard]
         row_ints = np.zeros((2, 3), np.int32)
+        row_ints[1, 1] = n.scratch
         row_ints[0] = (shard, n.slots.store(shard, np.array([version]))[0], 1)
         member_ints = np.zeros((2, n.members_max, 4), np.int32)
         member_ints[0, :len(heads)] = np.stack([np.arange(len(heads)), version - 1 - reads, _col(tr.worker, np.int32)[heads],

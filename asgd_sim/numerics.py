@@ -136,7 +136,8 @@ class NumericsEngine:
         width = self.rows_per_wave * self.members_max
         self.waves_per_call = max(1, min(WAVES_PER_CALL, 65536 // width))
         self.slots = SlotMap(self.S, self._initial_capacity())
-        history = np.zeros((self.slots.capacity, self.S, self.chunk), np.float32)
+        # One more row than slots: the scratch row that padding rows write (`scratch`).
+        history = np.zeros((self.slots.capacity + 1, self.S, self.chunk), np.float32)
         history[0] = padded.reshape(self.S, self.chunk)
         self.slots.store_each(np.zeros(self.S, np.int64))
         self.history = jax.device_put(history)
@@ -203,7 +204,7 @@ class NumericsEngine:
               row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
         """Apply update rows in server order, one scan step each.
 
-        row_ints[r] = (shard, history slot of the new version, active); member_ints[r, m] =
+        row_ints[r] = (shard, history slot of the new version (`scratch` if padding), active); member_ints[r, m] =
         (gradient index, staleness, worker, history slot of the version read); weights[r, m].
         Inactive (padding) rows change nothing.
         """
@@ -213,19 +214,26 @@ class NumericsEngine:
         # copy the whole ring on every step (measured ~8x slower).
         reads = history[member_ints[:, :, 3], row_ints[:, 0][:, None]] if needs_read else jnp.zeros(len(row_ints))
 
+        if self.S == 1:  # [G, chunk]: gathering rows of [G, 1, chunk] made XLA copy the block every wave
+            grads = grads[:, 0]
+
         def step(carry: tuple, x: tuple) -> tuple:
             params, state, history = carry
             rows, members, weight, read = x
             s, slot, active = rows[0], rows[1], rows[2] > 0
             mine = jax.tree.map(lambda leaf: leaf[s], state)
             read = read if needs_read else None
-            new, new_state = rule.apply(params[s], mine, grads[members[:, 0], s], weights=weight,
+            mine_grads = grads[members[:, 0]] if self.S == 1 else grads[members[:, 0], s]
+            new, new_state = rule.apply(params[s], mine, mine_grads, weights=weight,
                                         staleness=members[:, 1], workers=members[:, 2], read_params=read)
             new = jnp.where(active, new, params[s])
             new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, mine)
-            params = params.at[s].set(new)
-            state = jax.tree.map(lambda leaf, n: leaf.at[s].set(n), state, new_state)
-            history = history.at[slot, s].set(jnp.where(active, new, history[slot, s]))
+            if self.S == 1:  # whole arrays: no dynamic update (XLA copied the carried params for it)
+                params, state = new[None], jax.tree.map(lambda n: n[None], new_state)
+            else:
+                params = params.at[s].set(new)
+                state = jax.tree.map(lambda leaf, n: leaf.at[s].set(n), state, new_state)
+            history = history.at[slot, s].set(new)  # padding rows write the scratch row
             return (params, state, history), None
 
         (params, state, history), _ = jax.lax.scan(step, (params, state, history), (row_ints, member_ints, weights, reads))
@@ -243,6 +251,11 @@ class NumericsEngine:
         return self.unravel(self.params.reshape(-1)[: self.P])
 
     # ---- host side: waves --------------------------------------------------------------------
+
+    @property
+    def scratch(self) -> int:
+        """The history row padding rows write: past the slots, so no version lives there."""
+        return self.slots.capacity
 
     def logical_updates(self) -> int:
         return int(self.versions.min())
@@ -295,7 +308,7 @@ class NumericsEngine:
             while self.slots.free_slots() + extra < max(rows, (self.slots.capacity + extra) // 4):
                 extra *= 2
             self.slots.grow(self.slots.capacity + extra)
-            self.history = jnp.pad(self.history, ((0, extra), (0, 0), (0, 0)))
+            self.history = jnp.pad(self.history, ((0, extra), (0, 0), (0, 0)))  # the old scratch row becomes a free slot
 
     def run_call(self, tr: TraceBuilder, eval_every: int, limit: float) -> None:
         """Plan waves from the pending update rows and dispatch them as one device call
@@ -418,6 +431,7 @@ class NumericsEngine:
         grad_ints[u_wave, u_index, S + 2] = 1
         shard = _col(tr.u_shard, np.int32)[start:start + rows]
         row_ints = np.zeros((W, self.rows_per_wave, 3), np.int32)
+        row_ints[:, :, 1] = self.scratch
         row_ints[row_wave, row_pos] = np.stack([shard, write_slots[:rows], np.ones(rows, np.int32)], axis=1)
         m_shard = shard[m_row]
         m_read = _col(tr.read_version, np.int64).reshape(-1, S)[m_gid, m_shard]

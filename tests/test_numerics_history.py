@@ -77,7 +77,7 @@ def test_a_straggler_does_not_grow_the_history() -> None:
     # ... but only ~7 versions are ever waiting to be read (one per worker plus the newest), so
     # the history keeps its initial size: a ring over the staleness span would need > 200 slots.
     assert numerics.slots.capacity <= 64
-    assert numerics.history.shape[0] == numerics.slots.capacity
+    assert numerics.history.shape[0] == numerics.slots.capacity + 1  # (+ the scratch row)
     held = int((numerics.slots.holds >= 0).sum())
     assert held <= numerics.slots.capacity
     assert_matches_fold(numerics, trace)
@@ -124,5 +124,5 @@ def test_the_history_grows_when_the_versions_in_flight_need_it(monkeypatch: pyte
     numerics, trace = run(run={"until_updates": 800, "eval_every": 400}, workers=[{"count": 40, "compute": EXP1}])
     smallest = 4 * numerics.rows_per_wave
     assert numerics.slots.capacity > smallest  # 40 workers read ~40 versions at once
-    assert numerics.history.shape[0] == numerics.slots.capacity
+    assert numerics.history.shape[0] == numerics.slots.capacity + 1  # (+ the scratch row)
     assert_matches_fold(numerics, trace)
