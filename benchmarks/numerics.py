@@ -136,8 +136,8 @@ def main() -> None:
     jax.block_until_ready(jnp.ones(1) + 1)
     runs: dict[int, list[tuple[float, ...]]] = {workers: [] for workers in args.workers}
     summaries: dict[int, dict] = {}
-    for workers in args.workers:
-        for _ in range(args.repeat):
+    for _ in range(args.repeat):  # repeats interleaved across worker counts: a noisy spell hits both
+        for workers in args.workers:
             hand_cold = hand_loop(workers, args.updates)
             sim_cold, sim_steady, summaries[workers] = simulator(workers, args.updates)
             hand_warm = hand_loop_warm(workers, args.updates)
@@ -151,7 +151,8 @@ def main() -> None:
         compilation_cache.reset_cache()
         for workers in args.workers:
             hand_loop(workers, 200), simulator(workers, 200)
-            for i in range(args.repeat):
+        for i in range(args.repeat):
+            for workers in args.workers:
                 runs[workers][i] += (hand_loop(workers, args.updates), simulator(workers, args.updates)[0])
     rows = []
     for workers in args.workers:
