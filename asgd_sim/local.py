@@ -87,6 +87,7 @@ class LocalModels:
                     origin = n.history[n.slots.lookup(reads), jnp.arange(n.S)[None, :]]
                     origin = jnp.broadcast_to(origin, (len(np.unique(_col(tr.worker, np.int32)[gids])), n.S, n.chunk))
                 workers, final, losses, heads = self._local_run(tr, gids, origin)
+                n.computed += len(gids)
                 if not np.all(losses <= n.scenario.run.max_loss):  # NaN, Inf or blow-up
                     n.row = r  # rows before r were applied; this one and the rest never will be
                     return False

@@ -39,6 +39,7 @@ from .config import Scenario
 from .engine import TimingEngine
 from .problems import Problem, build_problem
 from .rules import make_server_rule
+from .gradcache import GradientCache
 from .history import SlotMap
 from .trace import APPLIED, CANCELLED, TraceBuilder
 
@@ -143,6 +144,11 @@ class NumericsEngine:
         history[0] = padded.reshape(self.S, self.chunk)
         self.slots.store_each(np.zeros(self.S, np.int64))
         self.history = jax.device_put(history)
+        self.cache, self.gcache = None, None
+        if self.S > 1 and self.kind not in ("local_sgd", "easgd"):
+            self.cache = GradientCache(self._cache_capacity())
+            self.gcache = jnp.zeros((self.cache.capacity + 1, self.S, self.chunk), jnp.float32)  # (+ scratch)
+        self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
         self.versions = np.zeros(self.S, np.int64)  # planned (dispatched) version of each shard
         self.row = 0  # next update row of the trace to apply
         self.seen = 0  # gradients of the trace already registered as live
@@ -155,7 +161,7 @@ class NumericsEngine:
         self.check_now = False  # a divergence already known on the host
         self.diverged_at: int | None = None
         self.traces = 0  # compilations of the jitted functions (a no-retrace guard for tests)
-        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2))
+        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
         self._evaluate = jax.jit(self._evaluate_impl)
         if self.kind in ("local_sgd", "easgd"):
@@ -169,32 +175,40 @@ class NumericsEngine:
         params = self.unravel(shard_rows.reshape(-1)[: self.P])
         return self.problem.loss(params, self.problem.make_batch(worker, k))
 
-    def _waves_impl(self, params: jax.Array, state: Any, history: jax.Array, count: jax.Array, grad_ints: jax.Array,
-                    row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+    def _waves_impl(self, params: jax.Array, state: Any, history: jax.Array, gcache: jax.Array | None, count: jax.Array,
+                    grad_ints: jax.Array, row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array,
+                    cache_ints: jax.Array | None, store_ints: jax.Array | None) -> tuple:
         """``count`` waves in one call, in order; each computes all its gradients (vmapped), then
         applies its updates in server order (scan).
 
         grad_ints[w, g] = (history slot read of each shard..., worker, k, valid); row_ints,
-        member_ints and weights [w] as in `_scan`. Returns the new (params, state, history) and
-        per wave whether a loss was NaN, Inf or above ``run.max_loss``.
+        member_ints and weights [w] as in `_scan`, where gradient indices past the G computed
+        ones are read from the gradient cache (several shards only: gcache[cache_ints[w, c]];
+        computed gradient g is stored to gcache[store_ints[w, g]], see gradcache.py). Returns the
+        new (params, state, history, gcache) and per wave whether a loss was NaN, Inf or above
+        ``run.max_loss``.
         """
         self.traces += 1
         S = self.S
         grad = jax.vmap(jax.value_and_grad(self.flat_loss))
 
         def wave(i: jax.Array, carry: tuple) -> tuple:
-            params, state, history, bad = carry
+            params, state, history, gcache, bad = carry
             ints = grad_ints[i]
             read = history[ints[:, :S], jnp.arange(S)[None, :]]  # [G, S, chunk]
             losses, grads = grad(read, ints[:, S], ints[:, S + 1])
             valid = ints[:, S + 2] > 0
             bad = bad.at[i].set(jnp.any(valid & ~(losses <= self.scenario.run.max_loss)))  # NaN compares false
+            if gcache is not None:  # read the waiting gradients before storing this wave's
+                waiting = gcache[cache_ints[i]]
+                gcache = gcache.at[store_ints[i]].set(grads)
+                grads = jnp.concatenate([grads, waiting])
             params, state, history = self._scan(params, state, history, grads, row_ints[i], member_ints[i], weights[i])
-            return params, state, history, bad
+            return params, state, history, gcache, bad
 
         # A loop with a run-time trip count: a call with fewer waves costs only the waves it has.
         bad = jnp.zeros(grad_ints.shape[0], bool)
-        return jax.lax.fori_loop(0, count, wave, (params, state, history, bad))
+        return jax.lax.fori_loop(0, count, wave, (params, state, history, gcache, bad))
 
     def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
                     row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
@@ -328,11 +342,15 @@ class NumericsEngine:
                 self.check_now = True
             return
         self.make_room(tr, self.max_rows)
+        if self.cache is not None:
+            self._forget_settled(tr)
         start = self.row
         bounds, read_slots, write_slots, versions = self._plan(tr, eval_every, limit)
         inputs = self._call_inputs(tr, start, bounds, read_slots, write_slots)
         count = np.int32(len(bounds) - 1)
-        self.params, self.state, self.history, bad = self._waves(self.params, self.state, self.history, count, *inputs)
+        self.computed += int(inputs[0][..., self.S + 2].sum())
+        self.params, self.state, self.history, self.gcache, bad = self._waves(
+            self.params, self.state, self.history, self.gcache, count, *inputs)
         self.flags.append((start + bounds[:-1], bad))
         self.waves += int(count)
         self.versions = versions
@@ -421,16 +439,28 @@ class NumericsEngine:
             u_index = m_index
         else:  # a gradient used by several shard rows of a wave is computed once in it
             _, u_member, inverse = np.unique(m_wave * tr.num_gradients + m_gid, return_index=True, return_inverse=True)
-            u_index = np.arange(len(u_member)) - np.searchsorted(m_wave[u_member], np.arange(len(bounds) - 1))[m_wave[u_member]]
-            m_index = u_index[inverse.reshape(-1)]
-        G = self.max_rows if self.members_max == 1 and S == 1 else _bucket(int(u_index.max()) + 1)
         u_wave, u_gid = m_wave[u_member], m_gid[u_member]
+        cache_ints = store_ints = None
+        if S == 1:
+            G = self.max_rows if self.members_max == 1 else _bucket(int(u_index.max()) + 1)
+            computed = np.ones(len(u_member), bool)
+        else:  # and computed at all only if it is not waiting in the gradient cache
+            cached, u_index, slot = self.cache.plan(u_wave, u_gid, self._used_after(tr, start + rows, m_wave, m_gid))
+            computed = ~cached
+            G = _bucket(int(u_index[computed].max()) + 1) if computed.any() else 1
+            C = _bucket(int(u_index[cached].max()) + 1) if cached.any() else 1
+            cache_ints = np.full((W, C), self.cache.scratch, np.int32)
+            cache_ints[u_wave[cached], u_index[cached]] = slot[cached]
+            store_ints = np.full((W, G), self.cache.scratch, np.int32)
+            store_ints[u_wave[computed], u_index[computed]] = slot[computed]
+            m_index = np.where(cached, G + u_index, u_index)[inverse.reshape(-1)]
         worker = _col(tr.worker, np.int32)
+        cw, ci, cg = u_wave[computed], u_index[computed], u_gid[computed]
         grad_ints = np.zeros((W, G, S + 3), np.int32)
-        grad_ints[u_wave, u_index, :S] = read_slots[u_member]
-        grad_ints[u_wave, u_index, S] = worker[u_gid]
-        grad_ints[u_wave, u_index, S + 1] = _col(tr.k, np.int64)[u_gid]
-        grad_ints[u_wave, u_index, S + 2] = 1
+        grad_ints[cw, ci, :S] = read_slots[u_member[computed]]
+        grad_ints[cw, ci, S] = worker[cg]
+        grad_ints[cw, ci, S + 1] = _col(tr.k, np.int64)[cg]
+        grad_ints[cw, ci, S + 2] = 1
         shard = _col(tr.u_shard, np.int32)[start:start + rows]
         row_ints = np.zeros((W, self.rows_per_wave, 3), np.int32)
         row_ints[:, :, 1] = self.scratch
@@ -443,7 +473,36 @@ class NumericsEngine:
             [m_index, version[m_row] - 1 - m_read, worker[m_gid], read_slots[np.arange(len(m_gid)), m_shard]], axis=1)
         weights = np.zeros((W, self.rows_per_wave, self.members_max), np.float32)
         weights[m_wave, row_pos[m_row], m_pos] = _col(tr.u_weight, np.float64)[first:offsets[-1]]
-        return grad_ints, row_ints, member_ints, weights
+        return grad_ints, row_ints, member_ints, weights, cache_ints, store_ints
+
+    def _cache_capacity(self) -> int:
+        """Gradients that may wait for their other shards: about one push per worker."""
+        budget = HISTORY_BUDGET_BYTES // 2 // (4 * self.S * self.chunk)
+        return max(min(_bucket(2 * self.M + 4 * self.max_rows), _bucket(budget + 1) // 2), 2 * self.max_rows)
+
+    def _used_after(self, tr: TraceBuilder, end: int, m_wave: np.ndarray, m_gid: np.ndarray) -> Callable[[int, int], bool]:
+        """Whether gradient g may be used by a row after wave w of the call being planned: a later
+        wave of it, a row of the trace after it (from row ``end``), or a shard not settled yet."""
+        order = np.lexsort((m_wave, m_gid))
+        last_wave = dict(zip(m_gid[order].tolist(), m_wave[order].tolist()))  # (the last write wins: the latest wave)
+        offsets = _col(tr.u_offsets, np.int64)
+        beyond = set(_col(tr.u_gid, np.int64)[offsets[end]:].tolist())
+        fate, resolved = _col(tr.fate, np.int8), _col(tr.resolved, np.int32)
+
+        def used_after(gid: int, wave: int) -> bool:
+            return (last_wave[gid] > wave or gid in beyond
+                    or (resolved[gid] < self.S and fate[gid] != CANCELLED))
+        return used_after
+
+    def _forget_settled(self, tr: TraceBuilder) -> None:
+        """Free the cached gradients that no row can use any more (settled on every shard, e.g.
+        dropped by the shards whose rows were still to come)."""
+        held = self.cache.held()
+        if held.size:
+            offsets = _col(tr.u_offsets, np.int64)
+            unplanned = _col(tr.u_gid, np.int64)[offsets[self.row]:]
+            settled = (_col(tr.resolved, np.int32)[held] >= self.S) | (_col(tr.fate, np.int8)[held] == CANCELLED)
+            self.cache.forget(held[settled & ~np.isin(held, unplanned)])
 
     def _advance(self, tr: TraceBuilder, start: int, end: int) -> None:
         """Rows [start, end) are dispatched: count the staleness of the gradients they apply."""

@@ -93,6 +93,7 @@ def _finish(scenario: Scenario, schedule: Any, numerics: NumericsEngine, metrics
         "param_count": numerics.P,
         "compilations": numerics.traces,
         "waves": numerics.waves,
+        "gradients_computed": numerics.computed,
     })
     return Result(scenario=scenario, trace=trace, metrics=arrays, summary=summary, params=numerics.current_params())
 

@@ -119,6 +119,33 @@ def test_slot_reuse_is_exact(sections: dict[str, Any]) -> None:
     assert_matches_fold(numerics, trace)
 
 
+SHARDED = {"server": {"shards": 4, "lock": "shard", "apply_time": {"dist": "exponential", "mean": 0.05}},
+           "network": {"latency": {"dist": "exponential", "mean": 0.2}}}
+
+
+def distinct_gradients(numerics: NumericsEngine, trace: Any) -> int:
+    """Gradients used by the update rows the engine applied."""
+    return len(np.unique(trace.member_gid[: trace.member_offsets[numerics.row]]))
+
+
+def test_a_gradient_split_over_waves_is_computed_once() -> None:
+    # Four shard rows per push, landing at different times: they fall in different waves, and
+    # the later waves read the gradient from the cache instead of computing it again.
+    numerics, trace = run(run={"until_updates": 400, "eval_every": 100}, workers=[{"count": 8, "compute": EXP1}], **SHARDED)
+    distinct = distinct_gradients(numerics, trace)
+    assert numerics.cache.hits > distinct / 10  # the rows of many pushes were split across waves ...
+    assert numerics.computed == distinct  # ... yet each gradient was computed once
+    assert len(numerics.cache.slot) <= 8  # freed after their last rows (left: pushes still in flight)
+    assert_matches_fold(numerics, trace)
+
+
+def test_a_full_gradient_cache_recomputes_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NumericsEngine, "_cache_capacity", lambda self: 1)
+    numerics, trace = run(run={"until_updates": 400, "eval_every": 100}, workers=[{"count": 8, "compute": EXP1}], **SHARDED)
+    assert numerics.computed > distinct_gradients(numerics, trace)  # no room: some computed twice
+    assert_matches_fold(numerics, trace)
+
+
 def test_the_history_grows_when_the_versions_in_flight_need_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(numerics_module, "HISTORY_BUDGET_BYTES", 1)  # start at the smallest size
     numerics, trace = run(run={"until_updates": 800, "eval_every": 400}, workers=[{"count": 40, "compute": EXP1}])
