@@ -349,3 +349,18 @@ def test_target_accuracy_stops_the_run() -> None:
     assert stopped.trace.num_update_rows == free.metrics["update"][first]
     assert np.max(stopped.trace.u_applied) <= summary["time_to_target"]
     assert np.all(~(stopped.trace.t_applied > summary["time_to_target"]))
+
+
+def test_metrics_at_update_zero_are_the_starting_parameters() -> None:
+    # The evaluation at update 0 runs after the first waves were dispatched (so that it compiles
+    # alongside them), from a copy of the starting parameters: it must not see any update.
+    from asgd_sim.numerics import NumericsEngine
+
+    sc = scenario(MLP32, run={"until_updates": 120, "eval_every": 60, "seed": 5}, workers=[{"count": 4, "compute": EXP1}])
+    result = simulate(sc)
+    fresh = NumericsEngine(sc).evaluate()
+    assert list(result.metrics["update"]) == [0, 60, 120]
+    assert result.metrics["train_loss"][0] == pytest.approx(fresh["train_loss"], rel=1e-6)
+    assert result.metrics["test_accuracy"][0] == pytest.approx(fresh["test_accuracy"], abs=1e-9)
+    assert result.metrics["train_loss"][1] < result.metrics["train_loss"][0]  # (and the run did learn)
+    assert result.metrics["staleness_mean"][0] == 0.0
