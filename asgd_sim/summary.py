@@ -31,7 +31,8 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
     """The ``summary.json`` fields computed from a trace."""
     applied = trace.fate == APPLIED
     stale = trace.staleness[applied]
-    updates = int(trace.u_version[trace.u_shard == 0].max()) if trace.num_update_rows else 0
+    # Logical updates: the slowest shard's version (a faster shard may be one update ahead).
+    updates = min(int(trace.u_version[trace.u_shard == s].max(initial=0)) for s in range(trace.shards))
     horizon = sim_time if sim_time > 0 else float("nan")
     # Lock wait per update (request to lock), and per gradient the whole wait at the server
     # (arrival to lock: for sync kinds it includes the barrier).
