@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .numerics import _col
+from .planning import _col
 from .trace import TraceBuilder
 
 if TYPE_CHECKING:
