@@ -36,7 +36,7 @@ from .algorithms import AlgorithmPhases
 from .config import Scenario
 from .network import Network
 from .server import ParameterServer, Shard, find_wait_cycle
-from .trace import CANCELLED, DROPPED, Trace, TraceBuilder
+from .trace import CANCELLED, Trace, TraceBuilder
 from .workers import SERVER, Sampler, WorkerState, build_workers, stream
 
 __all__ = ["TimingEngine", "TimingResult", "simulate_timing", "DEFAULT_PARAM_BYTES"]
@@ -305,10 +305,7 @@ class TimingEngine(AlgorithmPhases):
         for g, weight in zip(members, weights):
             stale = shard.version - tr.read_version[g * S + s]
             if stale > self.drop_above:  # type: ignore[operator]
-                tr.fate[g] = DROPPED
-                tr.resolved[g] += 1
-                tr.staleness[g] = max(tr.staleness[g], stale)
-                tr.t_lock[g] = t_lock
+                tr.record_drop(g, stale, t_lock)
             else:
                 kept[0].append(g)
                 kept[1].append(weight)

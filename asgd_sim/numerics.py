@@ -287,9 +287,13 @@ class NumericsEngine(WavePlanning):
         """History slots to start with: the versions in-flight gradients read (about one per
         worker) plus each shard's newest, twice over so that collections are rare, within
         HISTORY_BUDGET_BYTES; the history grows when a run needs more."""
-        wanted = _bucket(2 * (self.M + 1) + 4 * self.rows_per_wave)
-        budget = HISTORY_BUDGET_BYTES // (4 * self.S * self.chunk)
-        return max(min(wanted, _bucket(budget + 1) // 2), 4 * self.rows_per_wave)
+        return self._slots_within(2 * (self.M + 1) + 4 * self.rows_per_wave, HISTORY_BUDGET_BYTES, 4 * self.rows_per_wave)
+
+    def _slots_within(self, wanted: int, budget_bytes: int, floor: int) -> int:
+        """Slots of one parameter vector each: ``wanted`` rounded up to a power of two, cut to the
+        largest power of two that fits ``budget_bytes``, and at least ``floor``."""
+        fits = budget_bytes // (4 * self.S * self.chunk)
+        return max(min(_bucket(wanted), _bucket(fits + 1) // 2), floor)
 
     def run_call(self, tr: TraceBuilder, eval_every: int, limit: float) -> None:
         """Plan waves from the pending update rows and dispatch them as one device call
@@ -323,8 +327,7 @@ class NumericsEngine(WavePlanning):
 
     def _cache_capacity(self) -> int:
         """Gradients that may wait for their other shards: about one push per worker."""
-        budget = HISTORY_BUDGET_BYTES // 2 // (4 * self.S * self.chunk)
-        return max(min(_bucket(2 * self.M + 4 * self.max_rows), _bucket(budget + 1) // 2), 2 * self.max_rows)
+        return self._slots_within(2 * self.M + 4 * self.max_rows, HISTORY_BUDGET_BYTES // 2, 2 * self.max_rows)
 
     def _advance(self, tr: TraceBuilder, start: int, end: int) -> None:
         """Rows [start, end) are dispatched: count the staleness of the gradients they apply."""

@@ -34,8 +34,23 @@ def _col(column: Any, dtype: Any) -> np.ndarray:
     return np.frombuffer(column, dtype=dtype)
 
 
+def _ends_call(now: int, before: int, eval_every: int, limit: float) -> bool:
+    """Whether reaching ``now`` logical updates (from ``before``) is an evaluation point or the limit."""
+    return now > before and (now % eval_every == 0 or now >= limit)
+
+
+def _gids_from(tr: TraceBuilder, row: int) -> np.ndarray:
+    """The gradients that the update rows from ``row`` on combine."""
+    return _col(tr.u_gid, np.int64)[int(_col(tr.u_offsets, np.int64)[row]):]
+
+
 class WavePlanning:
     """The planning half of `NumericsEngine` (see the module docstring)."""
+
+    def _unsettled(self: NumericsEngine, tr: TraceBuilder, gids: np.ndarray) -> np.ndarray:
+        """Per gradient: whether a row not yet in the trace may still use it (its push is not
+        settled on every shard, and it was not cancelled)."""
+        return (_col(tr.resolved, np.int32)[gids] < self.S) & (_col(tr.fate, np.int8)[gids] != CANCELLED)
 
     def _register(self: NumericsEngine, tr: TraceBuilder) -> None:
         """Track new gradients; forget those settled on every shard (all their rows are in the
@@ -45,9 +60,7 @@ class WavePlanning:
             self.live = np.concatenate([self.live, np.arange(self.seen, n)])
             self.seen = n
         if self.live.size:
-            fate = _col(tr.fate, np.int8)[self.live]
-            resolved = _col(tr.resolved, np.int32)[self.live]
-            self.live = self.live[(fate != CANCELLED) & (resolved < self.S)]
+            self.live = self.live[self._unsettled(tr, self.live)]
 
     def _collect(self: NumericsEngine, tr: TraceBuilder, row: int, versions: np.ndarray) -> None:
         """Free the history slots of every version no gradient can read any more.
@@ -58,8 +71,7 @@ class WavePlanning:
         later wave writes, so their slots may be reused.
         """
         self._register(tr)
-        offsets = _col(tr.u_offsets, np.int64)
-        gids = np.concatenate([self.live, _col(tr.u_gid, np.int64)[offsets[row]:]])
+        gids = np.concatenate([self.live, _gids_from(tr, row)])
         reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[gids]
         self.slots.collect([np.append(reads[:, s], versions[s]) for s in range(self.S)])
 
@@ -81,8 +93,7 @@ class WavePlanning:
         versions, logical = self.versions.copy(), self.logical_updates()
         for i, shard in enumerate(_col(tr.u_shard, np.int32)[start:stop]):
             versions[shard] += 1
-            now = int(versions.min())
-            if now > logical and (now % eval_every == 0 or now >= limit):
+            if _ends_call(int(versions.min()), logical, eval_every, limit):
                 return i + 1
         return stop - start
 
@@ -116,7 +127,7 @@ class WavePlanning:
                 base = now = int(versions[0])
                 while r < n and r - w0 < R and need_one[r] <= base:
                     r, now = r + 1, now + 1
-                    if now % eval_every == 0 or now >= limit:
+                    if _ends_call(now, logical, eval_every, limit):
                         cut = True
                         break
                 versions[0] = now
@@ -125,8 +136,7 @@ class WavePlanning:
                 while r < n and r - w0 < R and (need[r] <= base).all():
                     versions[shard[r]] += 1
                     r += 1
-                    now = int(versions.min())
-                    if now > logical and (now % eval_every == 0 or now >= limit):
+                    if _ends_call(int(versions.min()), logical, eval_every, limit):
                         cut = True
                         break
             if r == w0:
@@ -153,19 +163,16 @@ class WavePlanning:
         m_row = np.repeat(np.arange(rows), count)
         m_pos = np.arange(len(m_gid)) - np.repeat(offsets[:-1] - first, count)
         m_wave = row_wave[m_row]
-        if S == 1:  # a gradient is used by one update row only
-            u_member = np.arange(len(m_gid))
-            m_index = u_member - (offsets[bounds[:-1]] - first)[m_wave]
-            u_index = m_index
-        else:  # a gradient used by several shard rows of a wave is computed once in it
-            _, u_member, inverse = np.unique(m_wave * tr.num_gradients + m_gid, return_index=True, return_inverse=True)
-        u_wave, u_gid = m_wave[u_member], m_gid[u_member]
-        cache_ints = store_ints = None
-        if S == 1:
+        if S == 1:  # a gradient is used by one update row only, and computed in its wave
+            u_member, u_wave, u_gid = np.arange(len(m_gid)), m_wave, m_gid
+            u_index = m_index = u_member - (offsets[bounds[:-1]] - first)[m_wave]
             G = self.max_rows if self.members_max == 1 else _bucket(int(u_index.max()) + 1)
             computed = np.ones(len(u_member), bool)
-        else:  # and computed at all only if it is not waiting in the gradient cache
-            cached, u_index, slot = self.cache.plan(u_wave, u_gid, self._used_after(tr, start + rows, m_wave, m_gid))
+            cache_ints = store_ints = None
+        else:  # once per wave for all its shard rows, and only if it is not waiting in the cache
+            _, u_member, inverse = np.unique(m_wave * tr.num_gradients + m_gid, return_index=True, return_inverse=True)
+            u_wave, u_gid = m_wave[u_member], m_gid[u_member]
+            cached, u_index, slot = self.cache.plan(u_wave, u_gid, self._used_after(tr, start + rows, m_wave, m_gid, u_gid))
             computed = ~cached
             G = _bucket(int(u_index[computed].max()) + 1) if computed.any() else 1
             C = _bucket(int(u_index[cached].max()) + 1) if cached.any() else 1
@@ -195,26 +202,19 @@ class WavePlanning:
         weights[m_wave, row_pos[m_row], m_pos] = _col(tr.u_weight, np.float64)[first:offsets[-1]]
         return grad_ints, row_ints, member_ints, weights, cache_ints, store_ints
 
-    def _used_after(self: NumericsEngine, tr: TraceBuilder, end: int, m_wave: np.ndarray, m_gid: np.ndarray) -> Callable[[int, int], bool]:
-        """Whether gradient g may be used by a row after wave w of the call being planned: a later
-        wave of it, a row of the trace after it (from row ``end``), or a shard not settled yet."""
+    def _used_after(self: NumericsEngine, tr: TraceBuilder, end: int, m_wave: np.ndarray, m_gid: np.ndarray,
+                    u_gid: np.ndarray) -> Callable[[int, int], bool]:
+        """Whether gradient g (one of ``u_gid``) may be used by a row after wave w of the call
+        being planned: a later wave of it, a row of the trace after it (from row ``end``), or a
+        row not in the trace yet."""
         order = np.lexsort((m_wave, m_gid))
         last_wave = dict(zip(m_gid[order].tolist(), m_wave[order].tolist()))  # (the last write wins: the latest wave)
-        offsets = _col(tr.u_offsets, np.int64)
-        beyond = set(_col(tr.u_gid, np.int64)[offsets[end]:].tolist())
-        fate, resolved = _col(tr.fate, np.int8), _col(tr.resolved, np.int32)
-
-        def used_after(gid: int, wave: int) -> bool:
-            return (last_wave[gid] > wave or gid in beyond
-                    or (resolved[gid] < self.S and fate[gid] != CANCELLED))
-        return used_after
+        later = set(_gids_from(tr, end).tolist()) | set(u_gid[self._unsettled(tr, u_gid)].tolist())
+        return lambda gid, wave: last_wave[gid] > wave or gid in later
 
     def _forget_settled(self: NumericsEngine, tr: TraceBuilder) -> None:
         """Free the cached gradients that no row can use any more (settled on every shard, e.g.
         dropped by the shards whose rows were still to come)."""
         held = self.cache.held()
         if held.size:
-            offsets = _col(tr.u_offsets, np.int64)
-            unplanned = _col(tr.u_gid, np.int64)[offsets[self.row]:]
-            settled = (_col(tr.resolved, np.int32)[held] >= self.S) | (_col(tr.fate, np.int8)[held] == CANCELLED)
-            self.cache.forget(held[settled & ~np.isin(held, unplanned)])
+            self.cache.forget(held[~self._unsettled(tr, held) & ~np.isin(held, _gids_from(tr, self.row))])

@@ -115,6 +115,14 @@ class TraceBuilder:
             self.t_lock[g] = t_lock
             self.t_applied[g] = now
 
+    def record_drop(self, gid: int, staleness: int, t_lock: float) -> None:
+        """Gradient ``gid`` is dropped by one shard as too stale (drop-stale), at ``t_lock``."""
+        self.fate[gid] = DROPPED
+        self.resolved[gid] += 1
+        if staleness > self.staleness[gid]:
+            self.staleness[gid] = staleness
+        self.t_lock[gid] = t_lock
+
     @classmethod
     def from_trace(cls, trace: Trace) -> TraceBuilder:
         """Columns of a finished trace, e.g. to replay a saved run through the numerics engine."""

@@ -52,7 +52,7 @@ import numpy as np
 from ..config import Scenario
 from ..errors import ScenarioError
 from ..rules import make_server_rule
-from ..trace import CANCELLED, DROPPED, PENDING, Trace, TraceBuilder
+from ..trace import CANCELLED, PENDING, Trace, TraceBuilder
 from ..workers import SERVER, Sampler, stream
 from .shards import LocalShards, ShardMath, ShardStore
 
@@ -193,7 +193,6 @@ class RealServer:
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else math.inf
         self.until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
         self.rule = make_server_rule(sc.optimizer, self.M)
-        self.needs_read = self.rule.needs_read_params
         self.apply_time = Sampler(sc.server.apply_time, stream(sc.run.seed, SERVER, 0))
         self._sample_lock = threading.Lock()
         self.clock = clock or Clock()
@@ -206,7 +205,7 @@ class RealServer:
         self.store: ShardStore = store if store is not None else LocalShards(ShardMath(self.rule, self.G), self.device)
         # DC-ASGD: the server holds the rows each gradient was computed at, unless the store takes
         # them from the workers (shard actors: the rows travel with the gradient chunks).
-        self.needs_read = self.needs_read and not self.store.reads_from_workers
+        self.needs_read = self.rule.needs_read_params and not self.store.reads_from_workers
         self.shards = [_Shard(s, row, state,
                               global_lock if policy == "global" else (threading.Lock() if policy in ("shard", "rw") else None))
                        for s, (row, state) in enumerate(self.store.init(layout.initial))]
@@ -605,9 +604,7 @@ class RealServer:
                     for g, w in zip(members, weights):
                         stale = before - tr.read_version[g * S + s]
                         if stale > self.drop_above:
-                            tr.fate[g] = DROPPED
-                            tr.staleness[g] = max(tr.staleness[g], stale)
-                            tr.t_lock[g] = t_lock
+                            tr.record_drop(g, stale, t_lock)
                             dropped.append(self.grads[g][s])
                         else:
                             kept.append((g, w))
