@@ -1,36 +1,61 @@
 #!/usr/bin/env bash
 # GPU check: the devices backend with 8 workers sharing one GPU and, in the same run, the simulator
-# on the same scenario; then the calibrated simulation against the real run (fidelity) and the
-# numerics benchmark (benchmarks/numerics.py).
+# on the same scenario; then the calibrated simulation against the real run (fidelity), the replay
+# of the real trace, and the numerics benchmark (benchmarks/numerics.py). Prints a short table.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default results/gpu-check)
 #
-# Installs nothing: it needs a .venv whose jax already sees the GPU (e.g. jax[cuda12] installed
-# beforehand, from a local wheel cache if the machine is offline). It stops with status 3 when JAX
-# sees no GPU, rather than measuring a CPU and calling it a GPU (ALLOW_CPU=1 runs it on the CPU anyway,
-# to check the script itself; UPDATES and NUMERICS_UPDATES shorten it).
-set -euo pipefail
+# Installs nothing. It needs a Python whose jax already sees the GPU: .venv/bin/python when there
+# is one, else python3 (PYTHON=... picks another), with asgd_sim importable (the repository root is
+# put on PYTHONPATH). It stops with status 3 when JAX sees no GPU, rather than measuring a CPU and
+# calling it a GPU; ALLOW_CPU=1 runs it on the CPU anyway, to check the script itself, and UPDATES,
+# NUMERICS_UPDATES, REPEAT and LONG_UPDATES (0: no long run) shorten it. Each stage has a time
+# limit (STAGE_LIMIT seconds) and a failing stage does not stop the later ones: the exit status
+# says whether all passed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+PY=$PYTHON
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${1:-results/gpu-check}
 UPDATES=${UPDATES:-3000}
+NUMERICS_UPDATES=${NUMERICS_UPDATES:-5000}
+REPEAT=${REPEAT:-3}
+LONG_UPDATES=${LONG_UPDATES:-20000}
+STAGE_LIMIT=${STAGE_LIMIT:-240}
 mkdir -p "$OUT"
+rm -f "$OUT"/numerics_benchmark*.json
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # 8 worker threads and the server share one GPU's memory
 
-"$PY" - <<'EOF' || exit 3
+"$PY" - <<'PYEOF' || exit 3
 import jax, os, sys
 gpus = [d for d in jax.devices() if d.platform == "gpu"]
 if not gpus and os.environ.get("ALLOW_CPU") == "1":
     print(f"ALLOW_CPU=1: checking the script on {jax.devices()} (these are no GPU figures)")
 elif not gpus:
-    sys.exit(f"no GPU visible to JAX (devices: {jax.devices()}); install a CUDA jax in .venv first: this script installs nothing")
+    sys.exit(f"no GPU visible to JAX (devices: {jax.devices()}); use a Python with a CUDA jax: this script installs nothing")
 print(f"jax {jax.__version__}: {len(gpus)} GPU(s): {[d.device_kind for d in gpus]}")
-EOF
+PYEOF
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/card       /'
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/card       /' | tee "$OUT/card.txt"
 fi
 
-cat > "$OUT/scenario.toml" <<EOF
+failed=()
+stage() {  # stage NAME COMMAND...: runs it under the time limit, logs it, and carries on if it fails
+  local name=$1; shift
+  echo "== $name"
+  local start=$SECONDS
+  if timeout "$STAGE_LIMIT" "$@"; then
+    echo "   ($name: $((SECONDS - start)) s)"
+  else
+    echo "   ($name FAILED with status $? after $((SECONDS - start)) s)"
+    failed+=("$name")
+  fi
+}
+
+cat > "$OUT/scenario.toml" <<TOML
 # 8 workers on one GPU: an MLP on digits, async, one shard. compute is the simulator's guess of the
 # per-gradient time; the real run measures it, and fidelity calibrates the simulator from that.
 [run]
@@ -50,36 +75,76 @@ name = "mlp"
 hidden = [512, 512]
 [optimizer]
 learning_rate = 0.05
-EOF
+TOML
 
-echo "== real: devices backend, 8 worker threads on one GPU"
 rm -rf "$OUT/real" "$OUT/sim"
-.venv/bin/asgd-sim run "$OUT/scenario.toml" --backend devices --out "$OUT/real"
-echo "== simulator, the same scenario (nominal timing)"
-.venv/bin/asgd-sim run "$OUT/scenario.toml" --out "$OUT/sim"
-echo "== fidelity: the simulator calibrated on the real trace, 3 seeds"
-.venv/bin/asgd-sim fidelity "$OUT/real" --seeds 3
-echo "== replay of the real trace reproduces its parameters"
-"$PY" - "$OUT/real" <<'EOF'
-import sys
+stage "real: devices backend, 8 worker threads on one GPU" \
+  "$PY" -m asgd_sim run "$OUT/scenario.toml" --backend devices --out "$OUT/real" --quiet
+stage "simulator, the same scenario (nominal timing)" \
+  "$PY" -m asgd_sim run "$OUT/scenario.toml" --out "$OUT/sim" --quiet
+stage "fidelity: the simulator calibrated on the real trace, 3 seeds" \
+  "$PY" -m asgd_sim fidelity "$OUT/real" --seeds 3
+stage "replay of the real trace reproduces its parameters" "$PY" - "$OUT/real" <<'PYEOF'
+import json, sys
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from asgd_sim.simulate import replay
 run = sys.argv[1]
 real = np.load(f"{run}/final_params.npy")
 diff = float(np.abs(real - np.asarray(ravel_pytree(replay(run).params)[0])).max())
+json.dump({"max_abs_diff": diff}, open(f"{run}/replay_check.json", "w"))
 print(f"replay     max |real - replayed| = {diff:.3g} (GPU float rounding; 0 on CPU)")
-EOF
-echo "== numerics benchmark"
-"$PY" benchmarks/numerics.py --updates "${NUMERICS_UPDATES:-5000}" --workers 8 64 | tee "$OUT/numerics_benchmark.json"
+PYEOF
+stage "numerics benchmark, $NUMERICS_UPDATES updates" sh -c \
+  "'$PY' benchmarks/numerics.py --updates $NUMERICS_UPDATES --workers 8 64 --repeat $REPEAT > '$OUT/numerics_benchmark.json'"
+if [ "$LONG_UPDATES" -gt 0 ]; then
+  stage "numerics benchmark, $LONG_UPDATES updates, M = 64" sh -c \
+    "'$PY' benchmarks/numerics.py --updates $LONG_UPDATES --workers 64 --repeat 1 > '$OUT/numerics_benchmark_long.json'"
+fi
+
+stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
+import cProfile, io, pstats, sys
+sys.path.insert(0, "benchmarks")
+from numerics import simulator
+simulator(64, 500)  # compiled once outside the profile
+profile = cProfile.Profile()
+profile.enable()
+end_to_end, steady, _ = simulator(64, 5000)
+profile.disable()
+text = io.StringIO()
+pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+open(f"{sys.argv[1]}/profile_m64.txt", "w").write(f"end to end {end_to_end:.0f} upd/s, steady {steady:.0f} upd/s (under the profiler)\n" + text.getvalue())
+print(f"written    {sys.argv[1]}/profile_m64.txt")
+PYEOF
+
 echo "== summary"
-"$PY" - "$OUT" <<'EOF'
-import json, sys
+"$PY" - "$OUT" <<'PYEOF'
+import json, os, sys
 out = sys.argv[1]
-real = json.load(open(f"{out}/real/summary.json"))
-sim = json.load(open(f"{out}/sim/summary.json"))
-fid = json.load(open(f"{out}/real/fidelity.json"))
-print(f"real updates/s       {real['updates_per_s']:.1f}  (staleness mean {real['staleness']['mean']:.2f})")
-print(f"simulated updates/s  {sim['updates_per_s']:.1f}  (nominal scenario, before calibration)")
-print(f"fidelity             throughput error {100 * fid['throughput_error']:.1f} %, staleness KS {fid['staleness_ks']:.3f}")
-EOF
+def load(path):
+    try:
+        return json.load(open(os.path.join(out, path)))
+    except (OSError, ValueError):
+        return None
+card = open(os.path.join(out, "card.txt")).read().strip() if os.path.exists(os.path.join(out, "card.txt")) else "no nvidia-smi"
+print(f"card                     {card}")
+real, sim, fid, rep = load("real/summary.json"), load("sim/summary.json"), load("real/fidelity.json"), load("real/replay_check.json")
+if real:
+    print(f"real updates/s           {real['updates_per_s']:.1f}  (staleness mean {real['staleness']['mean']:.2f}, final accuracy {real.get('final_accuracy')})")
+if sim:
+    print(f"simulated updates/s      {sim['updates_per_s']:.1f}  (nominal scenario, before calibration)")
+if fid:
+    print(f"fidelity                 throughput error {100 * fid['throughput_error']:.1f} %, staleness KS {fid['staleness_ks']:.3f}")
+if rep:
+    print(f"replay                   max |real - replayed| = {rep['max_abs_diff']:.3g}")
+for name in ("numerics_benchmark.json", "numerics_benchmark_long.json"):
+    bench = load(name)
+    for row in (bench or {}).get("results", []):
+        print(f"numerics M={row['workers']:<3} {row['updates']:>6} upd  simulate/hand: end-to-end {row['ratio_end_to_end']:.2f}x, "
+              f"cached {(row.get('ratio_end_to_end_cached') or float('nan')):.2f}x, steady {row['ratio_steady']:.2f}x  "
+              f"(sim steady {row['simulate_steady_updates_per_s']:.0f} upd/s, hand warm {row['hand_loop_warm_updates_per_s']:.0f})")
+PYEOF
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'failed stage: %s\n' "${failed[@]}"
+  exit 1
+fi
