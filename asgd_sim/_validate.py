@@ -399,6 +399,7 @@ SERVER: dict[str, Parser] = {
     "shards": integer(1),
     "lock": choice(LOCKS, "lock"),
     "apply_time": dist,
+    "lock_handoff": dist,
     "atomic": boolean,
     "lock_order": choice(LOCK_ORDERS, "lock order"),
     "checkpoint_every": integer(1, why="updates between server checkpoints (real backends)"),

@@ -7,7 +7,11 @@ What is fitted, from the trace alone:
   trip back, ``t_compute_start - t_read`` of a fresh read, and the push, ``t_arrive -
   t_compute_end``. Everything a real message costs (a device transfer, serialisation, the
   worker's own bookkeeping) is in these gaps, so the calibrated network has infinite bandwidth;
-- the server's apply time: ``t_applied - t_lock`` of each update row.
+- the server's apply time: ``t_applied - t_lock`` of each update row;
+- the lock hand-over (``server.lock_handoff``): when an update was already waiting for a lock as
+  its holder finished, ``t_lock`` of the next holder minus ``t_applied`` of the last. A real
+  server pays it on every contended update (the waiter wakes and takes the GIL, the last holder's
+  bookkeeping runs first); where the server's lock is the bottleneck it sets the throughput.
 
 Each sample is fitted by maximum likelihood (scipy.stats) as exponential, shifted exponential,
 lognormal and gamma, and the fit with the smallest AIC (2k - 2 log L) wins; a sample whose spread is
@@ -25,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import NetworkConfig, Scenario, WorkerGroup
+from .config import NetworkConfig, Scenario, ServerConfig, WorkerGroup
 from .distributions import Constant, Distribution, Empirical, Exponential, Gamma, LogNormal, ShiftedExponential
 from .errors import ScenarioError
 from .trace import CANCELLED, Trace
 
-__all__ = ["fit_distribution", "calibrate", "calibrate_run", "timing_samples"]
+__all__ = ["fit_distribution", "calibrate", "calibrate_run", "lock_handoffs", "timing_samples"]
 
 CONSTANT_CV = 0.01  # below this coefficient of variation a duration is taken as constant
 KS_REJECT_P = 0.01
@@ -96,8 +100,37 @@ def _thin(x: np.ndarray) -> list[float]:
     return [float(v) for v in np.quantile(x, np.linspace(0, 1, EMPIRICAL_MAX_VALUES))]
 
 
-def timing_samples(trace: Trace, workers: int) -> dict[str, Any]:
-    """The measured durations: per-worker compute times, message latencies, apply times."""
+def lock_handoffs(trace: Trace, server: ServerConfig) -> np.ndarray:
+    """Gaps between a lock's holder finishing and the next holder, already waiting, starting.
+
+    One sequence of holds per lock: every update row under a global lock, each shard's rows under
+    shard locks, whole updates (rows sharing a request and lock time) when an update holds all its
+    locks at once. A lock-free server hands nothing over.
+    """
+    if server.lock == "none" or trace.num_update_rows < 2:
+        return np.zeros(0)
+    request, lock, applied, shard = trace.u_request, trace.u_lock, trace.u_applied, trace.u_shard
+    if server.atomic and server.lock in ("shard", "rw") and server.shards > 1:
+        _, first, group = np.unique(np.stack([request, lock]), axis=1, return_index=True, return_inverse=True)
+        ends = np.full(first.size, -np.inf)
+        np.maximum.at(ends, group.ravel(), applied)
+        sequences = [(request[first], lock[first], ends)]
+    elif server.lock == "global" or server.shards == 1:
+        sequences = [(request, lock, applied)]
+    else:
+        sequences = [(request[shard == s], lock[shard == s], applied[shard == s]) for s in range(server.shards)]
+    gaps = []
+    for req, start, end in sequences:
+        order = np.argsort(start, kind="stable")
+        req, start, end = req[order], start[order], end[order]
+        waiting = req[1:] < end[:-1]  # the next holder asked before this one finished
+        gaps.append((start[1:] - end[:-1])[waiting])
+    gaps = np.concatenate(gaps)
+    return gaps[np.isfinite(gaps) & (gaps >= 0)]
+
+
+def timing_samples(trace: Trace, workers: int, server: ServerConfig | None = None) -> dict[str, Any]:
+    """The measured durations: per-worker compute times, message latencies, apply times, hand-overs."""
     t = trace.times
     ok = trace.fate != CANCELLED
     compute = t["t_compute_end"] - t["t_compute_start"]
@@ -113,13 +146,15 @@ def timing_samples(trace: Trace, workers: int) -> dict[str, Any]:
     push = (t["t_arrive"] - t["t_compute_end"])
     latency = np.concatenate([back[np.isfinite(back)], push[np.isfinite(push)]])
     apply = trace.u_applied - trace.u_lock
-    return {"compute": per_worker, "latency": latency[latency >= 0], "apply": apply[np.isfinite(apply) & (apply >= 0)]}
+    handoff = lock_handoffs(trace, server) if server is not None else np.zeros(0)
+    return {"compute": per_worker, "latency": latency[latency >= 0], "apply": apply[np.isfinite(apply) & (apply >= 0)],
+            "handoff": handoff}
 
 
 def calibrate(scenario: Scenario, trace: Trace) -> tuple[Scenario, dict[str, Any]]:
     """The scenario with its timing fitted to ``trace`` (a real run of ``scenario``)."""
     M = scenario.num_workers
-    samples = timing_samples(trace, M)
+    samples = timing_samples(trace, M, scenario.server)
     names = [g.name for g in scenario.workers for _ in range(g.count)]
     groups, report = [], {"workers": []}
     for w in range(M):
@@ -128,14 +163,15 @@ def calibrate(scenario: Scenario, trace: Trace) -> tuple[Scenario, dict[str, Any
         dist, info = fit_distribution(samples["compute"][w])
         groups.append(WorkerGroup(name=f"{names[w]}-{w}", count=1, compute=dist))
         report["workers"].append({"worker": w, **info, "fit": dist.to_dict()})
-    latency, lat_info = fit_distribution(samples["latency"]) if samples["latency"].size else (Constant(0.0), {"chosen": "constant", "n": 0})
-    apply, apply_info = fit_distribution(samples["apply"]) if samples["apply"].size else (Constant(0.0), {"chosen": "constant", "n": 0})
-    report["latency"] = {**lat_info, "fit": latency.to_dict()}
-    report["apply_time"] = {**apply_info, "fit": apply.to_dict()}
+    fitted = {}
+    for key, name in (("latency", "latency"), ("apply", "apply_time"), ("handoff", "lock_handoff")):
+        dist, info = fit_distribution(samples[key]) if samples[key].size else (Constant(0.0), {"chosen": "constant", "n": 0})
+        fitted[key] = dist
+        report[name] = {**info, "fit": dist.to_dict()}
     calibrated = dataclasses.replace(
         scenario, name=f"{scenario.name}-calibrated", workers=tuple(groups), racks=(),
-        network=NetworkConfig(latency=latency, bandwidth=math.inf, server_bandwidth=math.inf, compression=1.0),
-        server=dataclasses.replace(scenario.server, apply_time=apply),
+        network=NetworkConfig(latency=fitted["latency"], bandwidth=math.inf, server_bandwidth=math.inf, compression=1.0),
+        server=dataclasses.replace(scenario.server, apply_time=fitted["apply"], lock_handoff=fitted["handoff"]),
     )
     return calibrated, report
 
@@ -164,4 +200,5 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [line(f"worker {w['worker']}", w) for w in report["workers"]]
     lines.append(line("latency", report["latency"]))
     lines.append(line("apply time", report["apply_time"]))
+    lines.append(line("lock handoff", report["lock_handoff"]))
     return "\n".join(lines)

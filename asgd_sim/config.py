@@ -118,6 +118,9 @@ class ServerConfig:
     shards: int = 1
     lock: str = "shard"  # none | shard | global | rw
     apply_time: Distribution = field(default_factory=lambda: Constant(0.0005))  # per update per shard
+    # A lock handed to a waiting update starts this much later: a real server's waiter wakes, takes
+    # the GIL, and the last holder's bookkeeping runs first. 0 in an idealised server.
+    lock_handoff: Distribution = field(default_factory=lambda: Constant(0.0))
     atomic: bool = False  # an update holds all its shards' locks at once ...
     lock_order: str = "sorted"  # ... taken in "sorted" or "random" order (random can deadlock)
     checkpoint_every: int | None = None  # real backends: checkpoint the server every N updates (--resume)

@@ -96,6 +96,7 @@ class TimingEngine(AlgorithmPhases):
         self.server = ParameterServer(env, self.S, sc.server.lock)
         self.apply_time = Sampler(sc.server.apply_time, stream(sc.run.seed, SERVER, 0))
         self.order_rng = stream(sc.run.seed, SERVER, 1)
+        self.lock_handoff = Sampler(sc.server.lock_handoff, stream(sc.run.seed, SERVER, 2))
         self.workers = build_workers(sc, sc.network.latency)
         self.bandwidth = sc.network.bandwidth
         self.network = Network(env)
@@ -285,6 +286,7 @@ class TimingEngine(AlgorithmPhases):
             granted = lock.acquire(requester)
             if granted is not None:
                 yield granted
+                yield from self._handed_over()
         t_lock = self.env.now
         if self.drop_above is not None:
             members, weights = self._drop_stale(shard, members, weights, t_lock)
@@ -297,6 +299,12 @@ class TimingEngine(AlgorithmPhases):
             self.server.end_write(shard)
         if lock is not None:
             lock.release()
+
+    def _handed_over(self) -> Generator:
+        """A lock was handed to a waiting request: it starts ``server.lock_handoff`` later."""
+        handoff = self.lock_handoff()
+        if handoff > 0:
+            yield _Timeout(self.env, handoff, 1)
 
     def _drop_stale(self, shard: Shard, members: list[int], weights: list[float], t_lock: float) -> tuple[list[int], list[float]]:
         """Drop the gradients staler than ``algorithm.drop_staleness_above`` on this shard."""
@@ -337,6 +345,7 @@ class TimingEngine(AlgorithmPhases):
             granted = shard.lock.acquire(requester)  # type: ignore[union-attr]
             if granted is not None:
                 yield granted
+                yield from self._handed_over()
         t_lock = self.env.now
         for shard in sorted(shards, key=lambda sh: sh.index):
             kept, kept_weights = self._drop_stale(shard, members, weights, t_lock) if self.drop_above is not None else (members, weights)

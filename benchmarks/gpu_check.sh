@@ -9,7 +9,7 @@
 # is one, else python3 (PYTHON=... picks another), with asgd_sim importable (the repository root is
 # put on PYTHONPATH). It stops with status 3 when JAX sees no GPU, rather than measuring a CPU and
 # calling it a GPU; ALLOW_CPU=1 runs it on the CPU anyway, to check the script itself, and UPDATES,
-# NUMERICS_UPDATES, REPEAT and LONG_UPDATES (0: no long run) shorten it. Each stage has a time
+# NUMERICS_UPDATES (0: no numerics benchmark), REPEAT and LONG_UPDATES (0: no long run) shorten it. Each stage has a time
 # limit (STAGE_LIMIT seconds) and a failing stage does not stop the later ones: the exit status
 # says whether all passed.
 set -uo pipefail
@@ -39,7 +39,8 @@ elif not gpus:
 print(f"jax {jax.__version__}: {len(gpus)} GPU(s): {[d.device_kind for d in gpus]}")
 PYEOF
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/card       /' | tee "$OUT/card.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/card.txt"
+  sed "s/^/card       /" "$OUT/card.txt"
 fi
 
 failed=()
@@ -84,6 +85,9 @@ stage "simulator, the same scenario (nominal timing)" \
   "$PY" -m asgd_sim run "$OUT/scenario.toml" --out "$OUT/sim" --quiet
 stage "fidelity: the simulator calibrated on the real trace, 3 seeds" \
   "$PY" -m asgd_sim fidelity "$OUT/real" --seeds 3
+rm -rf "$OUT/emulated"
+stage "emulated: benchmarks/fidelity.toml with --emulate on the GPU, then fidelity" sh -c \
+  "'$PY' -m asgd_sim run benchmarks/fidelity.toml --backend devices --emulate --out '$OUT/emulated' --quiet && '$PY' -m asgd_sim fidelity '$OUT/emulated' --seeds 5"
 stage "replay of the real trace reproduces its parameters" "$PY" - "$OUT/real" <<'PYEOF'
 import json, sys
 import numpy as np
@@ -95,14 +99,16 @@ diff = float(np.abs(real - np.asarray(ravel_pytree(replay(run).params)[0])).max(
 json.dump({"max_abs_diff": diff}, open(f"{run}/replay_check.json", "w"))
 print(f"replay     max |real - replayed| = {diff:.3g} (GPU float rounding; 0 on CPU)")
 PYEOF
-stage "numerics benchmark, $NUMERICS_UPDATES updates" sh -c \
-  "'$PY' benchmarks/numerics.py --updates $NUMERICS_UPDATES --workers 8 64 --repeat $REPEAT > '$OUT/numerics_benchmark.json'"
+if [ "$NUMERICS_UPDATES" -gt 0 ]; then
+  stage "numerics benchmark, $NUMERICS_UPDATES updates" sh -c \
+    "'$PY' benchmarks/numerics.py --updates $NUMERICS_UPDATES --workers 8 64 --repeat $REPEAT > '$OUT/numerics_benchmark.json'"
+fi
 if [ "$LONG_UPDATES" -gt 0 ]; then
   stage "numerics benchmark, $LONG_UPDATES updates, M = 64" sh -c \
     "'$PY' benchmarks/numerics.py --updates $LONG_UPDATES --workers 64 --repeat 1 > '$OUT/numerics_benchmark_long.json'"
 fi
 
-stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
+[ "$NUMERICS_UPDATES" -gt 0 ] && stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
 import cProfile, io, pstats, sys
 sys.path.insert(0, "benchmarks")
 from numerics import simulator
@@ -129,12 +135,18 @@ def load(path):
 card = open(os.path.join(out, "card.txt")).read().strip() if os.path.exists(os.path.join(out, "card.txt")) else "no nvidia-smi"
 print(f"card                     {card}")
 real, sim, fid, rep = load("real/summary.json"), load("sim/summary.json"), load("real/fidelity.json"), load("real/replay_check.json")
+emulated = load("emulated/fidelity.json")
 if real:
     print(f"real updates/s           {real['updates_per_s']:.1f}  (staleness mean {real['staleness']['mean']:.2f}, final accuracy {real.get('final_accuracy')})")
 if sim:
     print(f"simulated updates/s      {sim['updates_per_s']:.1f}  (nominal scenario, before calibration)")
 if fid:
     print(f"fidelity                 throughput error {100 * fid['throughput_error']:.1f} %, staleness KS {fid['staleness_ks']:.3f}")
+    handoff = [line for line in fid.get("calibration", "").splitlines() if line.startswith("lock handoff")]
+    print(f"calibrated               {handoff[0] if handoff else 'no lock handoff line'}")
+if emulated:
+    print(f"fidelity, emulated       throughput error {100 * emulated['throughput_error']:.1f} %, staleness KS {emulated['staleness_ks']:.3f} "
+          f"(benchmarks/fidelity.toml, real {emulated['throughput_real']:.1f} updates/s)")
 if rep:
     print(f"replay                   max |real - replayed| = {rep['max_abs_diff']:.3g}")
 for name in ("numerics_benchmark.json", "numerics_benchmark_long.json"):

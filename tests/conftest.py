@@ -53,6 +53,7 @@ def make_scenario(
     shards: int = 1,
     lock: str = "shard",
     apply: float | Distribution = 0.0,
+    handoff: float | Distribution = 0.0,
     atomic: bool = False,
     lock_order: str = "sorted",
     racks: tuple = (),
@@ -68,7 +69,8 @@ def make_scenario(
         racks=racks,
         network=NetworkConfig(latency=dist(latency), bandwidth=bandwidth, server_bandwidth=server_bandwidth,
                               compression=compression),
-        server=ServerConfig(shards=shards, lock=lock, apply_time=dist(apply), atomic=atomic, lock_order=lock_order),
+        server=ServerConfig(shards=shards, lock=lock, apply_time=dist(apply), lock_handoff=dist(handoff), atomic=atomic,
+                            lock_order=lock_order),
         algorithm=AlgorithmConfig(kind=kind, **algorithm),
         model=ModelConfig(param_bytes=param_bytes),
     )

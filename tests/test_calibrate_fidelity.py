@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asgd_sim.calibrate import calibrate_run, fit_distribution
+from asgd_sim.calibrate import calibrate_run, fit_distribution, lock_handoffs
 from asgd_sim.cli import main
 from asgd_sim.distributions import Constant, Exponential, Gamma, LogNormal, ShiftedExponential
+from asgd_sim.engine import simulate_timing
 from asgd_sim.runner import run_timing
 from asgd_sim.scenario import load_scenario, scenario_from_dict
 
+from conftest import group, make_scenario  # noqa: E402
 from test_backend_devices import ROOT, forced_env  # noqa: E402
 
 
@@ -66,7 +69,38 @@ def test_calibration_of_a_known_cluster_recovers_it(tmp_path: Path) -> None:
     assert isinstance(cal.network.latency, ShiftedExponential)
     assert cal.network.latency.shift == pytest.approx(0.001, rel=0.02) and cal.network.latency.mean == pytest.approx(0.003, rel=0.05)
     assert cal.server.apply_time == Constant(pytest.approx(0.0005))
+    assert cal.server.lock_handoff.mean == pytest.approx(0.0, abs=1e-8)  # the simulated server hands over at once
     assert cal.algorithm == scenario_from_dict(TRUTH).algorithm and cal.run.until_updates == 3000
+
+
+@pytest.mark.parametrize("lock, shards, atomic", [("shard", 1, False), ("global", 2, False), ("shard", 3, False),
+                                                  ("rw", 2, True)])
+def test_lock_handoffs_are_read_back_from_the_trace(lock: str, shards: int, atomic: bool) -> None:
+    # The engine starts every update that waited for a lock 0.2 ms after its release; the trace
+    # alone must give back exactly that gap for each, one lock's sequence of holds at a time
+    # (the global lock: all rows; shard locks: each shard's rows; atomic: whole updates).
+    sc = make_scenario(group(0.001, 8), apply=0.0005, handoff=0.0002, shards=shards, lock=lock, atomic=atomic,
+                       updates=400)
+    gaps = lock_handoffs(simulate_timing(sc).trace, sc.server)
+    assert gaps.size >= 300
+    assert gaps == pytest.approx(np.full(gaps.size, 0.0002), abs=1e-12)
+    lock_free = dataclasses.replace(sc, server=dataclasses.replace(sc.server, lock="none"))
+    assert lock_handoffs(simulate_timing(lock_free).trace, lock_free.server).size == 0
+
+
+def test_calibration_recovers_a_lock_bound_servers_handoff(tmp_path: Path) -> None:
+    # 8 fast workers against one lock: the server sets the pace, one update per apply + hand-over.
+    truth = {**TRUTH, "run": {"until_updates": 2000},
+             "workers": [{"count": 8, "compute": {"dist": "lognormal", "mean": 0.002, "cv": 0.2}}],
+             "network": {"latency": 0.0001, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
+             "server": {"apply_time": 0.0005, "lock_handoff": {"dist": "lognormal", "mean": 0.0003, "cv": 0.5}}}
+    run_dir = tmp_path / "run"
+    run_timing(scenario_from_dict(truth, name="lock-bound"), run_dir)
+    cal, _ = calibrate_run(run_dir)
+    assert cal.server.lock_handoff.mean == pytest.approx(0.0003, rel=0.05)
+    assert cal.server.lock_handoff.cv == pytest.approx(0.5, rel=0.15)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["updates_per_s"] == pytest.approx(1 / (0.0005 + 0.0003), rel=0.03)
 
 
 def test_fidelity_of_a_simulated_run_against_itself(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -79,6 +79,33 @@ def test_lock_contention_order_and_waits() -> None:
     assert list(tr.read_version[order, 0]) == [0, 0, 0, 1, 2, 3, 4, 5, 6]
 
 
+def test_lock_handoff_delays_only_handed_over_locks() -> None:
+    # As above (3 workers, compute 1.0, apply 0.3, one mutex) with a hand-over of 0.1: a request
+    # that waited starts 0.1 after the release; a free lock is taken at once.
+    # Round 1 (all push at 1.0): w0 takes the free lock, 1.0 -> 1.3; w1 waited: starts 1.4 -> 1.7;
+    #   w2 waited: starts 1.8 -> 2.1. Reads right after each apply: 1.3, 1.7, 2.1.
+    # Round 2: pushes at 2.3, 2.7, 3.1 find the lock free (released 2.1, 2.6, 3.0): no hand-over,
+    #   2.3 -> 2.6, 2.7 -> 3.0, 3.1 -> 3.4; the workers are now 0.4 apart with period 1.3.
+    # Round 3: 3.6 -> 3.9, 4.0 -> 4.3, 4.4 -> 4.7.
+    result = simulate_timing(make_scenario(group(1.0, 3), apply=0.3, handoff=0.1, updates=9))
+    tr = result.trace
+    order = applied_order(tr)
+    assert [int(tr.worker[g]) for g in order] == [0, 1, 2] * 3
+    assert tr.u_lock == pytest.approx([1.0, 1.4, 1.8, 2.3, 2.7, 3.1, 3.6, 4.0, 4.4], **EXACT)
+    assert tr.u_applied == pytest.approx([1.3, 1.7, 2.1, 2.6, 3.0, 3.4, 3.9, 4.3, 4.7], **EXACT)
+    assert tr.t_lock[order] - tr.t_arrive[order] == pytest.approx([0.0, 0.4, 0.8] + [0.0] * 6, **EXACT)
+
+
+def test_lock_handoff_sets_a_saturated_servers_throughput() -> None:
+    # 4 workers computing 0.1 against apply 0.3 under one mutex: after the first update someone is
+    # always waiting, so every later update starts a hand-over after the last: 0.3 + 0.1 apart.
+    result = simulate_timing(make_scenario(group(0.1, 4), apply=0.3, handoff=0.1, updates=40))
+    gaps = np.diff(result.trace.u_lock)
+    assert gaps == pytest.approx([0.4] * 39, abs=1e-9)
+    plain = simulate_timing(make_scenario(group(0.1, 4), apply=0.3, updates=40))
+    assert np.diff(plain.trace.u_lock) == pytest.approx([0.3] * 39, abs=1e-9)
+
+
 def test_sync_barrier() -> None:
     # kind = "sync", 3 workers computing 1, 2, 3. All read v0 at t=0; the round closes on the
     # third push at t=3 with one update averaging the three gradients (weight 1/3 each), and all

@@ -65,6 +65,7 @@ CASES = {
     "dist-empirical-no-file": ('[network]\nlatency = { dist = "empirical", file = "nope.csv" }', ["network.latency.file", "'nope.csv'", "file not found"]),
     "dist-no-dist-key": ("[network]\nlatency = { mean = 0.1 }", ["network.latency", "needs 'dist'", "bare number"]),
     "dist-negative-constant": ("[[workers]]\ncompute = -1", ["workers[0].compute", "-1", ">= 0"]),
+    "dist-negative-handoff": ("[server]\nlock_handoff = -0.001", ["server.lock_handoff", "-0.001", ">= 0", "seconds"]),
     # slowdowns and failures
     "slowdown-end-before-start": ("[[workers]]\nslowdowns = [{ start = 10, end = 5, factor = 2 }]", ["workers[0].slowdowns[0].end", "5.0", "must be > start (10.0)"]),
     "slowdown-overlap": (
