@@ -8,7 +8,9 @@ it). Locks follow ``server.lock``:
 - ``rw``: per-shard readers-writer lock: writers are exclusive; a read waits for a write in
   progress (reads take no time, so they never delay a writer).
 
-Reads are served from the last applied version. An apply holds its lock(s) for ``apply_time``.
+Reads are served from the last applied version. An apply holds its lock(s) for ``apply_time``;
+an apply that had to wait for a lock starts ``lock_handoff`` after its release (a real server's
+waiter wakes and takes the GIL first: `asgd_sim.calibrate` measures it).
 Every lock remembers who holds it and who waits, so a deadlock (possible with atomic
 multi-shard updates taken in random order) can be explained as a wait-for cycle.
 """
