@@ -26,7 +26,7 @@ REPEAT=${REPEAT:-3}
 LONG_UPDATES=${LONG_UPDATES:-20000}
 STAGE_LIMIT=${STAGE_LIMIT:-240}
 mkdir -p "$OUT"
-rm -f "$OUT"/numerics_benchmark*.json
+rm -f "$OUT"/numerics_benchmark*.json "$OUT/gpu_tests.txt"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # 8 worker threads and the server share one GPU's memory
 
 "$PY" - <<'PYEOF' || exit 3
@@ -99,6 +99,11 @@ diff = float(np.abs(real - np.asarray(ravel_pytree(replay(run).params)[0])).max(
 json.dump({"max_abs_diff": diff}, open(f"{run}/replay_check.json", "w"))
 print(f"replay     max |real - replayed| = {diff:.3g} (GPU float rounding; 0 on CPU)")
 PYEOF
+# The numerics engine's exactness tests (batched == one at a time, the history against a fold of
+# the trace, theory) on the GPU's code paths, at full float32 precision: JAX's default lets an H100
+# multiply float32 matrices in TF32, which changes the numbers, not the logic under test.
+stage "numerics engine tests on the GPU (float32 matmuls at full precision)" env JAX_DEFAULT_MATMUL_PRECISION=highest sh -c \
+  "'$PY' -m pytest -q -p no:cacheprovider tests/test_numerics_history.py tests/test_numerics_equivalence.py tests/test_numerics_theory.py > '$OUT/gpu_tests.txt' 2>&1; rc=\$?; tail -n 25 '$OUT/gpu_tests.txt'; exit \$rc"
 if [ "$NUMERICS_UPDATES" -gt 0 ]; then
   stage "numerics benchmark, $NUMERICS_UPDATES updates" sh -c \
     "'$PY' benchmarks/numerics.py --updates $NUMERICS_UPDATES --workers 8 64 --repeat $REPEAT > '$OUT/numerics_benchmark.json'"
@@ -149,6 +154,9 @@ if emulated:
           f"(benchmarks/fidelity.toml, real {emulated['throughput_real']:.1f} updates/s)")
 if rep:
     print(f"replay                   max |real - replayed| = {rep['max_abs_diff']:.3g}")
+if os.path.exists(os.path.join(out, "gpu_tests.txt")):
+    lines = [line for line in open(os.path.join(out, "gpu_tests.txt")).read().splitlines() if line.strip()]
+    print(f"numerics tests           {lines[-1] if lines else 'no output'}")
 for name in ("numerics_benchmark.json", "numerics_benchmark_long.json"):
     bench = load(name)
     for row in (bench or {}).get("results", []):
