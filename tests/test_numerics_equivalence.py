@@ -107,7 +107,10 @@ def test_one_worker_equals_plain_optax_loop(name: str, options: dict, lr: float,
         params, state = step(params, state, jnp.int32(k))
     expected, got = flat(params), flat(result.params)
     assert not np.array_equal(expected, flat(problem.init(jax.random.PRNGKey(sc.run.seed))))  # it trained
-    if exact:
+    # Bit for bit on a CPU. On a GPU, XLA fuses even plain SGD's `params - lr * grad` differently in
+    # the engine's scan and in this loop (measured on an H200 with full-precision matmuls: 30 % of
+    # the elements 1 ulp apart, <= 7.5e-9), so there the sgd case gets the others' tolerance.
+    if exact and jax.default_backend() == "cpu":
         np.testing.assert_array_equal(got, expected)
     else:
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
