@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +90,16 @@ def test_missing_scenario_file_exits_2(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    # `python -m asgd_sim` is the entry point where the console script is not installed (the GPU
+    # check runs the repository from PYTHONPATH); it must be the same CLI, exit codes included.
+    quickstart = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.toml"
+    done = subprocess.run([sys.executable, "-m", "asgd_sim", "run", str(quickstart), "--timing-only",
+                           "--set", "run.until_updates=50", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["updates"] == 50
+    bad = subprocess.run([sys.executable, "-m", "asgd_sim", "run", "no-such.toml"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no-such.toml" in bad.stderr
