@@ -113,11 +113,12 @@ if [ "$LONG_UPDATES" -gt 0 ]; then
     "'$PY' benchmarks/numerics.py --updates $LONG_UPDATES --workers 64 --repeat 1 > '$OUT/numerics_benchmark_long.json'"
 fi
 
-[ "$NUMERICS_UPDATES" -gt 0 ] && stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
+if [ "$NUMERICS_UPDATES" -gt 0 ]; then
+  stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
 import cProfile, io, pstats, sys
 sys.path.insert(0, "benchmarks")
 from numerics import simulator
-simulator(64, 500)  # compiled once outside the profile
+simulator(64, 500)  # the process's one-time costs (imports, data) outside the profile; compiling stays in
 profile = cProfile.Profile()
 profile.enable()
 end_to_end, steady, _ = simulator(64, 5000)
@@ -127,6 +128,7 @@ pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
 open(f"{sys.argv[1]}/profile_m64.txt", "w").write(f"end to end {end_to_end:.0f} upd/s, steady {steady:.0f} upd/s (under the profiler)\n" + text.getvalue())
 print(f"written    {sys.argv[1]}/profile_m64.txt")
 PYEOF
+fi
 
 echo "== summary"
 "$PY" - "$OUT" <<'PYEOF'
