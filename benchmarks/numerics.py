@@ -38,6 +38,10 @@ from asgd_sim.engine import TimingEngine
 from asgd_sim.numerics import Metrics, NumericsEngine, drive
 
 
+# Issue 3's targets: simulate / hand loop, in updates/s, per backend and worker count.
+TARGETS = {"cpu": {8: 1.0, 64: 1.3}, "gpu": {64: 10.0}}
+
+
 def scenario(workers: int, updates: int):
     return scenario_from_dict({
         "name": f"bench-mlp-{workers}",
@@ -132,6 +136,16 @@ def _rounded(value: float, digits: int) -> float | None:
     return None if np.isnan(value) else round(value, digits)
 
 
+def targets(rows: list[dict], backend: str) -> list[dict]:
+    """Each target of ``backend`` whose worker count was measured: met when the steady ratio
+    reaches it; the end-to-end ratios (cold, cached) are reported beside it."""
+    wanted = TARGETS.get(backend, {})
+    return [{"workers": row["workers"], "updates": row["updates"], "target": wanted[row["workers"]],
+             "ratio_steady": row["ratio_steady"], "met": row["ratio_steady"] >= wanted[row["workers"]],
+             "ratio_end_to_end": row["ratio_end_to_end"], "ratio_end_to_end_cached": row["ratio_end_to_end_cached"]}
+            for row in rows if row["workers"] in wanted]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--updates", type=int, default=5000)
@@ -184,7 +198,8 @@ def main() -> None:
                      "waves": summary["waves"], "rows_per_wave": summary["rows_per_wave"],
                      "repeats": args.repeat})
     print(json.dumps({"benchmark": "numerics", "device": str(jax.devices()[0]), "jax": jax.__version__,
-                      "python": platform.python_version(), "results": rows}, indent=2))
+                      "python": platform.python_version(), "results": rows,
+                      "targets": targets(rows, jax.default_backend())}, indent=2))
 
 
 if __name__ == "__main__":
