@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from asgd_sim.config import DataConfig, ModelConfig, RunConfig, Scenario
 from asgd_sim.data import data_rng, load_dataset, partition_indices
 from asgd_sim.errors import ScenarioError
-from asgd_sim.problems import build_problem
+from asgd_sim.problems import _scaled_normals, build_problem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,66 @@ def trees_equal(a, b) -> bool:
 @pytest.fixture(scope="module")
 def logreg():
     return build_problem(scenario("logreg", batch_size=8), num_workers=3)
+
+
+# --- initialisation ------------------------------------------------------------------------
+
+
+def one_normal_per_array(key: jax.Array, shapes: list[tuple[int, ...]], scales: list[float]) -> list[jax.Array]:
+    """The plain way: one ``jax.random.normal`` per array, each with its own split key."""
+    keys = jax.random.split(key, len(shapes))
+    return [scale * jax.random.normal(k, shape, jnp.float32) for k, shape, scale in zip(keys, shapes, scales)]
+
+
+@pytest.mark.parametrize("shapes", [
+    [(64, 256), (256, 256), (256, 10)],  # the digits MLP
+    [(3, 3, 1, 8), (3, 3, 8, 16), (1024, 10)],  # the CNN
+    [(5,), (7, 3), (1,)],
+    [(1500, 1000), (3, 3)],  # padding to 1.5M values each would cost more: drawn separately
+])
+def test_scaled_normals_are_the_values_of_one_normal_per_array(shapes):
+    scales = [0.5 / (i + 1) for i in range(len(shapes))]
+    key = jax.random.PRNGKey(11)
+    expected = jax.jit(lambda k: one_normal_per_array(k, shapes, scales))(key)
+    got = jax.jit(lambda k: _scaled_normals(k, shapes, scales))(key)
+    assert [g.shape for g in got] == shapes
+    assert_trees_equal(got, expected)  # bitwise: the same model whichever way it is drawn
+
+
+def random_draws(init, key: jax.Array) -> int:
+    """How many random-bit draws (threefry kernels, each compiled on its own) ``init`` makes."""
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += eqn.primitive.name == "random_bits"
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else [param]:
+                    inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                    if hasattr(inner, "eqns"):
+                        total += count(inner)
+        return total
+
+    return count(jax.make_jaxpr(init)(key).jaxpr)
+
+
+def test_builtin_inits_draw_all_weights_in_one_call():
+    key = jax.random.PRNGKey(5)
+    mlp = build_problem(Scenario(model=ModelConfig(name="mlp", hidden=(256, 256))), num_workers=2)
+    sizes = (64, 256, 256, 10)
+    he_normal = jax.jit(lambda k: one_normal_per_array(k, list(zip(sizes[:-1], sizes[1:])), [math.sqrt(2.0 / a) for a in sizes[:-1]]))
+    layers = mlp.init(key)  # (jitted by build_problem; values are compared under jit on both sides)
+    assert_trees_equal([layer["w"] for layer in layers], he_normal(key))
+    assert all(not np.asarray(layer["b"]).any() for layer in layers)
+    cnn = build_problem(Scenario(model=ModelConfig(name="cnn", channels=(8, 16))), num_workers=2)
+    params = cnn.init(key)
+    expected = jax.jit(lambda k: one_normal_per_array(
+        k, [(3, 3, 1, 8), (3, 3, 8, 16), (1024, 10)], [math.sqrt(2 / 9), math.sqrt(2 / 72), math.sqrt(1 / 1024)]))(key)
+    assert_trees_equal([conv["w"] for conv in params["conv"]] + [params["out"]["w"]], expected)
+    transformer = build_problem(Scenario(model=ModelConfig(name="transformer"), data=DataConfig(name="text")), num_workers=2)
+    for problem in (mlp, cnn, transformer):
+        assert random_draws(problem.init, key) == 1, problem.name
+    assert random_draws(lambda k: one_normal_per_array(k, [(2, 2)] * 3, [1.0] * 3), key) == 3  # (the count sees each draw)
 
 
 # --- batches -------------------------------------------------------------------------------
