@@ -275,7 +275,8 @@ def _scaled_normals(key: jax.Array, shapes: Sequence[tuple[int, ...]], scales: S
     keys = jax.random.split(key, len(shapes))
     sizes = [math.prod(shape) for shape in shapes]
     largest = max(sizes)
-    if not jax.config.jax_threefry_partitionable or largest * len(shapes) > max(4 * sum(sizes), 1 << 20):
+    partitionable = getattr(jax.config, "jax_threefry_partitionable", False)  # (a JAX without the flag: draw separately)
+    if not partitionable or largest * len(shapes) > max(4 * sum(sizes), 1 << 20):
         return [scale * jax.random.normal(k, shape, jnp.float32) for k, shape, scale in zip(keys, shapes, scales)]
     drawn = jax.vmap(lambda k, scale: scale * jax.random.normal(k, (largest,), jnp.float32))(keys, jnp.asarray(scales, jnp.float32))
     return [drawn[i, :size].reshape(shape) for i, (size, shape) in enumerate(zip(sizes, shapes))]
