@@ -165,6 +165,9 @@ for name in ("numerics_benchmark.json", "numerics_benchmark_long.json"):
         print(f"numerics M={row['workers']:<3} {row['updates']:>6} upd  simulate/hand: end-to-end {row['ratio_end_to_end']:.2f}x, "
               f"cached {(row.get('ratio_end_to_end_cached') or float('nan')):.2f}x, steady {row['ratio_steady']:.2f}x  "
               f"(sim steady {row['simulate_steady_updates_per_s']:.0f} upd/s, hand warm {row['hand_loop_warm_updates_per_s']:.0f})")
+    for target in (bench or {}).get("targets", []):
+        print(f"target   M={target['workers']:<3} {target['updates']:>6} upd  >= {target['target']:g}x steady: "
+              f"{'met' if target['met'] else 'NOT met'} ({target['ratio_steady']:.2f}x)")
 PYEOF
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'failed stage: %s\n' "${failed[@]}"
