@@ -301,11 +301,11 @@ def _mlp_apply(layers: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
 
 
 def _cnn_init(key: jax.Array, channels: Sequence[int], classes: int) -> dict[str, Any]:
-    c_ins, c_last = [1, *channels[:-1]], (channels[-1] if channels else 1)
-    shapes = [(3, 3, c_in, c_out) for c_in, c_out in zip(c_ins, channels)] + [(64 * c_last, classes)]
-    scales = [math.sqrt(2.0 / (9 * c_in)) for c_in in c_ins[: len(channels)]] + [math.sqrt(1.0 / (64 * c_last))]
+    sizes = [1, *channels]  # channels into and out of each convolution
+    shapes = [(3, 3, c_in, c_out) for c_in, c_out in zip(sizes[:-1], sizes[1:])] + [(64 * sizes[-1], classes)]
+    scales = [math.sqrt(2.0 / (9 * c_in)) for c_in in sizes[:-1]] + [math.sqrt(1.0 / (64 * sizes[-1]))]
     *conv_weights, out_weights = _scaled_normals(key, shapes, scales)
-    convs = [{"w": w, "b": jnp.zeros(c_out, jnp.float32)} for w, c_out in zip(conv_weights, channels)]
+    convs = [{"w": w, "b": jnp.zeros(c_out, jnp.float32)} for w, c_out in zip(conv_weights, sizes[1:])]
     return {"conv": convs, "out": _dense(out_weights)}
 
 
