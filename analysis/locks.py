@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from asgd_sim.compare import mean_ci
-from asgd_sim.plots import plt
+from asgd_sim.studies.compare import mean_ci
+from asgd_sim.results.plots import plt
 
 from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
 

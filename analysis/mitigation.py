@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 import asgd_sim
-from asgd_sim.compare import band, mean_ci
-from asgd_sim.plots import plt
+from asgd_sim.studies.compare import band, mean_ci
+from asgd_sim.results.plots import plt
 
 from _common import arguments, save, successful_runs  # noqa: E402  (analysis/ is the script's folder)
 

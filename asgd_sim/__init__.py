@@ -8,16 +8,17 @@ numerics engine computes each gradient at exactly the stale parameters its worke
     result.metrics["test_accuracy"], result.summary["staleness"]["mean"]
 
 Timing-only (no JAX import): ``asgd_sim.simulate_timing(asgd_sim.load_scenario(path))``.
+
+The layers, each importing only those below it (docs/DESIGN.md): ``scenario`` (typed config,
+schema, files) -> ``trace`` -> ``algorithms`` (server policies) -> ``timing`` (SimPy engine) and
+``numerics`` (JAX engine) -> ``results`` (summary, plots, run folders) -> ``backends`` (real runs)
+-> ``runner`` (one run path) -> ``studies`` (sweeps, comparisons, calibration) and ``validation``
+(theory checks) -> ``cli``.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from .config import Scenario
-from .engine import TimingResult, simulate_timing
 from .errors import ScenarioError
-from .scenario import dump_scenario, load_scenario, scenario_from_dict
+from .scenario import Scenario, dump_scenario, load_scenario, scenario_from_dict
+from .timing import TimingResult, simulate_timing
 from .trace import Trace
 
 __all__ = [
@@ -37,13 +38,27 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"simulate": "simulate", "replay": "simulate", "Result": "simulate",  # these import JAX
-         "load_run": "results", "load_sweep": "results"}  # these read result folders (pandas)
+# Loaded on first use: the first three import JAX, the last two pandas. No module of the package
+# shares one of these names, so importing any submodule never hides the function behind it.
+_LAZY = {
+    "simulate": ("runner", "simulate"),
+    "replay": ("runner", "replay"),
+    "Result": ("results.result", "Result"),
+    "load_run": ("results.load", "load_run"),
+    "load_sweep": ("results.load", "load_sweep"),
+}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        module, attribute = _LAZY[name]
+        value = getattr(import_module(f".{module}", __name__), attribute)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'asgd_sim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

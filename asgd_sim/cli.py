@@ -92,64 +92,61 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import default_out_dir, run_timing
-    from .scenario import load_scenario
+    from .results.folder import default_out_dir
+    from .runner import run_scenario
+    from .scenario.files import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = args.out or default_out_dir(scenario)
-    if getattr(args, "backend", "sim") != "sim" or getattr(args, "resume", False) or getattr(args, "emulate", False):
-        return _cmd_run_real(args, scenario, out)
-    if args.timing_only:
-        _, summary = run_timing(scenario, out, show_progress=not args.quiet)
-    else:
-        from .simulate import run_simulation
-
-        _, summary = run_simulation(scenario, out, show_progress=not args.quiet)
+    options: dict[str, Any] = {}
+    if args.backend != "sim" or args.resume or args.emulate:
+        options = _real_run_options(args)
+    result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
+                          **options)
     if not args.quiet:
-        _print_summary(summary, out)
-    return 1 if summary["stopped"] == "deadlock" else 0
+        _print_summary(result.summary, out)
+        if args.backend != "sim":
+            backend = result.summary["backend"]
+            print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
+                  + (f", {len(backend['failures'])} worker failures" if backend.get("failures") else "")
+                  + (f", resumed from update {backend['resumed_from']['updates']}" if backend.get("resumed_from") else ""))
+    if args.backend != "sim":
+        return 0 if result.summary["stopped"] in ("until_updates", "until_time", "target_accuracy") else 1
+    return 1 if result.summary["stopped"] == "deadlock" else 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from .simulate import replay, write_result
+    from .results.folder import write_run
+    from .runner import replay
 
     result = replay(args.run_dir, args.overrides)
     out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    write_result(result, out)
+    write_run(result, out)
     if not args.quiet:
         _print_summary(result.summary, out)
     return 0
 
 
-def _cmd_run_real(args: argparse.Namespace, scenario: Any, out: Path) -> int:
-    """``run --backend devices|ray``: the scenario on real devices, the same run folder."""
-    from .backends import run_backend
-
+def _real_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``run --backend devices|ray``: the real backend's options (flags that need one are refused without it)."""
     if args.backend == "sim" or args.timing_only:
         flag = "--timing-only" if args.timing_only and args.backend != "sim" else ("--resume" if args.resume else "--emulate")
         raise ScenarioError(flag, "applies to real runs only: add --backend devices or --backend ray" if args.backend == "sim"
                             else "a real run computes real gradients: drop --timing-only")
     if args.resume and args.out is None:
         raise ScenarioError("--resume", "needs --out RUN_DIR, the folder of the run to continue")
-    options: dict[str, Any] = {"emulate": args.emulate, "resume": args.resume, "show_progress": not args.quiet}
+    options: dict[str, Any] = {"emulate": args.emulate, "resume": args.resume}
     if args.backend == "ray":
         options["address"] = args.ray_address
     elif args.ray_address:
         raise ScenarioError("--ray-address", "applies to --backend ray only")
-    result = run_backend(args.backend, scenario, out, **options)
-    if not args.quiet:
-        _print_summary(result.summary, out)
-        backend = result.summary["backend"]
-        print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
-              + (f", {len(backend['failures'])} worker failures" if backend.get("failures") else "")
-              + (f", resumed from update {backend['resumed_from']['updates']}" if backend.get("resumed_from") else ""))
-    return 0 if result.summary["stopped"] in ("until_updates", "until_time", "target_accuracy") else 1
+    return options
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate_run
+    from .studies.calibrate import calibrate_run
 
     scenario, report = calibrate_run(args.run_dir, args.out)
     if not args.quiet:
@@ -159,7 +156,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
-    from .fidelity import fidelity
+    from .studies.fidelity import fidelity
 
     report = fidelity(args.run_dir, seeds=args.seeds, numerics=not args.timing_only)
     if not args.quiet:
@@ -169,7 +166,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import run_cli
+    from .validation.framework import run_cli
 
     return run_cli(args.only, args.quick, args.out, args.overrides, list_only=args.list)
 
@@ -216,7 +213,7 @@ def _add_study_commands(sub: Any) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import main_progress, plan_sweep, run_sweep
+    from .studies.sweep import main_progress, plan_sweep, run_sweep
 
     sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only)
     state: dict[str, Any] = {}
@@ -249,7 +246,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, format_table
+    from .studies.compare import compare, format_table
 
     comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out)
     print(format_table(comparison))
@@ -258,7 +255,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .studies.report import write_report
 
     html_path, md_path = write_report(args.dir)
     print(f"report     {html_path} (self-contained: open it in a browser, works offline)\nmarkdown   {md_path}")

@@ -1,8 +1,11 @@
-"""The one error type a user should ever see from bad input."""
+"""The one error type a user should ever see from bad input, and the "did you mean" that fixes it."""
 
 from __future__ import annotations
 
-__all__ = ["ScenarioError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["ScenarioError", "closest"]
 
 
 class ScenarioError(ValueError):
@@ -23,3 +26,9 @@ class ScenarioError(ValueError):
         else:
             text = f"{path}: {message}"
         super().__init__(text)
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice most similar to ``word``, or None when nothing is reasonably close."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,41 +1,121 @@
-"""Run a scenario and write its results folder.
+"""The one run path: a scenario in, a `Result` (and, given a folder, the run folder) out.
 
-A run folder holds: ``scenario.toml`` (resolved: every default filled in), ``gradients.parquet``
-and ``updates.parquet`` (the trace), ``timeline.json`` (Chrome/Perfetto), ``summary.json``,
-PNG plots, and with numerics ``metrics.csv``. analysis/ scripts read these files only.
+- `simulate`: the SimPy timing engine and the JAX numerics engine together; the timing runs ahead
+  in windows and the numerics fold each window of the trace into parameters (docs/DESIGN.md).
+- `replay`: the numerics again on the trace saved in a run folder (the same schedule, another
+  update rule).
+- `run_scenario`: what the CLI, sweeps and fidelity call: timing only, a full simulation, or a
+  real backend, with an optional progress bar, written to ``out`` when given.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from .config import Scenario
-from .engine import TimingEngine, TimingResult
-from .scenario import dump_scenario
-from .summary import summarize_trace
-from .timeline import write_timeline
+import numpy as np
 
-__all__ = ["default_out_dir", "run_timing", "write_timing_outputs", "progress_bar"]
+from .errors import ScenarioError
+from .results.folder import write_run
+from .results.result import Result
+from .results.summary import busy_from_trace, learning_summary, run_summary
+from .scenario.config import Scenario
+from .timing.engine import TimingEngine
+from .trace import Trace, TraceBuilder, trace_meta
+
+__all__ = ["simulate", "replay", "run_scenario", "run_timing", "progress_bar", "REPLAY_KEYS", "Progress"]
+
+# What a replay may change: the schedule (timing) is the saved one, so only numerics keys.
+REPLAY_KEYS = ("optimizer.", "run.eval_every", "run.target_accuracy", "run.max_loss", "run.window", "run.batch_cap",
+               "algorithm.elastic_alpha")
+
+Progress = Callable[[int, float], None]  # (logical updates so far, simulated or real seconds)
 
 
-def default_out_dir(scenario: Scenario, root: str | Path = "results") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{scenario.name}-{stamp}"
+def simulate(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str] = (), *,
+             progress: Progress | None = None) -> Result:
+    """Simulate a scenario end to end: real JAX gradients at the simulated stale parameters.
+
+    ``scenario`` is a Scenario or a TOML path; ``overrides`` are ``key=value`` strings as on the
+    command line. A diverging run is a result (``result.diverged``), not an exception.
+    """
+    from .numerics.engine import NumericsEngine
+    from .numerics.stream import Metrics, drive
+
+    sc = _load(scenario, overrides)
+    started = time.perf_counter()
+    numerics = NumericsEngine(sc)
+    engine = TimingEngine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
+    metrics = Metrics()
+    stopped = drive(engine, numerics, metrics, progress)
+    return _finish(sc, engine, numerics, metrics, stopped, time.perf_counter() - started)
 
 
-def progress_bar(total: float, unit: str, enabled: bool) -> tuple[Callable[[int, float], None] | None, Callable[[], None]]:
+def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, progress: Progress | None = None) -> Result:
+    """Re-run the numerics on the trace saved in ``run_dir`` (same schedule, e.g. another rule)."""
+    from .numerics.engine import NumericsEngine
+    from .numerics.stream import Metrics, drive
+
+    run_dir = Path(run_dir)
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not any(key == allowed or key.startswith(allowed) for allowed in REPLAY_KEYS if allowed.endswith(".")) and key not in REPLAY_KEYS:
+            raise ScenarioError(key, f"cannot change in a replay: the schedule is the saved one; a replay may change {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in REPLAY_KEYS)} (to change the cluster, use asgd-sim run)")
+    if not (run_dir / "scenario.toml").is_file() or not (run_dir / "gradients.parquet").is_file():
+        raise ScenarioError(str(run_dir), "is not a run folder: it needs scenario.toml, gradients.parquet and updates.parquet (written by asgd-sim run)")
+    sc = _load(run_dir / "scenario.toml", overrides)
+    saved = Trace.load(run_dir)
+    started = time.perf_counter()
+    numerics = NumericsEngine(sc)
+    schedule = _SavedSchedule(saved)
+    metrics = Metrics()
+    stopped = drive(schedule, numerics, metrics, progress)
+    return _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
+
+
+def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
+    """Timing only (no JAX): the schedule and its summary; ``metrics`` is empty."""
+    started = time.perf_counter()
+    timing = TimingEngine(scenario).run(progress)
+    wall = time.perf_counter() - started
+    summary = run_summary(scenario, timing.trace, sim_time=timing.sim_time, stopped=timing.stopped, wall_time_s=wall,
+                          busy=timing.busy, deadlock=timing.deadlock)
+    return Result(scenario=scenario, trace=timing.trace, metrics={}, summary=summary)
+
+
+def run_scenario(scenario: Scenario, out: str | Path | None = None, *, timing_only: bool = False, backend: str = "sim",
+                 show_progress: bool = False, **backend_options: Any) -> Result:
+    """Run ``scenario`` (simulated, timing only, or on a real backend) and write ``out`` if given.
+
+    ``backend_options`` go to the real backend (`asgd_sim.backends.run_backend`).
+    """
+    update, close = progress_bar(scenario.run.until_updates or math.inf, "upd", show_progress)
+    try:
+        if backend != "sim":
+            from .backends import run_backend
+
+            result = run_backend(backend, scenario, out, progress=update, **backend_options)
+        else:
+            result = run_timing(scenario, update) if timing_only else simulate(scenario, progress=update)
+    finally:
+        close()
+    if out is not None:
+        write_run(result, out)
+    return result
+
+
+def progress_bar(total: float, unit: str, enabled: bool) -> tuple[Progress | None, Callable[[], None]]:
     """A tqdm bar over updates, shown only on a terminal (never in CI logs or pipes)."""
     if not enabled or not sys.stderr.isatty():
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total if total != float("inf") else None, unit=unit, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total if total != math.inf else None, unit=unit, dynamic_ncols=True, leave=False)
 
     def update(done: int, sim_time: float) -> None:
         bar.n = done
@@ -45,53 +125,45 @@ def progress_bar(total: float, unit: str, enabled: bool) -> tuple[Callable[[int,
     return update, bar.close
 
 
-def timing_summary(scenario: Scenario, result: TimingResult) -> dict[str, Any]:
-    groups = [g for g, group in enumerate(scenario.workers) for _ in range(group.count)]
-    summary = summarize_trace(result.trace, result.sim_time, [g.name for g in scenario.workers], groups, result.busy)
-    summary.update({"scenario": scenario.name, "algorithm": scenario.algorithm.kind, "workers": scenario.num_workers,
-                    "stopped": result.stopped, "wall_time_s": round(result.wall_time_s, 4)})
-    if result.deadlock:
-        summary["deadlock"] = result.deadlock
-    return summary
+class _SavedSchedule:
+    """Stands in for the timing engine when replaying a saved trace: everything already happened."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = TraceBuilder.from_trace(trace)
+        self.stopped = str(trace.meta.get("stopped", "until_updates"))
+        self.env = SimpleNamespace(now=float(trace.meta.get("sim_time", np.nanmax(trace.u_applied) if trace.num_update_rows else 0.0)))
+        self.updates = int(trace.u_version.max()) if trace.num_update_rows else 0
+
+    def step_until(self, updates: float = math.inf, progress: Any = None) -> bool:
+        return False
 
 
-def write_timing_outputs(scenario: Scenario, result: TimingResult, out: Path, summary: dict[str, Any]) -> None:
-    from .plots import write_timing_plots
+def _load(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str]) -> Scenario:
+    from .scenario.files import load_scenario, scenario_from_dict, scenario_to_dict
 
-    out.mkdir(parents=True, exist_ok=True)
-    dump_scenario(scenario, out / "scenario.toml")
-    result.trace.save(out)
-    write_timeline(result.trace, out / "timeline.json")
-    write_timing_plots(result.trace, out, scenario.num_workers)
-    write_json(out / "summary.json", summary)
+    if isinstance(scenario, Scenario):
+        return scenario_from_dict(scenario_to_dict(scenario), overrides, name=scenario.name) if overrides else scenario
+    return load_scenario(scenario, overrides)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    tmp.replace(path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def run_timing(scenario: Scenario, out: Path | None = None, show_progress: bool = False) -> tuple[TimingResult, dict[str, Any]]:
-    """Timing only (no JAX): simulate, summarise and, given ``out``, write the run folder."""
-    started = time.perf_counter()
-    engine = TimingEngine(scenario)
-    update, close = progress_bar(scenario.run.until_updates or float("inf"), "upd", show_progress)
-    try:
-        result = engine.run(update)
-    finally:
-        close()
-    result.wall_time_s = time.perf_counter() - started
-    summary = timing_summary(scenario, result)
-    if out is not None:
-        write_timing_outputs(scenario, result, out, summary)
-    return result, summary
+def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stopped: str, wall: float) -> Result:
+    rows = numerics.row
+    trace = schedule.trace.freeze(trace_meta(scenario, getattr(schedule, "stopped", ""), schedule.env.now))
+    if stopped in ("target_accuracy", "diverged"):  # the run ends at its last applied update
+        trace = trace.truncated(rows)
+        sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0
+    else:
+        sim_time = float(schedule.env.now)
+    summary = run_summary(scenario, trace, sim_time=sim_time, stopped=stopped, wall_time_s=wall,
+                          busy=busy_from_trace(trace, sim_time, scenario.num_workers), deadlock=getattr(schedule, "deadlock", []))
+    arrays = metrics.as_arrays()
+    summary.update(learning_summary(arrays, scenario.run.target_accuracy))
+    summary.update({
+        "diverged": stopped == "diverged",
+        "diverged_at_update": numerics.diverged_at if stopped == "diverged" else None,
+        "param_count": numerics.P,
+        "compilations": numerics.traces,
+        "waves": numerics.waves,
+        "gradients_computed": numerics.computed,
+    })
+    return Result(scenario=scenario, trace=trace, metrics=arrays, summary=summary, params=numerics.current_params())

@@ -27,12 +27,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Trace", "TraceBuilder", "FATES", "APPLIED", "DROPPED", "CANCELLED", "PENDING"]
+__all__ = ["Trace", "TraceBuilder", "trace_meta", "FATES", "APPLIED", "DROPPED", "CANCELLED", "PENDING"]
 
 APPLIED, DROPPED, CANCELLED, PENDING = 0, 1, 2, 3
 FATES = ("applied", "dropped", "cancelled", "pending")
 _TIME_COLUMNS = ("t_pull", "t_read", "t_compute_start", "t_compute_end", "t_arrive", "t_lock", "t_applied")
 NAN = float("nan")
+
+
+def trace_meta(scenario: Any, stopped: str, sim_time: float, **extra: Any) -> dict[str, Any]:
+    """The metadata every trace carries (saved in the Parquet schema): what ran, why it stopped
+    and when; ``extra`` adds what only some runs know (``param_bytes``, a real ``backend``, ...)."""
+    return {"scenario": scenario.name, "kind": scenario.algorithm.kind, "workers": scenario.num_workers,
+            "stopped": stopped, "sim_time": float(sim_time), **extra}
 
 
 class TraceBuilder:

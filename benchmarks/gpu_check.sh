@@ -92,7 +92,7 @@ stage "replay of the real trace reproduces its parameters" "$PY" - "$OUT/real" <
 import json, sys
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from asgd_sim.simulate import replay
+from asgd_sim.runner import replay
 run = sys.argv[1]
 real = np.load(f"{run}/final_params.npy")
 diff = float(np.abs(real - np.asarray(ravel_pytree(replay(run).params)[0])).max())

@@ -32,10 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asgd_sim.problems import build_problem
-from asgd_sim.scenario import scenario_from_dict
-from asgd_sim.engine import TimingEngine
-from asgd_sim.numerics import Metrics, NumericsEngine, drive
+from asgd_sim.numerics.problems import build_problem
+from asgd_sim.scenario.files import scenario_from_dict
+from asgd_sim.timing.engine import TimingEngine
+from asgd_sim.numerics.engine import NumericsEngine
+from asgd_sim.numerics.stream import Metrics, drive
 
 
 # Issue 3's targets: simulate / hand loop, in updates/s, per backend and worker count.

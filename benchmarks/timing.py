@@ -16,9 +16,9 @@ import time
 
 import simpy
 
-from asgd_sim.config import AlgorithmConfig, NetworkConfig, RunConfig, Scenario, ServerConfig, WorkerGroup
-from asgd_sim.distributions import Constant
-from asgd_sim.engine import TimingEngine
+from asgd_sim.scenario.config import AlgorithmConfig, NetworkConfig, RunConfig, Scenario, ServerConfig, WorkerGroup
+from asgd_sim.scenario.distributions import Constant
+from asgd_sim.timing.engine import TimingEngine
 
 
 def bare_simpy_steps_per_s(workers: int, steps: int) -> float:

@@ -52,8 +52,8 @@ def make_data(seed: int = 0, samples: int = 600, features: int = 5, noise: float
 
 
 if __name__ == "__main__":  # a tiny stand-alone check: plain SGD on one worker's stream of batches
-    from asgd_sim.config import DataConfig, ModelConfig, Scenario
-    from asgd_sim.problems import build_problem
+    from asgd_sim.scenario.config import DataConfig, ModelConfig, Scenario
+    from asgd_sim.numerics.problems import build_problem
 
     scenario = Scenario(
         model=ModelConfig(name="examples.user_model:make_model", options={"features": 5}),

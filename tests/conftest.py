@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from asgd_sim.config import (
+from asgd_sim.scenario.config import (
     AlgorithmConfig,
     ModelConfig,
     NetworkConfig,
@@ -22,7 +22,7 @@ from asgd_sim.config import (
     ServerConfig,
     WorkerGroup,
 )
-from asgd_sim.distributions import Constant, Distribution
+from asgd_sim.scenario.distributions import Constant, Distribution
 
 INF = math.inf
 

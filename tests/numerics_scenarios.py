@@ -6,7 +6,7 @@ import copy
 import math
 from typing import Any
 
-from asgd_sim.scenario import scenario_from_dict
+from asgd_sim.scenario.files import scenario_from_dict
 
 INF = math.inf
 EXP1 = {"dist": "exponential", "mean": 1.0}

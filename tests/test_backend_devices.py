@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from asgd_sim.cli import main
-from asgd_sim.scenario import scenario_from_dict
+from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.trace import APPLIED, DROPPED, Trace
 
 FORCED_DEVICES = 4
@@ -41,7 +41,7 @@ def run_python(code: str, timeout: float = 300) -> str:
 def replay_max_diff(run_dir: Path) -> tuple[float, object]:
     from jax.flatten_util import ravel_pytree
 
-    from asgd_sim.simulate import replay
+    from asgd_sim.runner import replay
 
     result = replay(run_dir)
     real = np.load(run_dir / "final_params.npy")
@@ -125,7 +125,7 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
         import json, pathlib
         import numpy as np
         from jax.flatten_util import ravel_pytree
-        from asgd_sim.scenario import scenario_from_dict, dump_scenario
+        from asgd_sim.scenario.files import scenario_from_dict, dump_scenario
         from asgd_sim.backends.devices import run_devices
         base = {{"model": {{"name": "logreg"}}, "workers": [{{"count": 4, "compute": 0.01}}],
                 "run": {{"until_updates": 60, "eval_every": 20}}, "optimizer": {{"learning_rate": 0.1}}}}
@@ -162,13 +162,13 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
 
 
 def test_emulated_timing_follows_the_scenario(tmp_path: Path) -> None:
-    from asgd_sim.backends.devices import run_devices
+    from asgd_sim.runner import run_scenario
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "workers": [{"count": 2, "compute": 0.03}], "run": {"until_updates": 30, "eval_every": 10},
         "network": {"latency": 0.005, "bandwidth": float("inf")}, "server": {"apply_time": 0.002},
     }, name="emulated")
-    result = run_devices(sc, tmp_path / "run", emulate=True)
+    result = run_scenario(sc, tmp_path / "run", backend="devices", emulate=True)
     trace = result.trace
     applied = trace.fate == APPLIED
     compute = (trace.t_compute_end - trace.t_compute_start)[applied]

@@ -10,7 +10,7 @@ import pytest
 
 ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it (.[test,ray])
 
-from asgd_sim.scenario import scenario_from_dict  # noqa: E402
+from asgd_sim.scenario.files import scenario_from_dict  # noqa: E402
 from asgd_sim.trace import APPLIED, CANCELLED, Trace  # noqa: E402
 
 from test_backend_devices import check_trace, replay_max_diff  # noqa: E402
@@ -26,7 +26,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_path: Path) -> None:
-    from asgd_sim.backends.ray_backend import run_ray
+    from asgd_sim.runner import run_scenario
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 1000, "eval_every": 250},
@@ -41,7 +41,7 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
         threading.Timer(0.5, kill).start()
 
     out = tmp_path / "run"
-    result = run_ray(sc, out, emulate=True, on_start=kill_one)
+    result = run_scenario(sc, out, backend="ray", emulate=True, on_start=kill_one)
     assert killed.is_set()
     assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 1000
     trace = Trace.load(out)
@@ -58,14 +58,14 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
 
 @pytest.mark.slow
 def test_ray_runs_sync_rounds(local_ray, tmp_path: Path) -> None:
-    from asgd_sim.backends.ray_backend import run_ray
+    from asgd_sim.runner import run_scenario
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 40, "eval_every": 20},
         "workers": [{"count": 3, "compute": 0.005}], "algorithm": {"kind": "sync", "backup": 1},
         "server": {"shards": 2, "lock": "global"},
     }, name="ray-sync")
-    result = run_ray(sc, tmp_path / "run")
+    result = run_scenario(sc, tmp_path / "run", backend="ray")
     trace = result.trace
     check_trace(trace)
     assert np.all(np.diff(trace.member_offsets) == 2) and np.all(trace.staleness[trace.fate == APPLIED] == 0)
@@ -81,8 +81,8 @@ def test_ray_shards_are_actors_checkpoint_resume_and_replay_exactly(local_ray, t
     # states and updates live in its own actor.
     import os
 
-    from asgd_sim.backends.ray_backend import run_ray
-    from asgd_sim.checkpoint import load_checkpoint
+    from asgd_sim.runner import run_scenario
+    from asgd_sim.backends.checkpoint import load_checkpoint
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 130, "eval_every": 40},
@@ -90,7 +90,7 @@ def test_ray_shards_are_actors_checkpoint_resume_and_replay_exactly(local_ray, t
         "optimizer": {"name": "adam", "learning_rate": 0.01},
     }, name="ray-shards")
     out = tmp_path / "run"
-    result = run_ray(sc, out)
+    result = run_scenario(sc, out, backend="ray")
     assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 130
     trace = Trace.load(out)
     check_trace(trace)
@@ -108,7 +108,7 @@ def test_ray_shards_are_actors_checkpoint_resume_and_replay_exactly(local_ray, t
     ckpt = load_checkpoint(out)
     assert ckpt.updates == 120 and min(ckpt.versions) == 120 and len(ckpt.state_leaves[1]) > 1
 
-    resumed = run_ray(sc, out, resume=True)  # from the checkpoint at 120 (its Adam states included)
+    resumed = run_scenario(sc, out, backend="ray", resume=True)  # from the checkpoint at 120 (its Adam states included)
     assert resumed.summary["backend"]["resumed_from"]["updates"] == 120 and resumed.summary["updates"] == 130
     trace = Trace.load(out)
     check_trace(trace)
@@ -121,7 +121,7 @@ def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp
     # send their read rows to the shard actors with the gradient chunks. The replay recomputes
     # every update from the trace's read versions, so it matches only if each actor used the
     # rows the gradient really read.
-    from asgd_sim.backends.ray_backend import run_ray
+    from asgd_sim.runner import run_scenario
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 90, "eval_every": 30},
@@ -129,7 +129,7 @@ def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp
         "optimizer": {"name": "sgd", "learning_rate": 0.5, "dc_lambda": 2.0},
     }, name="ray-dc")
     out = tmp_path / "run"
-    result = run_ray(sc, out)
+    result = run_scenario(sc, out, backend="ray")
     assert result.summary["updates"] == 90 and not result.summary["diverged"]
     trace = Trace.load(out)
     check_trace(trace)
@@ -139,7 +139,7 @@ def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp
     # The compensation mattered: the same schedule without it ends elsewhere.
     from jax.flatten_util import ravel_pytree
 
-    from asgd_sim.simulate import replay
+    from asgd_sim.runner import replay
 
     real = np.load(out / "final_params.npy")
     plain = float(np.abs(real - np.asarray(ravel_pytree(replay(out, ["optimizer.dc_lambda=0"]).params)[0])).max())

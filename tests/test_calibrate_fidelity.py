@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asgd_sim.calibrate import calibrate_run, fit_distribution, lock_handoffs
+from asgd_sim.studies.calibrate import calibrate_run, fit_distribution, lock_handoffs
 from asgd_sim.cli import main
-from asgd_sim.distributions import Constant, Exponential, Gamma, LogNormal, ShiftedExponential
-from asgd_sim.engine import simulate_timing
-from asgd_sim.runner import run_timing
-from asgd_sim.scenario import load_scenario, scenario_from_dict
+from asgd_sim.scenario.distributions import Constant, Exponential, Gamma, LogNormal, ShiftedExponential
+from asgd_sim.timing.engine import simulate_timing
+from asgd_sim.runner import run_scenario
+from asgd_sim.scenario.files import load_scenario, scenario_from_dict
 
 from conftest import group, make_scenario  # noqa: E402
 from test_backend_devices import ROOT, forced_env  # noqa: E402
@@ -59,7 +59,7 @@ TRUTH = {
 def test_calibration_of_a_known_cluster_recovers_it(tmp_path: Path) -> None:
     """A simulated run stands in for a real one whose truth we know."""
     run_dir = tmp_path / "run"
-    run_timing(scenario_from_dict(TRUTH, name="truth"), run_dir)
+    run_scenario(scenario_from_dict(TRUTH, name="truth"), run_dir, timing_only=True)
     assert main(["calibrate", str(run_dir), "--out", str(tmp_path / "cal.toml"), "--quiet"]) == 0
     cal = load_scenario(tmp_path / "cal.toml")
     assert [g.count for g in cal.workers] == [1, 1, 1, 1]
@@ -95,7 +95,7 @@ def test_calibration_recovers_a_lock_bound_servers_handoff(tmp_path: Path) -> No
              "network": {"latency": 0.0001, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
              "server": {"apply_time": 0.0005, "lock_handoff": {"dist": "lognormal", "mean": 0.0003, "cv": 0.5}}}
     run_dir = tmp_path / "run"
-    run_timing(scenario_from_dict(truth, name="lock-bound"), run_dir)
+    run_scenario(scenario_from_dict(truth, name="lock-bound"), run_dir, timing_only=True)
     cal, _ = calibrate_run(run_dir)
     assert cal.server.lock_handoff.mean == pytest.approx(0.0003, rel=0.05)
     assert cal.server.lock_handoff.cv == pytest.approx(0.5, rel=0.15)
@@ -105,7 +105,7 @@ def test_calibration_recovers_a_lock_bound_servers_handoff(tmp_path: Path) -> No
 
 def test_fidelity_of_a_simulated_run_against_itself(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
-    run_timing(scenario_from_dict(TRUTH, name="truth"), run_dir)
+    run_scenario(scenario_from_dict(TRUTH, name="truth"), run_dir, timing_only=True)
     assert main(["fidelity", str(run_dir), "--timing-only", "--seeds", "3"]) == 0
     table = capsys.readouterr().out
     assert "throughput (updates/s)" in table and "staleness KS distance" in table
@@ -145,7 +145,7 @@ name = "logreg"
     done = subprocess.run([sys.executable, "-m", "asgd_sim.cli", "run", str(scenario), "--backend", "devices", "--emulate",
                            "--out", str(run_dir), "--quiet"], env=forced_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    from asgd_sim.fidelity import fidelity
+    from asgd_sim.studies.fidelity import fidelity
 
     report = fidelity(run_dir, seeds=3, numerics=True)
     assert report["throughput_error"] <= 0.05, report["table"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from asgd_sim.cli import main
-from asgd_sim.scenario import load_scenario
+from asgd_sim.scenario.files import load_scenario
 from asgd_sim.trace import APPLIED, Trace
 
 SCENARIO = """

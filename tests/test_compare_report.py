@@ -14,8 +14,8 @@ import pytest
 
 import asgd_sim
 from asgd_sim.cli import main
-from asgd_sim.compare import band, compare, format_table, mean_ci, pick_winner
-from asgd_sim.report import write_report
+from asgd_sim.studies.compare import band, compare, format_table, mean_ci, pick_winner
+from asgd_sim.studies.report import write_report
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 

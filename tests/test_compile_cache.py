@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PROBE = ("import jax; from asgd_sim.numerics import enable_compilation_cache; enable_compilation_cache(); "
+PROBE = ("import jax; from asgd_sim.numerics.compile_cache import enable_compilation_cache; enable_compilation_cache(); "
          "print(jax.config.jax_compilation_cache_dir)")
 
 

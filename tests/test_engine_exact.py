@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asgd_sim.config import Failures
-from asgd_sim.distributions import Exponential
-from asgd_sim.engine import simulate_timing
+from asgd_sim.scenario.config import Failures
+from asgd_sim.scenario.distributions import Exponential
+from asgd_sim.timing.engine import simulate_timing
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING
 
 from conftest import INF, applied_order, group, make_scenario, rows

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgd_sim.config import ALGORITHMS, Failures, Pipeline, Rack, Slowdown
-from asgd_sim.distributions import Constant, Exponential, Gamma, LogNormal, Pareto, ShiftedExponential, Uniform
-from asgd_sim.engine import TimingEngine, simulate_timing
+from asgd_sim.scenario.config import ALGORITHMS, Failures, Pipeline, Rack, Slowdown
+from asgd_sim.scenario.distributions import Constant, Exponential, Gamma, LogNormal, Pareto, ShiftedExponential, Uniform
+from asgd_sim.timing.engine import TimingEngine, simulate_timing
 from asgd_sim.runner import run_timing
-from asgd_sim.timeline import SERVER_PID, WORKERS_PID, write_timeline
+from asgd_sim.results.timeline import SERVER_PID, WORKERS_PID, write_timeline
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
 from conftest import INF, group, make_scenario
@@ -33,7 +33,7 @@ def test_summary_counts_logical_updates_the_slowest_shards_version() -> None:
     # Shard 0 has landed three updates, shard 1 two (its third was still in flight at the stop):
     # two logical updates happened. (Counting shard 0's rows said 3: a resumed real run reported
     # 131 updates for until_updates = 130.)
-    from asgd_sim.summary import summarize_trace
+    from asgd_sim.results.summary import summarize_trace
     from asgd_sim.trace import TraceBuilder
 
     builder = TraceBuilder(2)
@@ -315,13 +315,13 @@ def test_timeline_is_chrome_trace(tmp_path) -> None:
 
 def test_summary_fields_consistent() -> None:
     sc = _mixed_scenario()
-    result, summary = run_timing(sc)
-    tr = result.trace
+    result = run_timing(sc)
+    summary, tr = result.summary, result.trace
     for key in ("updates", "gradients", "gradients_total", "dropped", "cancelled", "in_flight", "sim_time",
                 "updates_per_s", "gradients_per_s", "staleness", "lock_wait_mean", "lock_wait_p95", "per_worker",
                 "scenario", "algorithm", "workers", "stopped", "wall_time_s"):
         assert key in summary
-    assert summary["updates"] == 400 == result.updates
+    assert summary["updates"] == 400
     assert summary["updates_per_s"] * summary["sim_time"] == pytest.approx(summary["updates"], rel=1e-12)
     assert summary["gradients"] == int((tr.fate == APPLIED).sum())
     assert summary["dropped"] == int((tr.fate == DROPPED).sum()) > 0
@@ -337,9 +337,11 @@ def test_summary_fields_consistent() -> None:
         assert 0.0 <= p["busy_fraction"] <= 1.0
     # Busy time is compute actually done by the end: never more than the recorded compute spans
     # clipped to the run (cancelled computes are cut, the one in progress counts up to the end).
-    spans = np.nan_to_num(np.minimum(tr.t_compute_end, result.sim_time) - tr.t_compute_start)
+    timing = simulate_timing(sc)  # the engine's own busy times, for the same seeded run
+    assert timing.trace.equals(tr)
+    spans = np.nan_to_num(np.minimum(tr.t_compute_end, timing.sim_time) - tr.t_compute_start)
     per_worker = np.bincount(tr.worker, weights=spans, minlength=5)
-    assert result.busy == pytest.approx(per_worker, abs=1e-9)
+    assert timing.busy == pytest.approx(per_worker, abs=1e-9)
 
 
 # --- algorithm bookkeeping ----------------------------------------------------------------------
@@ -488,8 +490,8 @@ def test_lock_wait_excludes_the_sync_barrier() -> None:
     # push, then one update holds the lock. Nobody else wants the lock then, so the update's lock
     # wait (request -> lock) is 0, while the fast workers wait 2 s and 1 s at the barrier.
     sc = make_scenario(group(1.0), group(2.0), group(3.0), kind="sync", updates=3, apply=0.25)
-    result, summary = run_timing(sc)
-    tr = result.trace
+    result = run_timing(sc)
+    summary, tr = result.summary, result.trace
     assert (tr.u_lock == tr.u_request).all()
     assert summary["lock_wait_mean"] == 0.0
     # Round 1: arrivals 1, 2, 3; the update requested at 3. Server wait = (2 + 1 + 0) / 3 per gradient.

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asgd_sim import theory
-from asgd_sim.distributions import Constant, Exponential, LogNormal, Pareto, ShiftedExponential, Uniform
-from asgd_sim.engine import simulate_timing
-from asgd_sim.summary import summarize_trace
+from asgd_sim.validation import theory
+from asgd_sim.scenario.distributions import Constant, Exponential, LogNormal, Pareto, ShiftedExponential, Uniform
+from asgd_sim.timing.engine import simulate_timing
+from asgd_sim.results.summary import summarize_trace
 from asgd_sim.trace import APPLIED, PENDING
 
 from conftest import applied_order, group, make_scenario

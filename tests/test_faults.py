@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asgd_sim.scenario import scenario_from_dict
+from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.trace import APPLIED, CANCELLED, Trace
 
 from test_backend_devices import check_trace, forced_env, replay_max_diff  # noqa: E402
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_crashing_worker_does_not_stop_training(tmp_path: Path) -> None:
-    from asgd_sim.backends.devices import run_devices
+    from asgd_sim.runner import run_scenario
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 150, "eval_every": 50},
@@ -36,7 +36,7 @@ def test_a_crashing_worker_does_not_stop_training(tmp_path: Path) -> None:
             raise RuntimeError(f"boom in worker {worker}")
 
     out = tmp_path / "run"
-    result = run_devices(sc, out, emulate=True, inject=inject)
+    result = run_scenario(sc, out, backend="devices", emulate=True, inject=inject)
     assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 150
     failures = Trace.load(out).meta["failures"]  # the trace records every failure
     assert sorted((f["worker"], f["error"].split(":")[0]) for f in failures) == [(1, "RuntimeError"), (3, "RuntimeError"), (3, "WorkerCrash")]
@@ -61,8 +61,8 @@ def test_a_crashing_worker_does_not_stop_training(tmp_path: Path) -> None:
 
 def test_a_checkpoint_is_a_consistent_cut(tmp_path: Path) -> None:
     """The checkpoint's trace replayed from scratch gives exactly the checkpoint's parameters."""
-    from asgd_sim.backends.devices import run_devices
-    from asgd_sim.checkpoint import load_checkpoint
+    from asgd_sim.runner import run_scenario
+    from asgd_sim.backends.checkpoint import load_checkpoint
 
     sc = scenario_from_dict({
         "model": {"name": "logreg"}, "run": {"until_updates": 130, "eval_every": 1000},
@@ -70,7 +70,7 @@ def test_a_checkpoint_is_a_consistent_cut(tmp_path: Path) -> None:
         "optimizer": {"name": "adam", "learning_rate": 0.01},
     }, name="ckpt")
     out = tmp_path / "run"
-    result = run_devices(sc, out, emulate=True)
+    result = run_scenario(sc, out, backend="devices", emulate=True)
     assert result.summary["backend"]["checkpoints"][-1] == 120
     ckpt = load_checkpoint(out)
     assert ckpt.updates == 120 and ckpt.versions == [120] and ckpt.trace.num_update_rows == 120

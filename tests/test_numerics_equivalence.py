@@ -21,10 +21,11 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from asgd_sim import theory
+from asgd_sim.validation import theory
 from asgd_sim.errors import ScenarioError
-from asgd_sim.problems import build_problem
-from asgd_sim.simulate import replay, simulate, write_result
+from asgd_sim.numerics.problems import build_problem
+from asgd_sim.results.folder import write_run
+from asgd_sim.runner import replay, simulate
 from asgd_sim.trace import APPLIED
 
 from numerics_scenarios import EXP1, INF, LOGREG, MLP32, ideal_scenario, quadratic
@@ -190,7 +191,7 @@ def test_replay_reproduces_the_run(tmp_path) -> None:
     sc = scenario(LOGREG, run={"until_updates": 200, "eval_every": 50, "seed": 5}, workers=[{"count": 4, "compute": EXP1}],
                   network={"latency": 0.01}, optimizer={"learning_rate": 0.1})
     original = simulate(sc)
-    write_result(original, tmp_path / "run")
+    write_run(original, tmp_path / "run")
     again = replay(tmp_path / "run")
     np.testing.assert_array_equal(flat(again.params), flat(original.params))
     for key, values in original.metrics.items():
@@ -307,7 +308,7 @@ def test_nan_divergence_ends_cleanly(tmp_path) -> None:
     assert result.metrics["update"][-1] == result.summary["updates"] == result.trace.num_update_rows
     assert result.metrics["sim_time"][-1] == result.summary["sim_time"] == result.trace.u_applied[-1]
     assert result.summary["diverged_at_update"] <= result.summary["updates"]
-    write_result(result, tmp_path)
+    write_run(result, tmp_path)
     with (tmp_path / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["update"] == "0" and len(rows) == len(result.metrics["update"])
@@ -357,7 +358,7 @@ def test_target_accuracy_stops_the_run() -> None:
 def test_metrics_at_update_zero_are_the_starting_parameters() -> None:
     # The evaluation at update 0 runs after the first waves were dispatched (so that it compiles
     # alongside them), from a copy of the starting parameters: it must not see any update.
-    from asgd_sim.numerics import NumericsEngine
+    from asgd_sim.numerics.engine import NumericsEngine
 
     sc = scenario(MLP32, run={"until_updates": 120, "eval_every": 60, "seed": 5}, workers=[{"count": 4, "compute": EXP1}])
     result = simulate(sc)

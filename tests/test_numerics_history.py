@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from asgd_sim import numerics as numerics_module
-from asgd_sim.engine import TimingEngine
-from asgd_sim.numerics import Metrics, NumericsEngine, drive
+from asgd_sim.numerics import engine as numerics_module
+from asgd_sim.timing.engine import TimingEngine
+from asgd_sim.numerics.engine import NumericsEngine
+from asgd_sim.numerics.stream import Metrics, drive
 
 from numerics_scenarios import EXP1, ideal_scenario, quadratic
 

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asgd_sim import theory
-from asgd_sim.scenario import scenario_from_dict
-from asgd_sim.simulate import Result, simulate, write_result
+from asgd_sim.validation import theory
+from asgd_sim.scenario.files import scenario_from_dict
+from asgd_sim.results.folder import write_run
+from asgd_sim.results.result import Result
+from asgd_sim.runner import simulate
 from asgd_sim.trace import APPLIED
 
 M = 8
@@ -38,7 +40,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
     }, name="learning")
     result = simulate(sc)
     out = tmp_path_factory.mktemp("learning") / "run"
-    write_result(result, out)
+    write_run(result, out)
     return result, out
 
 

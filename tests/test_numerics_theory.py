@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from asgd_sim import theory
-from asgd_sim.engine import TimingEngine, simulate_timing
-from asgd_sim.numerics import Metrics, NumericsEngine, drive
-from asgd_sim.problems import build_problem
-from asgd_sim.simulate import simulate
+from asgd_sim.validation import theory
+from asgd_sim.timing.engine import TimingEngine, simulate_timing
+from asgd_sim.numerics.engine import NumericsEngine
+from asgd_sim.numerics.stream import Metrics, drive
+from asgd_sim.numerics.problems import build_problem
+from asgd_sim.runner import simulate
 from asgd_sim.trace import APPLIED
 
 from numerics_scenarios import EXP1, MLP32, ideal_scenario, quadratic
@@ -338,7 +339,7 @@ the run seed); the test checks that each worker's batches hold only its own row.
 import jax.numpy as jnp
 import numpy as np
 
-from asgd_sim.data import data_rng, partition_indices
+from asgd_sim.numerics.data import data_rng, partition_indices
 
 LAMS = {lams!r}
 CS = {cs!r}

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgd_sim.config import DataConfig, ModelConfig, RunConfig, Scenario
-from asgd_sim.data import data_rng, load_dataset, partition_indices
+from asgd_sim.scenario.config import DataConfig, ModelConfig, RunConfig, Scenario
+from asgd_sim.numerics.data import data_rng, load_dataset, partition_indices
 from asgd_sim.errors import ScenarioError
-from asgd_sim.problems import _scaled_normals, build_problem
+from asgd_sim.numerics.problems import _scaled_normals, build_problem
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from asgd_sim.config import DataConfig, ModelConfig, OptimizerConfig, Scenario
+from asgd_sim.scenario.config import DataConfig, ModelConfig, OptimizerConfig, Scenario
 from asgd_sim.errors import ScenarioError
-from asgd_sim.problems import build_problem
-from asgd_sim.rules import dc_compensate, make_server_rule, staleness_factor
+from asgd_sim.numerics.problems import build_problem
+from asgd_sim.numerics.rules import dc_compensate, make_server_rule, staleness_factor
 
 RNG = np.random.default_rng(0)
 PARAMS = {"a": RNG.normal(size=(3, 2)).astype(np.float32), "b": RNG.normal(size=4).astype(np.float32)}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from asgd_sim.config import Scenario, Slowdown
-from asgd_sim.distributions import Constant, Empirical, Exponential, LogNormal
+from asgd_sim.scenario.config import Scenario, Slowdown
+from asgd_sim.scenario.distributions import Constant, Empirical, Exponential, LogNormal
 from asgd_sim.errors import ScenarioError
-from asgd_sim.scenario import (
+from asgd_sim.scenario.files import (
     apply_overrides,
     dump_scenario,
     dumps_scenario,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from asgd_sim.errors import ScenarioError
-from asgd_sim.scenario import load_scenario, scenario_from_dict
+from asgd_sim.scenario.files import load_scenario, scenario_from_dict
 
 TWO_GROUPS = '[[workers]]\nname = "a"\n[[workers]]\nname = "b"\n'
 

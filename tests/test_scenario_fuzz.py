@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgd_sim import _validate as V
-from asgd_sim.config import ALGORITHMS, LOCKS, Scenario
-from asgd_sim.distributions import DISTRIBUTIONS
+from asgd_sim.scenario import schema as V
+from asgd_sim.scenario.config import ALGORITHMS, LOCKS, Scenario
+from asgd_sim.scenario.distributions import DISTRIBUTIONS
 from asgd_sim.errors import ScenarioError
-from asgd_sim.scenario import dumps_scenario, load_scenario, scenario_from_dict, scenario_to_dict
+from asgd_sim.scenario.files import dumps_scenario, load_scenario, scenario_from_dict, scenario_to_dict
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -17,8 +17,8 @@ import pytest
 
 from asgd_sim.cli import _parser
 from asgd_sim.runner import run_timing
-from asgd_sim.scenario import load_scenario
-from asgd_sim.sweep import plan_sweep
+from asgd_sim.scenario.files import load_scenario
+from asgd_sim.studies.sweep import plan_sweep
 
 ROOT = Path(__file__).parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -83,10 +83,10 @@ def test_header_states_question_and_what_to_look_at(path: Path) -> None:
 def test_scenario_runs_shortened(path: Path) -> None:
     scenario = load_scenario(path, SHORT)
     if is_timing_question(path):
-        timing, summary = run_timing(scenario)
-        assert summary["updates"] == 60 and timing.stopped == "until_updates"
+        summary = run_timing(scenario).summary
+        assert summary["updates"] == 60 and summary["stopped"] == "until_updates"
         return
-    from asgd_sim.simulate import simulate
+    from asgd_sim.runner import simulate
 
     result = simulate(scenario)
     summary = result.summary

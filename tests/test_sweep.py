@@ -16,7 +16,7 @@ import pytest
 import asgd_sim
 from asgd_sim.cli import main
 from asgd_sim.errors import ScenarioError
-from asgd_sim.sweep import parse_grid, parse_variant, plan_sweep, split_top_level
+from asgd_sim.studies.sweep import parse_grid, parse_variant, plan_sweep, split_top_level
 
 TINY = """
 # A tiny timing scenario: 3 workers, 150 updates.

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from asgd_sim import theory as th
+from asgd_sim.validation import theory as th
 
 # --- small independent simulators (plain numpy / heapq) --------------------------------------
 

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from asgd_sim import theory
+from asgd_sim.validation import theory
 from asgd_sim.cli import main
-from asgd_sim.validate import checks, resolve_params, select, verdict
+from asgd_sim.validation.framework import checks, resolve_params, select, verdict
 
 
 def rows_of(out) -> list[dict]:

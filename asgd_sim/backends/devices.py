@@ -21,16 +21,18 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from ..config import Scenario
+from ..scenario.config import Scenario
 from ..errors import ScenarioError
-from ..problems import build_problem
-from ..workers import build_workers
-from .results import finish_real_run, write_real_result
+from ..numerics.problems import build_problem
+from ..timing.workers import build_workers
+from ..trace import trace_meta
+from .finish import finish_real_run
 from .server import Clock, Layout, RealServer, check_supported
 from .worker import WorkerHooks, run_worker
 
@@ -41,7 +43,7 @@ POLL_S = 0.02
 
 def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: bool = False, resume: bool = False,
                 devices: list[Any] | None = None, inject: Callable[[int, int], None] | None = None,
-                stall_after: float | None = None, show_progress: bool = False) -> Any:
+                stall_after: float | None = None, progress: Callable[[int, float], None] | None = None) -> Any:
     """Run ``scenario`` for real on JAX devices; returns a `simulate.Result` (and writes ``out``).
 
     ``resume`` continues the run in ``out`` from its last checkpoint. ``inject(worker, k)`` is
@@ -49,9 +51,9 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
     ``stall_after`` seconds while no worker is due to restart stops as "stalled" (a sync barrier
     waiting for a worker that is down for good).
     """
-    from ..checkpoint import CheckpointWriter, load_checkpoint
-    from ..numerics import enable_compilation_cache
-    from ..scenario import dump_scenario
+    from .checkpoint import CheckpointWriter, load_checkpoint
+    from ..numerics.compile_cache import enable_compilation_cache
+    from ..results.folder import start_run_folder
 
     check_supported(scenario, "devices")
     sc = scenario
@@ -73,8 +75,7 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
         jax.block_until_ready(grad(jax.device_put(tuple(layout.initial), dev), np.int32(0), np.int32(0)))
     server.warm_up()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_scenario(sc, out / "scenario.toml")
+        start_run_folder(sc, out)
     transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or problem.param_bytes) * sc.server.shards / sc.network.bandwidth
     states = build_workers(sc, sc.network.latency)
     threads = []
@@ -97,15 +98,14 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
     for thread in threads:
         thread.start()
     stall = stall_after if stall_after is not None else _default_stall(sc)
-    _supervise(server, threads, stall, show_progress)
+    _supervise(server, threads, stall, progress)
     for thread in threads:
         thread.join(timeout=10)
     wall = time.perf_counter() - started
     if writer is not None:
         writer.close()
     server.close()
-    meta = {"scenario": sc.name, "kind": sc.algorithm.kind, "workers": M, "stopped": server.stopped,
-            "sim_time": server.stop_time, "backend": "devices", "emulate": emulate, "failures": server.failures}
+    meta = trace_meta(sc, server.stopped, server.stop_time, backend="devices", emulate=emulate, failures=server.failures)
     if server.resumed_from is not None:
         meta["resumed_from"] = server.resumed_from
     trace = server.freeze(meta)
@@ -114,10 +114,7 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
                "checkpoints": writer.written if writer is not None else [],
                "checkpoint_errors": writer.errors if writer is not None else []}
     final_rows = server.final_rows()
-    result = finish_real_run(sc, layout, trace, server.snapshots, final_rows, server.stopped, server.stop_time, wall, backend)
-    if out is not None:
-        write_real_result(result, out, layout, final_rows)
-    return result
+    return finish_real_run(sc, layout, trace, server.snapshots, final_rows, server.stopped, server.stop_time, wall, backend)
 
 
 def _default_stall(sc: Scenario) -> float:
@@ -125,25 +122,20 @@ def _default_stall(sc: Scenario) -> float:
     return max(5.0, 50 * slowest)
 
 
-def _supervise(server: RealServer, threads: list[threading.Thread], stall: float, show_progress: bool) -> None:
+def _supervise(server: RealServer, threads: list[threading.Thread], stall: float,
+               update: Callable[[int, float], None] | None) -> None:
     """Wait for the run to end: its update or time limit, or a stall."""
-    from ..runner import progress_bar
-
-    update, close = progress_bar(server.until_updates if math.isfinite(server.until_updates) else float("inf"), "upd", show_progress)
-    try:
-        while not server.done.wait(POLL_S):
-            now = server.now()
-            if now >= server.until_time:
-                server.stop("until_time")
-                break
-            if update is not None:
-                update(server.updates, now)
-            if not any(t.is_alive() for t in threads):
-                server.stop("stalled")
-                break
-            restarting = any(f.get("restart_after") is not None and "restarted" not in f for f in server.failures)
-            if now - server.last_update_time > stall and not restarting:
-                server.stop("stalled")
-                break
-    finally:
-        close()
+    while not server.done.wait(POLL_S):
+        now = server.now()
+        if now >= server.until_time:
+            server.stop("until_time")
+            return
+        if update is not None:
+            update(server.updates, now)
+        if not any(t.is_alive() for t in threads):
+            server.stop("stalled")
+            return
+        restarting = any(f.get("restart_after") is not None and "restarted" not in f for f in server.failures)
+        if now - server.last_update_time > stall and not restarting:
+            server.stop("stalled")
+            return

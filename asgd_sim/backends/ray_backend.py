@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Scenario
+from ..scenario.config import Scenario
 from ..errors import ScenarioError
 from .server import check_supported
 from .shards import ShardHost
@@ -78,13 +78,13 @@ def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], address: str | None 
 
 
 def _scenario_dict(sc: Scenario) -> dict[str, Any]:
-    from ..scenario import scenario_to_dict
+    from ..scenario.files import scenario_to_dict
 
     return scenario_to_dict(sc)
 
 
 def _load(tree: dict[str, Any], name: str) -> Scenario:
-    from ..scenario import scenario_from_dict
+    from ..scenario.files import scenario_from_dict
 
     return scenario_from_dict(tree, name=name)
 
@@ -95,8 +95,8 @@ class _ServerHost:
 
     def __init__(self, tree: dict[str, Any], name: str, emulate: bool, out: str | None, resume: bool,
                  shards: list[Any]) -> None:
-        from ..checkpoint import CheckpointWriter, load_checkpoint
-        from ..problems import build_problem
+        from .checkpoint import CheckpointWriter, load_checkpoint
+        from ..numerics.problems import build_problem
         from .server import Clock, Layout, RealServer
         from .shards import ActorShards
 
@@ -168,12 +168,14 @@ class _ServerHost:
     def failures(self) -> list[dict[str, Any]]:
         return list(self.server.failures)
 
-    def results(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def results(self, extra: dict[str, Any]) -> dict[str, Any]:
+        from ..trace import trace_meta
+
         s = self.server
         if self.writer is not None:
             self.writer.close()
         s.close()
-        meta = {**meta, "stopped": s.stopped, "sim_time": s.stop_time, "failures": s.failures}
+        meta = trace_meta(self.sc, s.stopped, s.stop_time, **extra, failures=s.failures)
         if s.resumed_from is not None:
             meta["resumed_from"] = s.resumed_from
         return {
@@ -259,7 +261,7 @@ class _WorkerHost:
     def __init__(self, tree: dict[str, Any], name: str, wid: int, emulate: bool, server: Any, shards: list[Any]) -> None:
         import jax
 
-        from ..problems import build_problem
+        from ..numerics.problems import build_problem
         from .server import Layout
 
         self.sc = sc = _load(tree, name)
@@ -286,7 +288,7 @@ class _WorkerHost:
         import jax
         import ray
 
-        from ..workers import build_workers
+        from ..timing.workers import build_workers
         from .worker import WorkerHooks, run_worker
 
         sc = self.sc
@@ -308,14 +310,14 @@ class _WorkerHost:
 
 def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str | None = None, emulate: bool = False,
             resume: bool = False, num_cpus: int | None = None, on_start: Callable[[list[Any]], None] | None = None,
-            stall_after: float | None = None, show_progress: bool = False) -> Any:
+            stall_after: float | None = None, progress: Callable[[int, float], None] | None = None) -> Any:
     """Run ``scenario`` with Ray actors; returns a `simulate.Result` (and writes ``out``).
 
     ``on_start(worker_actors)`` is called once the workers run (tests kill one from there).
     """
-    from ..problems import build_problem
-    from ..scenario import dump_scenario
-    from .results import finish_real_run, write_real_result
+    from ..numerics.problems import build_problem
+    from ..results.folder import start_run_folder
+    from .finish import finish_real_run
     from .server import Layout
 
     check_supported(scenario, "ray")
@@ -325,8 +327,7 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
     ray = ensure_ray(address, num_cpus)
     out = Path(out) if out is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_scenario(sc, out / "scenario.toml")
+        start_run_folder(sc, out)
     tree, M = _scenario_dict(sc), sc.num_workers
     # One actor per shard (its row, optimizer state and updates; one call at a time, so no locks),
     # a threaded coordinator (algorithm, locks, trace, checkpoints), one actor per worker.
@@ -344,7 +345,7 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
         on_start(workers)
     stall = stall_after if stall_after is not None else max(5.0, 50 * max(g.compute.mean for g in sc.workers))
     restarts: list[tuple[float, int, Any]] = []  # (when, worker, ready) of pending restarts of dead actors
-    from ..workers import build_workers
+    from ..timing.workers import build_workers
 
     states = build_workers(sc, sc.network.latency)
     until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
@@ -380,15 +381,11 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
             break
     ray.wait(list(running), num_returns=len(running), timeout=10)
     wall = time.perf_counter() - started
-    meta = {"scenario": sc.name, "kind": sc.algorithm.kind, "workers": M, "backend": "ray", "emulate": emulate}
-    got = ray.get(server.results.remote(meta))
+    got = ray.get(server.results.remote({"backend": "ray", "emulate": emulate}))
     for actor in [*workers, server, *shards]:
         ray.kill(actor)
     layout = Layout(build_problem(sc, M), sc.server.shards, sc.run.seed)
     backend = {"name": "ray", "address": address or "local", "emulate": emulate, "failures": got["failures"],
                "resumed_from": got["resumed_from"], "checkpoints": got["checkpoints"],
                "server_pid": got["server_pid"], "shard_actors": got["shards"]}
-    result = finish_real_run(sc, layout, got["trace"], got["snapshots"], got["final_rows"], got["stopped"], got["stop_time"], wall, backend)
-    if out is not None:
-        write_real_result(result, out, layout, got["final_rows"])
-    return result
+    return finish_real_run(sc, layout, got["trace"], got["snapshots"], got["final_rows"], got["stopped"], got["stop_time"], wall, backend)

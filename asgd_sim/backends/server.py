@@ -49,11 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import Scenario
+from ..scenario.config import Scenario
 from ..errors import ScenarioError
-from ..rules import make_server_rule
+from ..numerics.rules import make_server_rule
 from ..trace import CANCELLED, PENDING, Trace, TraceBuilder
-from ..workers import SERVER, Sampler, stream
+from ..timing.workers import SERVER, Sampler, stream
 from .shards import LocalShards, ShardMath, ShardStore
 
 __all__ = ["Clock", "Layout", "Read", "RealServer", "REAL_ALGORITHMS", "check_supported", "members_width"]

@@ -147,8 +147,8 @@ class ShardHost:
     this actor, so they outlive any worker that reads them)."""
 
     def __init__(self, tree: dict[str, Any], name: str, index: int, keep_states: bool) -> None:
-        from ..rules import make_server_rule
-        from ..scenario import scenario_from_dict
+        from ..numerics.rules import make_server_rule
+        from ..scenario.files import scenario_from_dict
         from .server import members_width
 
         sc = scenario_from_dict(tree, name=name)

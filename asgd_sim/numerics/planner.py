@@ -1,0 +1,220 @@
+"""Host-side planning of the numerics engine: which update rows form each wave, which history
+slots they read and write, and the padded tables one device call takes.
+
+Mixed into `numerics.NumericsEngine` (which owns the state these methods read: the trace cursor
+``row``, the planned ``versions``, the history ``slots``, the gradient ``cache``). Everything here
+is numpy on the host; the device sees only the tables `_call_inputs` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..trace import CANCELLED, TraceBuilder
+
+if TYPE_CHECKING:
+    from .engine import NumericsEngine
+
+__all__ = ["WavePlanning"]
+
+
+def _bucket(n: int) -> int:
+    """The power of two >= n: few distinct shapes, so few compilations."""
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _col(column: Any, dtype: Any) -> np.ndarray:
+    # A temporary zero-copy view of an array.array column. Callers index it at once (a copy), so
+    # no view outlives the statement: array.array refuses to grow while a view exists.
+    return np.frombuffer(column, dtype=dtype)
+
+
+def _ends_call(now: int, before: int, eval_every: int, limit: float) -> bool:
+    """Whether reaching ``now`` logical updates (from ``before``) is an evaluation point or the limit."""
+    return now > before and (now % eval_every == 0 or now >= limit)
+
+
+def _gids_from(tr: TraceBuilder, row: int) -> np.ndarray:
+    """The gradients that the update rows from ``row`` on combine."""
+    return _col(tr.u_gid, np.int64)[int(_col(tr.u_offsets, np.int64)[row]):]
+
+
+class WavePlanning:
+    """The planning half of `NumericsEngine` (see the module docstring)."""
+
+    def _unsettled(self: NumericsEngine, tr: TraceBuilder, gids: np.ndarray) -> np.ndarray:
+        """Per gradient: whether a row not yet in the trace may still use it (its push is not
+        settled on every shard, and it was not cancelled)."""
+        return (_col(tr.resolved, np.int32)[gids] < self.S) & (_col(tr.fate, np.int8)[gids] != CANCELLED)
+
+    def _register(self: NumericsEngine, tr: TraceBuilder) -> None:
+        """Track new gradients; forget those settled on every shard (all their rows are in the
+        trace, so `_collect` finds them there) or cancelled."""
+        n = tr.num_gradients
+        if n > self.seen:
+            self.live = np.concatenate([self.live, np.arange(self.seen, n)])
+            self.seen = n
+        if self.live.size:
+            self.live = self.live[self._unsettled(tr, self.live)]
+
+    def _collect(self: NumericsEngine, tr: TraceBuilder, row: int, versions: np.ndarray) -> None:
+        """Free the history slots of every version no gradient can read any more.
+
+        Kept: each shard's newest version (``versions``; future pulls read it) and the versions
+        read by gradients that may still join an update row (`_register`) or that update rows
+        from ``row`` on use. Rows before ``row`` are planned: a wave reads its versions before any
+        later wave writes, so their slots may be reused.
+        """
+        self._register(tr)
+        gids = np.concatenate([self.live, _gids_from(tr, row)])
+        reads = _col(tr.read_version, np.int64).reshape(-1, self.S)[gids]
+        self.slots.collect([np.append(reads[:, s], versions[s]) for s in range(self.S)])
+
+    def make_room(self: NumericsEngine, tr: TraceBuilder, rows: int) -> None:
+        """At least ``rows`` free history slots per shard, collecting first and growing the
+        history (doubling: one recompilation) only when live versions fill most of it."""
+        if self.slots.free_slots() >= rows:
+            return
+        self._collect(tr, self.row, self.versions)
+        if self.slots.free_slots() < max(rows, self.slots.capacity // 4):
+            extra = self.slots.capacity
+            while self.slots.free_slots() + extra < max(rows, (self.slots.capacity + extra) // 4):
+                extra *= 2
+            self.slots.grow(self.slots.capacity + extra)
+            self.history = jnp.pad(self.history, ((0, extra), (0, 0), (0, 0)))  # the old scratch row becomes a free slot
+
+    def _rows_to_cut(self: NumericsEngine, tr: TraceBuilder, start: int, stop: int, eval_every: int, limit: float) -> int:
+        """How many rows from ``start`` (at most to ``stop``) until an evaluation point or the limit."""
+        versions, logical = self.versions.copy(), self.logical_updates()
+        for i, shard in enumerate(_col(tr.u_shard, np.int32)[start:stop]):
+            versions[shard] += 1
+            if _ends_call(int(versions.min()), logical, eval_every, limit):
+                return i + 1
+        return stop - start
+
+    def _plan(self: NumericsEngine, tr: TraceBuilder, eval_every: int, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy waves over the pending rows, with the history slots each reads and writes.
+
+        Returns the wave boundaries (row offsets from ``self.row``), the read slots of every
+        member ``[members, S]``, the write slot of every row, and the shard versions after the call.
+        """
+        S, R, start = self.S, self.max_rows, self.row
+        stop = min(tr.num_update_rows, start + self.waves_per_call * R)
+        offsets = _col(tr.u_offsets, np.int64)[start:stop + 1]
+        first = int(offsets[0])
+        gids = _col(tr.u_gid, np.int64)[first:offsets[-1]]
+        reads = _col(tr.read_version, np.int64).reshape(-1, S)[gids]
+        shard = _col(tr.u_shard, np.int32)[start:stop]
+        new_version = _col(tr.u_version, np.int64)[start:stop]
+        need = np.maximum.reduceat(reads, offsets[:-1] - first, axis=0)  # newest version each row reads
+        need_one = need[:, 0].tolist() if S == 1 else None
+        versions, logical = self.versions.copy(), self.logical_updates()
+        read_slots = np.zeros((len(gids), S), np.int32)
+        write_slots = np.zeros(stop - start, np.int32)
+        bounds, r, n, cut = [0], 0, stop - start, False
+        while r < n and len(bounds) <= self.waves_per_call and not cut:
+            if self.slots.free_slots() < R:
+                self._collect(tr, start + r, versions)
+                if self.slots.free_slots() < R:
+                    break  # the next call grows the history
+            w0 = r
+            if S == 1:  # the common case, on plain ints
+                base = now = int(versions[0])
+                while r < n and r - w0 < R and need_one[r] <= base:
+                    r, now = r + 1, now + 1
+                    if _ends_call(now, logical, eval_every, limit):
+                        cut = True
+                        break
+                versions[0] = now
+            else:
+                base = versions.copy()
+                while r < n and r - w0 < R and (need[r] <= base).all():
+                    versions[shard[r]] += 1
+                    r += 1
+                    if _ends_call(int(versions.min()), logical, eval_every, limit):
+                        cut = True
+                        break
+            if r == w0:
+                raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
+            # The versions this wave reads (before any of its writes), then the slots it writes.
+            m0, m1 = offsets[w0] - first, offsets[r] - first
+            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
+            for s in range(S):
+                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
+                write_slots[mine] = self.slots.store(s, new_version[mine])
+            bounds.append(r)
+        return np.array(bounds), read_slots, write_slots, versions
+
+    def _call_inputs(self: NumericsEngine, tr: TraceBuilder, start: int, bounds: np.ndarray, read_slots: np.ndarray,
+                     write_slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The padded arrays of `_waves_impl` for the planned waves (see its docstring)."""
+        S, W, rows = self.S, self.waves_per_call, int(bounds[-1])
+        offsets = _col(tr.u_offsets, np.int64)[start:start + rows + 1]
+        first = int(offsets[0])
+        m_gid = _col(tr.u_gid, np.int64)[first:offsets[-1]]
+        count = np.diff(offsets)
+        row_wave = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+        row_pos = np.arange(rows) - bounds[row_wave]
+        m_row = np.repeat(np.arange(rows), count)
+        m_pos = np.arange(len(m_gid)) - np.repeat(offsets[:-1] - first, count)
+        m_wave = row_wave[m_row]
+        if S == 1:  # a gradient is used by one update row only, and computed in its wave
+            u_member, u_wave, u_gid = np.arange(len(m_gid)), m_wave, m_gid
+            u_index = m_index = u_member - (offsets[bounds[:-1]] - first)[m_wave]
+            G = self.max_rows if self.members_max == 1 else _bucket(int(u_index.max()) + 1)
+            computed = np.ones(len(u_member), bool)
+            cache_ints = store_ints = None
+        else:  # once per wave for all its shard rows, and only if it is not waiting in the cache
+            _, u_member, inverse = np.unique(m_wave * tr.num_gradients + m_gid, return_index=True, return_inverse=True)
+            u_wave, u_gid = m_wave[u_member], m_gid[u_member]
+            cached, u_index, slot = self.cache.plan(u_wave, u_gid, self._used_after(tr, start + rows, m_wave, m_gid, u_gid))
+            computed = ~cached
+            G = _bucket(int(u_index[computed].max()) + 1) if computed.any() else 1
+            C = _bucket(int(u_index[cached].max()) + 1) if cached.any() else 1
+            cache_ints = np.full((W, C), self.cache.scratch, np.int32)
+            cache_ints[u_wave[cached], u_index[cached]] = slot[cached]
+            store_ints = np.full((W, G), self.cache.scratch, np.int32)
+            store_ints[u_wave[computed], u_index[computed]] = slot[computed]
+            m_index = np.where(cached, G + u_index, u_index)[inverse.reshape(-1)]
+        worker = _col(tr.worker, np.int32)
+        cw, ci, cg = u_wave[computed], u_index[computed], u_gid[computed]
+        grad_ints = np.zeros((W, G, S + 3), np.int32)
+        grad_ints[cw, ci, :S] = read_slots[u_member[computed]]
+        grad_ints[cw, ci, S] = worker[cg]
+        grad_ints[cw, ci, S + 1] = _col(tr.k, np.int64)[cg]
+        grad_ints[cw, ci, S + 2] = 1
+        shard = _col(tr.u_shard, np.int32)[start:start + rows]
+        row_ints = np.zeros((W, self.rows_per_wave, 3), np.int32)
+        row_ints[:, :, 1] = self.scratch
+        row_ints[row_wave, row_pos] = np.stack([shard, write_slots[:rows], np.ones(rows, np.int32)], axis=1)
+        m_shard = shard[m_row]
+        m_read = _col(tr.read_version, np.int64).reshape(-1, S)[m_gid, m_shard]
+        version = _col(tr.u_version, np.int64)[start:start + rows]
+        member_ints = np.zeros((W, self.rows_per_wave, self.members_max, 4), np.int32)
+        member_ints[m_wave, row_pos[m_row], m_pos] = np.stack(
+            [m_index, version[m_row] - 1 - m_read, worker[m_gid], read_slots[np.arange(len(m_gid)), m_shard]], axis=1)
+        weights = np.zeros((W, self.rows_per_wave, self.members_max), np.float32)
+        weights[m_wave, row_pos[m_row], m_pos] = _col(tr.u_weight, np.float64)[first:offsets[-1]]
+        return grad_ints, row_ints, member_ints, weights, cache_ints, store_ints
+
+    def _used_after(self: NumericsEngine, tr: TraceBuilder, end: int, m_wave: np.ndarray, m_gid: np.ndarray,
+                    u_gid: np.ndarray) -> Callable[[int, int], bool]:
+        """Whether gradient g (one of ``u_gid``) may be used by a row after wave w of the call
+        being planned: a later wave of it, a row of the trace after it (from row ``end``), or a
+        row not in the trace yet."""
+        order = np.lexsort((m_wave, m_gid))
+        last_wave = dict(zip(m_gid[order].tolist(), m_wave[order].tolist()))  # (the last write wins: the latest wave)
+        later = set(_gids_from(tr, end).tolist()) | set(u_gid[self._unsettled(tr, u_gid)].tolist())
+        return lambda gid, wave: last_wave[gid] > wave or gid in later
+
+    def _forget_settled(self: NumericsEngine, tr: TraceBuilder) -> None:
+        """Free the cached gradients that no row can use any more (settled on every shard, e.g.
+        dropped by the shards whose rows were still to come)."""
+        held = self.cache.held()
+        if held.size:
+            self.cache.forget(held[~self._unsettled(tr, held) & ~np.isin(held, _gids_from(tr, self.row))])

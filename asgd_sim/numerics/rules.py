@@ -1,0 +1,217 @@
+"""Server update rules: how the server turns the gradients of one update into new parameters.
+
+One server update combines G gradients (one for async, K for K-sync, ...; padded to a fixed G
+with weight-0 rows so shapes never change). For each gradient l, in the style of optax
+(factory captures hyperparameters, per-step inputs are keyword-only):
+
+1. DC-ASGD (Zheng et al. 2017, arXiv:1609.08326), when ``dc_lambda > 0``: compensate the delay
+   with the diagonal Hessian approximation g*g,  g_l <- g_l + lam * g_l*g_l*(w - w_bak_l), where
+   w is the server's current parameters and w_bak_l the ones gradient l was computed at. The
+   adaptive variant uses lam = dc_lambda / sqrt(MeanSquare + 1e-7) elementwise, with MeanSquare an
+   exponential moving average (rate 0.95) of g*g kept per worker, updated by the worker's gradient
+   before it is used (the paper's DC-ASGD-a).
+2. Scale by a staleness factor of tau_l (see `staleness_factor`).
+3. Sum weight_l * factor_l * g_l into one gradient (weights come from the trace: 1/K for a K-sync
+   average, 1 for async, 0 for padding; rows of weight 0 are ignored even if they hold NaN).
+4. Run any optax optimizer (optionally with an optax learning-rate schedule) on that gradient.
+
+Everything is a pure function of its inputs: jittable with static G and usable inside
+`jax.lax.scan`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..scenario.config import OptimizerConfig
+from ..errors import ScenarioError
+from ..errors import closest
+
+__all__ = [
+    "ServerRule",
+    "ServerState",
+    "STALENESS_RULES",
+    "make_server_rule",
+    "make_optimizer",
+    "staleness_factor",
+    "dc_compensate",
+]
+
+Params = Any
+STALENESS_RULES = ("none", "inverse", "poly", "adaptive")
+DC_MEAN_SQUARE_RATE = 0.95  # DC-ASGD-a's moving-average rate for MeanSquare (Zheng et al. 2017)
+DC_EPSILON = 1e-7  # DC-ASGD-a's epsilon under the square root (Zheng et al. 2017)
+
+
+class ServerState(NamedTuple):
+    opt_state: optax.OptState
+    mean_square: Params | None  # adaptive DC-ASGD: per leaf, [num_workers, *leaf.shape]; else None
+
+
+@dataclass(frozen=True)
+class ServerRule:
+    """``init(params) -> state``; ``apply(params, state, grads, *, weights, staleness, workers,
+    read_params) -> (params, state)``. `grads` and `read_params` have a leading axis G.
+    `needs_read_params`: whether `apply` uses `read_params` (DC-ASGD); pass None otherwise."""
+
+    init: Callable[[Params], ServerState]
+    apply: Callable[..., tuple[Params, ServerState]]
+    needs_read_params: bool
+
+
+def staleness_factor(rule: str, tau: jax.Array, num_workers: int, power: float = 0.5) -> jax.Array:
+    """The step multiplier for gradients of staleness `tau` (any shape), float32.
+
+    none: 1. inverse: 1/max(tau, 1), the alpha0/tau of Zhang et al. 2016 (arXiv:1511.05950), alpha0
+    at tau = 0. poly: 1/(1 + tau)^power. adaptive: min(1, num_workers/tau), Mishchenko et al. 2022
+    (arXiv:2206.07638), 1 at tau = 0.
+    """
+    tau = jnp.asarray(tau, jnp.float32)
+    if rule == "none":
+        return jnp.ones_like(tau)
+    if rule == "inverse":
+        return 1.0 / jnp.maximum(tau, 1.0)
+    if rule == "poly":
+        return (1.0 + tau) ** (-power)
+    if rule == "adaptive":
+        return jnp.minimum(1.0, num_workers / jnp.maximum(tau, 1.0))
+    raise _unknown("optimizer.staleness_rule", f"unknown staleness rule {rule!r}", rule, STALENESS_RULES)
+
+
+def dc_compensate(g: jax.Array, w: jax.Array, w_bak: jax.Array, lam: jax.Array | float) -> jax.Array:
+    """DC-ASGD's compensated gradient g + lam * g*g*(w - w_bak) (elementwise; THEORY.md C6)."""
+    return g + lam * g * g * (w - w_bak)
+
+
+def make_server_rule(opt: OptimizerConfig, num_workers: int) -> ServerRule:
+    """The server rule `opt` describes; validates it (ScenarioError) before returning."""
+    rule, power, lam0 = opt.staleness_rule, float(opt.staleness_power), float(opt.dc_lambda)
+    staleness_factor(rule, 0, num_workers, power)  # validates the rule's name
+    if power < 0:
+        raise ScenarioError("optimizer.staleness_power", f"= {power}: must be >= 0 (larger: smaller stale steps)")
+    if not lam0 >= 0:
+        raise ScenarioError("optimizer.dc_lambda", f"= {lam0}: must be >= 0 (0 turns DC-ASGD off)")
+    if num_workers < 1:
+        raise ValueError(f"num_workers = {num_workers}: must be >= 1")
+    tx = make_optimizer(opt)
+    use_dc, adaptive = lam0 > 0, lam0 > 0 and opt.dc_adaptive
+
+    def init(params: Params) -> ServerState:
+        mean_square = jax.tree.map(lambda p: jnp.zeros((num_workers, *jnp.shape(p)), jnp.result_type(p)), params) if adaptive else None
+        return ServerState(tx.init(params), mean_square)
+
+    def apply(
+        params: Params, state: ServerState, grads: Params, *,
+        weights: jax.Array, staleness: jax.Array, workers: jax.Array, read_params: Params | None = None,
+    ) -> tuple[Params, ServerState]:
+        weights = jnp.asarray(weights, jnp.float32)
+        live = weights > 0
+        mean_square = state.mean_square
+        if use_dc:
+            if read_params is None:
+                raise ValueError("DC-ASGD (optimizer.dc_lambda > 0) needs read_params, the parameters each gradient was computed at")
+            if adaptive:
+                lam, mean_square = _adaptive_lambda(lam0, mean_square, grads, workers, live)
+            else:
+                lam = jax.tree.map(lambda g: lam0, grads)
+            grads = jax.tree.map(lambda g, w_bak, l, w: dc_compensate(g, w[None], w_bak, l), grads, read_params, lam, params)
+        coef = jnp.where(live, weights * staleness_factor(rule, staleness, num_workers, power), 0.0)
+
+        def combine(g: jax.Array) -> jax.Array:
+            shape = (-1,) + (1,) * (g.ndim - 1)  # rows of weight 0 drop out, even NaN ones
+            return jnp.sum(jnp.where(live.reshape(shape), coef.reshape(shape) * g, 0.0), axis=0)
+
+        updates, opt_state = tx.update(jax.tree.map(combine, grads), state.opt_state, params)
+        return optax.apply_updates(params, updates), ServerState(opt_state, mean_square)
+
+    return ServerRule(init, apply, use_dc)
+
+
+def _adaptive_lambda(
+    lam0: float, mean_square: Params, grads: Params, workers: jax.Array, live: jax.Array
+) -> tuple[Params, Params]:
+    """Per-gradient lam = lam0/sqrt(MeanSquare_worker + eps) and the updated MeanSquare.
+
+    Rows are taken in order, so two gradients of one worker in one update both count.
+    """
+
+    def step(ms: Params, row: tuple[Params, jax.Array, jax.Array]) -> tuple[Params, Params]:
+        g, worker, alive = row
+        new = jax.tree.map(lambda m, gi: DC_MEAN_SQUARE_RATE * m[worker] + (1 - DC_MEAN_SQUARE_RATE) * gi * gi, ms, g)
+        ms = jax.tree.map(lambda m, n: m.at[worker].set(jnp.where(alive, n, m[worker])), ms, new)
+        return ms, jax.tree.map(lambda n: lam0 / jnp.sqrt(n + DC_EPSILON), new)
+
+    mean_square, lam = jax.lax.scan(step, mean_square, (grads, jnp.asarray(workers, jnp.int32), live))
+    return lam, mean_square
+
+
+def make_optimizer(opt: OptimizerConfig) -> optax.GradientTransformation:
+    """``getattr(optax, opt.name)(learning_rate=..., **opt.options)``, the rate possibly an optax
+    schedule ``getattr(optax, opt.schedule)(init_value=opt.learning_rate, **opt.schedule_options)``."""
+    if not opt.learning_rate > 0:
+        raise ScenarioError("optimizer.learning_rate", f"= {opt.learning_rate}: must be > 0")
+    learning_rate: Any = opt.learning_rate
+    if opt.schedule is not None:
+        learning_rate = _call_optax(opt.schedule, "schedule", "init_value", opt.learning_rate, opt.schedule_options)
+    tx = _call_optax(opt.name, "name", "learning_rate", learning_rate, opt.options)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ScenarioError("optimizer.name", f"optax.{opt.name} returned a {type(tx).__name__}, not an optimizer")
+    try:  # a one-coordinate probe: optimizers whose update needs more than (g, state, params) fail here
+        probe = jnp.zeros(1, jnp.float32)
+        tx.update(probe, tx.init(probe), probe)
+    except Exception as error:  # noqa: BLE001 - any failure means the server cannot drive it
+        raise ScenarioError("optimizer.name", f"optax.{opt.name} cannot run as a server rule, whose update passes only (gradient, state, params): {type(error).__name__}: {error}") from None
+    return tx
+
+
+def _call_optax(name: str, key: str, first: str, value: Any, options: dict[str, Any]) -> Any:
+    """Call optax.<name>(<first>=value, **options); errors name optimizer.<key>[_options]."""
+    kind = "optimizer" if key == "name" else "schedule"
+    options_path = "optimizer.options" if key == "name" else "optimizer.schedule_options"
+    fn = getattr(optax, name, None) if not name.startswith("_") else None
+    takes_first = callable(fn) and first in _parameters(fn)
+    if not takes_first:
+        choices = [n for n in dir(optax) if n[:1].islower() and callable(getattr(optax, n)) and first in _parameters(getattr(optax, n))]
+        why = f"optax.{name} takes no {first}, so it is no {kind}" if callable(fn) else f"{name!r} is not an optax {kind}"
+        raise _unknown(f"optimizer.{key}", why, name, choices)
+    if first in options:
+        source = "the rate comes from optimizer.learning_rate" if key == "name" else "the schedule starts at optimizer.learning_rate"
+        raise ScenarioError(f"{options_path}.{first}", f"{source}: remove it")
+    parameters = _parameters(fn)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for option in options:
+            if option not in parameters:
+                hint = closest(option, parameters)
+                raise ScenarioError(
+                    f"{options_path}.{option}",
+                    f"optax.{name} has no option {option!r}" + (f": did you mean {hint!r}?" if hint else "")
+                    + f" (its options: {', '.join(p for p in parameters if p != first)})",
+                )
+    try:
+        inspect.signature(fn).bind(**{first: value}, **options)
+    except TypeError as error:
+        raise ScenarioError(options_path, f"optax.{name}: {error}") from None
+    try:
+        return fn(**{first: value}, **options)
+    except (TypeError, ValueError) as error:
+        raise ScenarioError(options_path, f"optax.{name} rejected {dict(options)}: {error}") from None
+
+
+def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _unknown(path: str, message: str, name: str, choices: Any) -> ScenarioError:
+    hint = closest(name, choices)
+    listing = ", ".join(sorted(choices)[:16]) + (", ..." if len(choices) > 16 else "")
+    return ScenarioError(path, message + (f": did you mean {hint!r}?" if hint else "") + f" (choices: {listing})")

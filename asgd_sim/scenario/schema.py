@@ -1,0 +1,471 @@
+"""Validation: a raw scenario tree (plain dicts and lists, as TOML gives) -> the typed `Scenario`.
+
+Each section is a table ``key -> parser``. A parser turns one raw value into its typed value or
+raises `ScenarioError` naming the key path, the bad value, the rule and, where useful, the fix
+(STYLE.md 6). Rules that relate several keys run once their section (or the whole scenario) is
+built. Everything is checked here, at construction, so the engines never see a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    ALGORITHMS,
+    LOCKS,
+    AlgorithmConfig,
+    DataConfig,
+    Failures,
+    ModelConfig,
+    NetworkConfig,
+    OptimizerConfig,
+    Pipeline,
+    Rack,
+    RunConfig,
+    Scenario,
+    ServerConfig,
+    Slowdown,
+    WorkerGroup,
+)
+from .distributions import parse_distribution
+from ..errors import ScenarioError
+from ..errors import closest
+
+__all__ = ["build_scenario", "show", "join"]
+
+Parser = Callable[[Any, str, "Path | None"], Any]
+
+MODELS = ("quadratic", "least_squares", "logreg", "mlp", "cnn", "transformer")
+MODELS_NEEDING_DATA = ("logreg", "mlp", "cnn", "transformer")
+DATA_SETS = ("digits", "synthetic", "text", "none")
+PARTITIONS = ("iid", "dirichlet")
+LOCK_ORDERS = ("sorted", "random")
+STALENESS_RULES = ("none", "inverse", "poly", "adaptive")
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_TOML_SCALARS = (str, bool, int, float, datetime.date, datetime.time)  # datetime is a date
+
+
+# ---------------------------------------------------------------------------------- messages
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it (TOML spelling for booleans), cut short when long."""
+    text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def bad(path: str, value: Any, rule: str) -> ScenarioError:
+    return ScenarioError(path, f"= {show(value)}: {rule}")
+
+
+def _why(why: str) -> str:
+    return f" ({why})" if why else ""
+
+
+def _did_you_mean(word: Any, choices: Sequence[str]) -> str:
+    hint = closest(word, choices) if isinstance(word, str) else None
+    return f" (did you mean {hint!r}?)" if hint else ""
+
+
+def reject_unknown(table: dict[str, Any], allowed: Sequence[str], path: str) -> None:
+    for key in table:
+        if key not in allowed:
+            full = join(path, key)
+            hint = closest(key, allowed)
+            fix = f"did you mean {join(path, hint)!r}?" if hint else f"{path or 'the top level'} takes {', '.join(allowed)}"
+            raise ScenarioError(full, f"unknown key {full!r}; {fix}")
+
+
+# ---------------------------------------------------------------------------------- parsers
+
+
+def integer(low: int, why: str = "") -> Parser:
+    def parse(value: Any, path: str, base_dir: Path | None) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            hint = f" (write {int(value)}, not {value!r})" if isinstance(value, float) and value.is_integer() else ""
+            raise bad(path, value, f"must be an integer{hint}")
+        if value < low:
+            raise bad(path, value, f"must be an integer >= {low}{_why(why)}")
+        return int(value)
+
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False, inf: bool = False, why: str = "") -> Parser:
+    """A float in a range; an int is accepted (and stored as a float). ``inf``: +inf allowed."""
+    if low is not None and high is not None:
+        rule = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    elif low is not None:
+        rule = f"{'>' if open_low else '>='} {low:g}"
+    else:
+        rule = "a number"
+    rule = f"must be {rule}" + ("" if inf else " and finite") + _why(why)
+
+    def parse(value: Any, path: str, base_dir: Path | None) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad(path, value, f"must be a number{_why(why)}")
+        try:
+            x = float(value)
+        except OverflowError:
+            raise bad(path, value, "must be a finite number") from None
+        if math.isnan(x):
+            raise bad(path, value, f"must be a number, not NaN{_why(why)}")
+        above = low is None or (x > low if open_low else x >= low)
+        below = high is None or (x < high if open_high else x <= high)
+        if not (above and below and (inf or math.isfinite(x))):
+            raise bad(path, value, rule)
+        return x
+
+    return parse
+
+
+def boolean(value: Any, path: str, base_dir: Path | None) -> bool:
+    if not isinstance(value, bool):
+        raise bad(path, value, "must be true or false")
+    return value
+
+
+def choice(options: Sequence[str], what: str) -> Parser:
+    def parse(value: Any, path: str, base_dir: Path | None) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise bad(path, value, f"unknown {what}; choose one of {', '.join(options)}{_did_you_mean(value, options)}")
+        return value
+
+    return parse
+
+
+def text(value: Any, path: str, base_dir: Path | None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad(path, value, "must be a non-empty string")
+    return value
+
+
+def factory(value: Any, path: str, base_dir: Path | None) -> str:
+    if not isinstance(value, str) or not _FACTORY.fullmatch(value):
+        raise bad(path, value, "must be a 'pkg.module:factory' string (a dotted module path, ':', then a function name)")
+    return value
+
+
+def model_name(value: Any, path: str, base_dir: Path | None) -> str:
+    if isinstance(value, str) and (value in MODELS or _FACTORY.fullmatch(value)):
+        return value
+    if isinstance(value, str) and ":" in value:
+        return factory(value, path, base_dir)
+    raise bad(path, value, f"unknown model; choose one of {', '.join(MODELS)}, or name your own as 'pkg.module:factory'{_did_you_mean(value, MODELS)}")
+
+
+def dist(value: Any, path: str, base_dir: Path | None) -> Any:
+    return parse_distribution(value, path, base_dir)
+
+
+def list_of(item: Parser, *, nonempty: bool = False, what: str = "numbers") -> Parser:
+    def parse(value: Any, path: str, base_dir: Path | None) -> tuple[Any, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise bad(path, value, f"must be a list of {what}")
+        if nonempty and not value:
+            raise bad(path, value, f"must list at least one of {what}")
+        return tuple(item(v, f"{path}[{i}]", base_dir) for i, v in enumerate(value))
+
+    return parse
+
+
+def toml_table(value: Any, path: str, base_dir: Path | None) -> dict[str, Any]:
+    """Free-form options: any table TOML can hold (so the resolved scenario can be written)."""
+
+    def copy(v: Any, where: str) -> Any:
+        if isinstance(v, dict):
+            for key in v:
+                if not isinstance(key, str):
+                    raise bad(where, key, "table keys must be strings")
+            return {k: copy(x, join(where, k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [copy(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        if not isinstance(v, _TOML_SCALARS):
+            raise bad(where, v, "must be a TOML value (string, number, boolean, date, list or table)")
+        return v
+
+    if not isinstance(value, dict):
+        raise bad(path, value, "must be a table, e.g. { b1 = 0.9 }")
+    return copy(value, path)
+
+
+def eigenvalues(value: Any, path: str, base_dir: Path | None) -> Any:
+    """A spectrum: ``{min, max}`` (spread over dim) or an explicit list of positive values."""
+    positive = number(0, open_low=True, why="eigenvalues of a quadratic must be positive")
+    if isinstance(value, dict):
+        reject_unknown(value, ("min", "max"), path)
+        default = ModelConfig().eigenvalues
+        low = positive(value.get("min", default["min"]), f"{path}.min", base_dir)
+        high = positive(value.get("max", default["max"]), f"{path}.max", base_dir)
+        if high < low:
+            raise bad(f"{path}.max", high, f"must be >= min ({low!r}); swap them")
+        return {"min": low, "max": high}
+    if isinstance(value, (list, tuple)):
+        return list_of(positive, nonempty=True, what="positive eigenvalues")(value, path, base_dir)
+    raise bad(path, value, "must be a table { min = 0.1, max = 1.0 } or a list of positive eigenvalues")
+
+
+# ---------------------------------------------------------------------------------- sections
+
+Check = Callable[[Any, dict[str, Any], str], Any]  # (built object, raw table, path) -> object
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(path, value, "must be a table ({ key = value, ... }, or a [section] in the file)")
+    return value
+
+
+def build(cls: type, table: dict[str, Any], path: str, spec: dict[str, Parser], base_dir: Path | None, what: str) -> Any:
+    """Build dataclass ``cls`` from ``table``: unknown keys rejected, absent keys left default.
+
+    ``None`` (which TOML cannot write) counts as absent where the default is None; elsewhere the
+    parser rejects it with its usual message.
+    """
+    reject_unknown(table, tuple(spec), path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [k for k, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    kwargs = {}
+    for key, parse in spec.items():
+        value = table.get(key)
+        if key not in table or (value is None and fields[key].default is None):
+            if key in required:
+                raise ScenarioError(join(path, key), f"missing; {what} needs {', '.join(required)}")
+            continue
+        kwargs[key] = parse(value, join(path, key), base_dir)
+    return cls(**kwargs)
+
+
+def section(cls: type, spec: dict[str, Parser], what: str, check: Check | None = None) -> Parser:
+    def parse(value: Any, path: str, base_dir: Path | None) -> Any:
+        table = _table(value, path)
+        obj = build(cls, table, path, spec, base_dir, what)
+        return check(obj, table, path) if check else obj
+
+    return parse
+
+
+def array(item: Parser, toml_name: str, *, nonempty: bool = False) -> Parser:
+    """An array of tables, ``[[toml_name]]`` in a file; elements are at ``path[i]``."""
+
+    def parse(value: Any, path: str, base_dir: Path | None) -> tuple[Any, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise bad(path, value, f"must be an array of tables; write [[{toml_name}]] (double brackets) before each entry")
+        if nonempty and not value:
+            raise bad(path, value, f"needs at least one entry; add a [[{toml_name}]] table")
+        return tuple(item(v, f"{path}[{i}]", base_dir) for i, v in enumerate(value))
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------- rules
+
+
+def _check_slowdown(s: Slowdown, table: dict[str, Any], path: str) -> Slowdown:
+    if not s.end > s.start:
+        raise bad(f"{path}.end", s.end, f"must be > start ({s.start!r}); a slowdown covers [start, end) seconds")
+    return s
+
+
+def _slowdowns(value: Any, path: str, base_dir: Path | None) -> tuple[Slowdown, ...]:
+    windows = list_of(section(Slowdown, SLOWDOWN, "a slowdown", _check_slowdown), what="{ start, end, factor } tables")(value, path, base_dir)
+    order = sorted(range(len(windows)), key=lambda i: windows[i].start)
+    for i, j in zip(order, order[1:]):
+        if windows[j].start < windows[i].end:
+            a, b = windows[i], windows[j]
+            raise ScenarioError(
+                f"{path}[{j}]",
+                f"= [{b.start!r}, {b.end!r}): overlaps {path}[{i}] = [{a.start!r}, {a.end!r}); "
+                "windows of one group must not overlap (split them, multiplying the factors where they meet)",
+            )
+    return windows
+
+
+def _check_failures(f: Failures, table: dict[str, Any], path: str) -> Failures:
+    for i, (t0, t1) in enumerate(zip(f.at, f.at[1:])):
+        if not t1 > t0:
+            raise bad(f"{path}.at", list(f.at), f"must be sorted ascending without repeats (at[{i + 1}] = {t1!r} follows {t0!r})")
+    if f.at and f.mtbf is not None:
+        raise ScenarioError(path, "gives both 'at' (fixed crash times) and 'mtbf' (random crashes); keep one")
+    if f.restart_after is not None and f.mttr is not None:
+        raise ScenarioError(path, "gives both 'restart_after' (fixed down time) and 'mttr' (random down time); keep one")
+    return f
+
+
+def _check_pipeline(p: Pipeline, table: dict[str, Any], path: str) -> Pipeline:
+    if p.stage_weights and len(p.stage_weights) != p.stages:
+        raise bad(f"{path}.stage_weights", list(p.stage_weights), f"must give one weight per stage: {p.stages} (stages), not {len(p.stage_weights)}")
+    return p
+
+
+def _check_run(r: RunConfig, table: dict[str, Any], path: str) -> RunConfig:
+    if r.until_updates is None and r.until_time is None:
+        raise ScenarioError(path, "sets no stopping rule; give until_updates or until_time")
+    return r
+
+
+def _check_model(m: ModelConfig, table: dict[str, Any], path: str) -> ModelConfig:
+    if isinstance(m.eigenvalues, tuple):  # an explicit spectrum fixes the dimension
+        if "dim" not in table:
+            m = dataclasses.replace(m, dim=len(m.eigenvalues))
+        elif m.dim != len(m.eigenvalues):
+            raise bad(f"{path}.dim", m.dim, f"must equal the number of eigenvalues ({len(m.eigenvalues)}); drop dim or make them agree")
+    if m.width % m.heads:
+        raise bad(f"{path}.width", m.width, f"must be a multiple of heads ({m.heads}); each attention head gets width / heads dimensions")
+    return m
+
+
+def _check_scenario(s: Scenario) -> None:
+    for label, items in (("workers", s.workers), ("racks", s.racks)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise bad(f"{label}[{i}].name", item.name, f"duplicate name ({label}[{seen[item.name]}] has it too); give each [[{label}]] entry its own name")
+            seen[item.name] = i
+    racks = [r.name for r in s.racks]
+    for i, group in enumerate(s.workers):
+        if group.rack is not None and group.rack not in racks:
+            known = f"known racks: {', '.join(racks)}{_did_you_mean(group.rack, racks)}" if racks else f"no racks are defined; add [[racks]] with name = {group.rack!r}"
+            raise bad(f"workers[{i}].rack", group.rack, f"unknown rack; {known}")
+    n, a = s.num_workers, s.algorithm
+    if a.kind.startswith("k_") and a.k > n:
+        raise bad("algorithm.k", a.k, f"must be <= the number of workers ({n}) for kind = {a.kind!r}; lower k or add workers")
+    if a.backup > 0 and a.kind != "sync":
+        raise bad("algorithm.backup", a.backup, f"backup workers apply to kind = 'sync' only (this is {a.kind!r}); set backup = 0 or kind = 'sync'")
+    if a.backup >= n:
+        raise bad("algorithm.backup", a.backup, f"must be < the number of workers ({n}); sync waits for workers - backup gradients")
+    if s.data.name == "none" and s.model.name in MODELS_NEEDING_DATA:
+        raise bad("data.name", "none", f"model {s.model.name!r} trains on data; choose one of digits, synthetic, text (none is for quadratic and least_squares)")
+
+
+# ---------------------------------------------------------------------------------- the tree
+
+SLOWDOWN: dict[str, Parser] = {
+    "start": number(0, why="seconds of simulated time"),
+    "end": number(0, inf=True, why="seconds of simulated time; inf: until the end"),
+    "factor": number(0, open_low=True, why="compute-time multiplier; below 1 is a speed-up"),
+}
+FAILURES: dict[str, Parser] = {
+    "at": list_of(number(0, why="crash times in seconds"), what="crash times in seconds"),
+    "mtbf": number(0, open_low=True, why="mean seconds between failures"),
+    "restart_after": number(0, why="seconds down"),
+    "mttr": number(0, open_low=True, why="mean seconds to repair"),
+}
+PIPELINE: dict[str, Parser] = {
+    "stages": integer(1),
+    "microbatches": integer(1),
+    "activation_bytes": number(0, why="bytes per micro-batch per stage boundary"),
+    "stage_weights": list_of(number(0, open_low=True, why="relative stage cost"), what="positive stage weights"),
+}
+WORKER: dict[str, Parser] = {
+    "name": text,
+    "count": integer(1, why="workers in this group"),
+    "compute": dist,
+    "stagger": number(0, why="seconds between the starts of the group's workers"),
+    "slowdowns": _slowdowns,
+    "failures": section(Failures, FAILURES, "failures", _check_failures),
+    "rack": text,
+    "pipeline": section(Pipeline, PIPELINE, "a pipeline", _check_pipeline),
+}
+RACK: dict[str, Parser] = {"name": text, "slowdowns": _slowdowns}
+RUN: dict[str, Parser] = {
+    "seed": integer(0),
+    "until_updates": integer(1, why="server updates"),
+    "until_time": number(0, open_low=True, why="seconds of simulated time"),
+    "eval_every": integer(1, why="updates between evaluations"),
+    "target_accuracy": number(0, 1, open_low=True, why="a fraction of test examples"),
+    "max_loss": number(0, open_low=True, inf=True, why="a larger train loss ends the run as diverged"),
+    "window": integer(1, why="updates per numerics window"),
+    "batch_cap": integer(1, why="gradients per vmapped call"),
+}
+NETWORK: dict[str, Parser] = {
+    "latency": dist,
+    "bandwidth": number(0, open_low=True, inf=True, why="bytes/s; inf: no transfer time"),
+    "server_bandwidth": number(0, open_low=True, inf=True, why="bytes/s; inf: no transfer time"),
+    "compression": number(0, open_low=True, why="message size multiplier, 0.25 for 4x compression"),
+}
+SERVER: dict[str, Parser] = {
+    "shards": integer(1),
+    "lock": choice(LOCKS, "lock"),
+    "apply_time": dist,
+    "lock_handoff": dist,
+    "atomic": boolean,
+    "lock_order": choice(LOCK_ORDERS, "lock order"),
+    "checkpoint_every": integer(1, why="updates between server checkpoints (real backends)"),
+}
+ALGORITHM: dict[str, Parser] = {
+    "kind": choice(ALGORITHMS, "algorithm"),
+    "k": integer(1),
+    "backup": integer(0),
+    "staleness_bound": integer(0),
+    "drop_staleness_above": integer(0),
+    "local_steps": integer(1),
+    "elastic_alpha": number(0, 1, open_low=True, open_high=True, why="EASGD moving rate"),
+}
+MODEL: dict[str, Parser] = {
+    "name": model_name,
+    "param_bytes": number(0, open_low=True, why="bytes of parameters"),
+    "hidden": list_of(integer(1), what="layer widths (integers >= 1)"),
+    "dim": integer(1),
+    "eigenvalues": eigenvalues,
+    "noise": number(0, why="std of gradient noise"),
+    "channels": list_of(integer(1), nonempty=True, what="channel counts (integers >= 1)"),
+    "layers": integer(1),
+    "width": integer(1),
+    "heads": integer(1),
+    "context": integer(1),
+    "options": toml_table,
+}
+DATA: dict[str, Parser] = {
+    "name": choice(DATA_SETS, "data set"),
+    "batch_size": integer(1),
+    "partition": choice(PARTITIONS, "partition"),
+    "alpha": number(0, open_low=True, why="Dirichlet concentration"),
+    "test_fraction": number(0, 1, open_low=True, open_high=True),
+    "samples": integer(10),
+    "difficulty": number(0, open_low=True),
+    "factory": factory,
+}
+OPTIMIZER: dict[str, Parser] = {
+    "name": text,
+    "learning_rate": number(0, open_low=True, why="step size"),
+    "schedule": text,
+    "schedule_options": toml_table,
+    "options": toml_table,
+    "staleness_rule": choice(STALENESS_RULES, "staleness rule"),
+    "staleness_power": number(0, open_low=True),
+    "dc_lambda": number(0),
+    "dc_adaptive": boolean,
+}
+SCENARIO: dict[str, Parser] = {
+    "name": text,
+    "run": section(RunConfig, RUN, "[run]", _check_run),
+    "workers": array(section(WorkerGroup, WORKER, "a worker group"), "workers", nonempty=True),
+    "racks": array(section(Rack, RACK, "a rack"), "racks"),
+    "network": section(NetworkConfig, NETWORK, "[network]"),
+    "server": section(ServerConfig, SERVER, "[server]"),
+    "algorithm": section(AlgorithmConfig, ALGORITHM, "[algorithm]"),
+    "model": section(ModelConfig, MODEL, "[model]", _check_model),
+    "data": section(DataConfig, DATA, "[data]"),
+    "optimizer": section(OptimizerConfig, OPTIMIZER, "[optimizer]"),
+}
+
+
+def build_scenario(tree: dict[str, Any], base_dir: Path | None, name: str) -> Scenario:
+    """Validate a whole raw tree; ``name`` is used unless the tree sets its own."""
+    scenario = build(Scenario, tree, "", SCENARIO, base_dir, "a scenario")
+    if "name" not in tree:
+        scenario = dataclasses.replace(scenario, name=name)
+    _check_scenario(scenario)
+    return scenario

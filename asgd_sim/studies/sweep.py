@@ -1,0 +1,522 @@
+"""Sweeps: one scenario over a grid of overrides and seeds, in parallel, resumable.
+
+    asgd-sim sweep scenarios/straggler.toml --grid 'workers[1].compute.mean=0.05,0.2' \\
+        --variant async:algorithm.kind=async --variant 'backup:algorithm.kind=sync;algorithm.backup=1' \\
+        --seeds 3 --jobs 2 --out results/straggler
+
+The points are the cartesian product of the variants (labelled sets of overrides, for choices that
+change several keys together) and the ``--grid`` axes (``key=v1,v2,...``, the ``--set`` syntax);
+each point runs with seeds 0..N-1 (``run.seed=k``: common random numbers across points). Every
+point is validated before anything runs, so a bad key or value fails at once.
+
+The folder::
+
+    DIR/sweep.json                   the resolved base scenario, the grid, the points and a hash
+    DIR/runs/<point>-seed<k>/        a run folder (as asgd-sim run writes) plus result.json
+    DIR/runs.parquet                 one row per run (asgd_sim.load_sweep reads it)
+
+A run is written into a hidden ``runs/.<name>.partial-*`` folder, ``result.json`` last (the commit
+marker: status, error, summary), then renamed into place. So a run folder is complete or absent:
+after an interruption, kill -9 included, the same command runs exactly the missing runs. A run
+that raises is committed with its error, and the sweep goes on. Runs execute in worker processes
+started with "spawn" (JAX is not fork-safe), which exit when the sweep process dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import tomllib
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..scenario.config import Scenario
+from ..errors import ScenarioError
+from ..scenario.files import dumps_scenario, load_scenario, scenario_from_dict, scenario_to_dict
+
+__all__ = ["Sweep", "SweepOutcome", "plan_sweep", "run_sweep", "parse_grid", "parse_variant", "split_top_level"]
+
+FORMAT = 1
+MAX_ATTEMPTS = 3  # a run whose worker process dies this many times is recorded as failed
+
+
+# ---------------------------------------------------------------------------------- the plan
+
+
+def split_top_level(text: str, sep: str) -> list[str]:
+    """Split at ``sep`` outside quotes, brackets and braces: '1,[2,3],{a=1,b=2}' -> 3 parts."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            if char == quote and text[i - 1] != "\\":
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML value (3, 0.5, "x", true) as the scenario loader reads it, else the bare text."""
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return raw
+    value = parsed.get("v", raw)
+    return raw if isinstance(value, (dict, list)) else value  # tables and arrays: keep the text
+
+
+def parse_grid(text: str) -> tuple[str, list[str]]:
+    """``key=v1,v2,...`` -> (key, [raw values])."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError("--grid", f"{text!r}: write key=v1,v2,..., e.g. --grid server.lock=global,shard,none")
+    values = split_top_level(raw, ",")
+    if any(not v for v in values):
+        raise ScenarioError("--grid", f"{text!r}: has an empty value; separate values with single commas, e.g. {key}=1,2,4")
+    if len(set(values)) != len(values):
+        raise ScenarioError("--grid", f"{text!r}: lists a value twice; give each value once")
+    return key, values
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``label:key=value;key=value`` -> (label, [overrides]); the overrides may be empty."""
+    label, sep, raw = text.partition(":")
+    label = label.strip()
+    if not sep or not label or any(c in label for c in "=/\\") or label.startswith("."):
+        raise ScenarioError("--variant", f"{text!r}: write label:key=value[;key=value...], e.g. --variant 'backup:algorithm.kind=sync;algorithm.backup=1'")
+    overrides = [o for o in split_top_level(raw, ";") if o]
+    for override in overrides:
+        if "=" not in override:
+            raise ScenarioError("--variant", f"{text!r}: {override!r} is not key=value; separate several overrides with ';'")
+    return label, overrides
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its id, label, swept values (column -> value) and the overrides it sets."""
+
+    id: str
+    label: str
+    values: dict[str, Any]
+    overrides: tuple[str, ...]
+    scenario: dict[str, Any] = field(repr=False, compare=False)  # resolved, seed not yet set
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: everything needed to run it, nothing run yet (see `plan_sweep`)."""
+
+    scenario_path: str
+    name: str
+    base_overrides: list[str]
+    grid: list[tuple[str, list[str]]]
+    variants: list[tuple[str, list[str]]]
+    seeds: int
+    timing_only: bool
+    base: Scenario
+    points: list[Point]
+
+    @property
+    def digest(self) -> str:
+        """What makes two sweeps the same experiment: resolved base scenario, grid, variants, mode."""
+        blob = json.dumps({"scenario": _base_text(self.base), "grid": self.grid, "variants": self.variants,
+                           "timing_only": self.timing_only}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run_names(self) -> list[tuple[Point, int, str]]:
+        return [(p, k, f"{p.id}-seed{k}") for p in self.points for k in range(self.seeds)]
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "hash": self.digest, "scenario": self.scenario_path,
+            "scenario_file": str(Path(self.scenario_path).resolve()), "name": self.name,
+            "set": self.base_overrides, "grid": [{"key": k, "values": v} for k, v in self.grid],
+            "variants": [{"label": label, "set": o} for label, o in self.variants], "seeds": self.seeds,
+            "timing_only": self.timing_only, "base_scenario": _base_text(self.base),
+            "points": [{"id": p.id, "label": p.label, "values": p.values, "set": list(p.overrides)} for p in self.points],
+        }
+
+
+def _base_text(base: Scenario) -> str:
+    # The seed is the sweep's to set, so it is not part of what identifies the experiment.
+    return dumps_scenario(dataclasses.replace(base, run=dataclasses.replace(base.run, seed=0)))
+
+
+def plan_sweep(scenario: str | Path, grid: Sequence[str] = (), variants: Sequence[str] = (), *, seeds: int = 1,
+               overrides: Sequence[str] = (), timing_only: bool = False) -> Sweep:
+    """Parse and validate a sweep: every point's scenario is built (no JAX), so a bad key fails here."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ScenarioError("--seeds", f"= {seeds!r}: must be an integer >= 1 (seeds 0..N-1 run for every point)")
+    base = load_scenario(scenario, list(overrides))
+    axes = [parse_grid(g) for g in grid]
+    keys = [k for k, _ in axes]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ScenarioError("--grid", f"{key!r} is given twice; list all its values in one --grid {key}=v1,v2,...")
+        if key in ("run.seed", "variant") or key.startswith("run.seed"):
+            raise ScenarioError("--grid", f"{key!r}: seeds are set by --seeds N (runs seeds 0..N-1 for every point)"
+                                if key.startswith("run.seed") else f"{key!r}: 'variant' is the name of the --variant column; grid a scenario key")
+    labelled = [parse_variant(v) for v in variants]
+    labels = [label for label, _ in labelled]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ScenarioError("--variant", f"label {label!r} is used twice; give each variant its own label")
+    variant_axis: list[tuple[str, list[str]] | None] = list(labelled) if labelled else [None]
+    combos = list(itertools.product(variant_axis, *[[(k, v) for v in values] for k, values in axes]))
+    width = max(3, len(str(len(combos) - 1)))
+    short = _short_names(keys)
+    points = []
+    for index, (variant, *settings) in enumerate(combos):
+        point_overrides = list(variant[1]) if variant else []
+        values: dict[str, Any] = {"variant": variant[0]} if variant else {}
+        label_parts = [variant[0]] if variant else []
+        for key, raw in settings:
+            point_overrides.append(f"{key}={raw}")
+            values[key] = parse_value(raw)
+            label_parts.append(f"{short[key]}={raw}")
+        point_id = f"p{index:0{width}d}"
+        try:
+            resolved = load_scenario(scenario, [*overrides, *point_overrides])
+        except ScenarioError as error:
+            where = ", ".join(label_parts) or "the base scenario"
+            raise ScenarioError(error.path, f"{error.detail.replace('(from --set ', '(from --grid/--variant ')} [point {point_id}: {where}]") from None
+        points.append(Point(point_id, ", ".join(label_parts) or "base", values, tuple(point_overrides), scenario_to_dict(resolved)))
+    return Sweep(str(scenario), base.name, list(overrides), [(k, v) for k, v in axes], [(label, o) for label, o in labelled],
+                 seeds, timing_only, base, points)
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Labels use the last part of each key (``workers[1].compute.mean`` -> ``mean``) when unique."""
+    tails = {key: key.rsplit(".", 1)[-1] for key in keys}
+    counts = {t: list(tails.values()).count(t) for t in tails.values()}
+    return {key: tail if counts[tail] == 1 else key for key, tail in tails.items()}
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+@dataclass
+class SweepOutcome:
+    """What a call of `run_sweep` did."""
+
+    out: Path
+    total: int  # runs in the sweep (points x seeds)
+    skipped: int  # already committed before this call
+    ran: int  # run by this call
+    failed: list[dict[str, Any]]  # result records (status "error") of every failed run in the sweep
+    table: Path | None = None
+
+
+def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: bool = False,
+              progress: Callable[[dict[str, Any]], None] | None = None, on_start: Callable[[int, int], None] | None = None,
+              executor: str = "processes", ray_address: str | None = None) -> SweepOutcome:
+    """Run the runs of ``sweep`` not yet committed in ``out``; rebuild ``runs.parquet``.
+
+    ``progress(record)`` is called as each run finishes; ``on_start(todo, total)`` once before.
+    ``executor`` is "processes" (``jobs`` local processes) or "ray" (each run a Ray task, on a
+    local Ray or the cluster at ``ray_address``; ``out`` must be on a filesystem the tasks see).
+    Refuses (ScenarioError) a folder that holds a different sweep, or one another process writes.
+    """
+    if executor not in ("processes", "ray"):
+        raise ScenarioError("--executor", f"= {executor!r}: must be 'processes' or 'ray'")
+    from ..results.load import build_runs_table, write_runs_table
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ScenarioError("--jobs", f"= {jobs!r}: must be an integer >= 1 (processes running at once)")
+    out = Path(out)
+    _check_folder(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        _check_same_sweep(sweep, out)
+        _write_description(sweep, out)
+        for leftover in runs_dir.glob(".*.partial-*"):  # runs a killed sweep left half written
+            shutil.rmtree(leftover, ignore_errors=True)
+        todo = []
+        for point, seed, name in sweep.run_names():
+            record = _committed(runs_dir / name)
+            if record is not None and (record["status"] == "ok" or not retry_failed):
+                continue
+            if (runs_dir / name).exists():
+                shutil.rmtree(runs_dir / name)  # a failed run to retry, or a folder without result.json
+            todo.append(_task(sweep, point, seed, name, runs_dir))
+        total = len(sweep.run_names())
+        if on_start:
+            on_start(len(todo), total)
+        if todo and executor == "ray":
+            _execute_ray(todo, progress, ray_address)
+        elif todo:
+            _execute_all(todo, jobs, progress)
+        table = write_runs_table(build_runs_table(out), out)
+        failed = [r for _, _, name in sweep.run_names() if (r := _committed(runs_dir / name)) is not None and r["status"] != "ok"]
+        return SweepOutcome(out=out, total=total, skipped=total - len(todo), ran=len(todo), failed=failed, table=table)
+    finally:
+        lock.close()
+
+
+def _lock(out: Path) -> Any:
+    handle = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise ScenarioError(str(out), f"another asgd-sim sweep is writing to this folder{f' (pid {owner})' if owner else ''}; "
+                            "wait for it to finish, or use another --out folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _check_folder(out: Path) -> None:
+    """A sweep writes into a new folder or its own: never into a run folder or other files."""
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(str(out), "is a file; give --out a folder for the sweep")
+    if not out.is_dir() or (out / "sweep.json").is_file():
+        return
+    found = sorted(p.name for p in out.iterdir() if p.name != ".lock" and not (p.name == "runs" and p.is_dir() and not any(p.iterdir())))
+    if found:
+        what = "a run folder (summary.json)" if "summary.json" in found else f"{len(found)} other entries ({', '.join(found[:3])})"
+        raise ScenarioError(str(out), f"is not a sweep folder: it holds {what} and no sweep.json; give --out a new folder, e.g. {out}-sweep")
+
+
+def _check_same_sweep(sweep: Sweep, out: Path) -> None:
+    """Refuse to mix results of different experiments in one folder, and say what differs."""
+    path = out / "sweep.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    if old.get("hash") == sweep.digest:
+        return
+    new = sweep.description()
+    changes = []
+    if old.get("base_scenario") != new["base_scenario"]:
+        changes.append("the scenario changed (" + _diff_scenarios(old.get("base_scenario", ""), new["base_scenario"]) + ")")
+    if old.get("grid") != new["grid"] or old.get("variants") != new["variants"]:
+        changes.append(f"the grid changed (was {_grid_text(old)}; now {_grid_text(new)})")
+    if bool(old.get("timing_only")) != sweep.timing_only:
+        changes.append("it ran " + ("with" if old.get("timing_only") else "without") + " --timing-only")
+    what = "; ".join(changes) or "it was written by another version of asgd-sim"
+    raise ScenarioError(str(out), f"holds a different sweep: {what}. Results of different sweeps are never mixed: "
+                        "use another --out folder (or delete this one to start over)")
+
+
+def _grid_text(desc: dict[str, Any]) -> str:
+    parts = [f"--variant {v['label']}:{';'.join(v['set'])}" for v in desc.get("variants", [])]
+    parts += [f"--grid {g['key']}={','.join(g['values'])}" for g in desc.get("grid", [])]
+    return " ".join(parts) or "no grid"
+
+
+def _diff_scenarios(old_text: str, new_text: str) -> str:
+    try:
+        old, new = _flat(tomllib.loads(old_text)), _flat(tomllib.loads(new_text))
+    except tomllib.TOMLDecodeError:
+        return "resolved scenario differs"
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys[:3]]
+    return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        return {k: v for i, value in enumerate(tree) for k, v in _flat(value, f"{prefix}[{i}]").items()}
+    return {prefix: tree}
+
+
+def _write_description(sweep: Sweep, out: Path) -> None:
+    from ..results.folder import write_json
+
+    path = out / "sweep.json"
+    desc = sweep.description()
+    now = datetime.now().isoformat(timespec="seconds")
+    if path.is_file():
+        old = json.loads(path.read_text())
+        desc["seeds"] = max(int(old.get("seeds", 1)), sweep.seeds)  # a rerun may add seeds; never forget runs
+        desc["created"] = old.get("created", now)
+    else:
+        desc["created"] = now
+    desc["updated"] = now
+    write_json(path, desc)
+
+
+def _committed(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _task(sweep: Sweep, point: Point, seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
+    scenario = json.loads(json.dumps(point.scenario))
+    scenario.setdefault("run", {})["seed"] = seed
+    return {"runs_dir": str(runs_dir), "run": name, "point": point.id, "label": point.label, "values": point.values,
+            "set": [*sweep.base_overrides, *point.overrides, f"run.seed={seed}"], "seed": seed, "scenario": scenario,
+            "name": sweep.name, "timing_only": sweep.timing_only, "sweep_hash": sweep.digest, "attempts": 0}
+
+
+def _execute_all(todo: list[dict[str, Any]], jobs: int, progress: Callable[[dict[str, Any]], None] | None) -> None:
+    """Run tasks in spawned worker processes; a dead worker's runs are retried, then recorded as failed."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    while pending:
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        retry: list[dict[str, Any]] = []
+        try:
+            futures = {pool.submit(_run_one, task): task for task in pending}
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = futures[future]
+                    try:
+                        record = future.result()
+                    except BrokenProcessPool:
+                        task["attempts"] += 1
+                        if task["attempts"] < MAX_ATTEMPTS:
+                            retry.append(task)
+                            continue
+                        record = _commit_failure(task, "the worker process running it died (killed, or out of memory?) "
+                                                 f"{MAX_ATTEMPTS} times")
+                    except Exception as error:  # the run could not even be sent to a worker
+                        record = _commit_failure(task, f"{type(error).__name__}: {error}")
+                    if progress:
+                        progress(record)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        pending = retry
+
+
+def _execute_ray(todo: list[dict[str, Any]], progress: Callable[[dict[str, Any]], None] | None, address: str | None) -> None:
+    """Each run as a Ray task (one CPU each); a task that dies is recorded as failed."""
+    from ..backends.ray_backend import ensure_ray
+
+    ray = ensure_ray(address)
+    remote_run = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1)(_run_one)
+    pending = {remote_run.remote(task): task for task in todo}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as error:  # the task's process died MAX_ATTEMPTS times, or Ray failed it
+                record = _commit_failure(task, f"{type(error).__name__}: {error}")
+            if progress:
+                progress(record)
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: exit as soon as the sweep process is gone (kill -9 leaves no orphans)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="asgd-sim-parent-watch").start()
+
+
+def _record(task: dict[str, Any]) -> dict[str, Any]:
+    keys = ("run", "point", "label", "values", "seed", "set", "sweep_hash", "timing_only")
+    return {key: task[key] for key in keys}
+
+
+def _commit(task: dict[str, Any], partial: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """result.json last, then the atomic rename that makes the run exist."""
+    from ..results.folder import write_json
+
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(partial / "result.json", record)
+    final = Path(task["runs_dir"]) / task["run"]
+    try:
+        partial.rename(final)
+    except OSError:  # committed meanwhile by another process (an orphan of a killed sweep): keep that one
+        shutil.rmtree(partial, ignore_errors=True)
+    return record
+
+
+def _commit_failure(task: dict[str, Any], error: str) -> dict[str, Any]:
+    partial = Path(task["runs_dir"]) / f".{task['run']}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return _commit(task, partial, {**_record(task), "status": "error", "error": error, "summary": None, "wall_s": 0.0})
+
+
+def _run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """One run, in a worker process: simulate, write the run folder, commit result.json."""
+    partial = Path(task["runs_dir"]) / f".{task['run']}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    record = _record(task)
+    try:
+        scenario = scenario_from_dict(task["scenario"], name=task["name"])
+        from ..runner import run_scenario
+
+        result = run_scenario(scenario, partial, timing_only=task["timing_only"])
+        record.update(status="ok", error=None, summary=result.summary)
+    except Exception as error:  # recorded, and the sweep goes on
+        record.update(status="error", error=f"{type(error).__name__}: {error}", summary=None, traceback=traceback.format_exc())
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    record["finished"] = datetime.now().isoformat(timespec="seconds")
+    return _commit(task, partial, record)
+
+
+def main_progress(total: int, quiet: bool) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    """A tqdm bar over runs on a terminal; off a terminal one line per finished run (unless quiet)."""
+    failed = 0
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="run", dynamic_ncols=True, leave=False)
+
+        def update(record: dict[str, Any]) -> None:
+            nonlocal failed
+            failed += record["status"] != "ok"
+            bar.update(1)
+            bar.set_postfix_str(f"failed={failed}" if failed else record["run"], refresh=True)
+            if record["status"] != "ok":
+                bar.write(f"run {record['run']} failed: {record['error']}", file=sys.stderr)
+
+        return update, bar.close
+    done = 0
+
+    def log(record: dict[str, Any]) -> None:
+        nonlocal done
+        done += 1
+        if record["status"] != "ok":
+            print(f"[{done}/{total}] {record['run']} ({record['label']}) FAILED: {record['error']}", file=sys.stderr, flush=True)
+        elif not quiet:
+            print(f"[{done}/{total}] {record['run']} ({record['label']}) ok, {record['wall_s']:.3g} s", file=sys.stderr, flush=True)
+
+    return log, lambda: None

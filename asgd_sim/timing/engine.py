@@ -1,0 +1,429 @@
+"""The SimPy timing engine: *when* every gradient is read, computed, pushed and applied.
+
+Timing never depends on parameter values (DESIGN.md), so this module is a pure function of
+(scenario, seed) and knows nothing of JAX. Each worker is a plain generator process
+(STYLE.md 1) looping: get parameters -> compute -> push -> wait for the server as the algorithm
+says. The server side of each algorithm runs inside the process of the worker whose push
+triggered it, so an update costs no extra process.
+
+Pinned semantics (tests depend on them):
+- A read is recorded when the server serves it. After its push is applied (async, SSP, EASGD),
+  included in an update (sync, K-sync, K-async, local SGD) or received (K-batch-async; the push
+  that completes a batch is served after the update it triggers), a worker's next pull is served
+  at that instant: the push carries the pull request. The very first pull
+  (and the first after a restart) is an explicit request that takes one latency to reach the
+  server. Either way the parameters then take one latency plus transfer time to come back.
+- Staleness = shard version just before the apply minus the version read (max over shards).
+- Ties at equal simulated time: events created by the engine's own bookkeeping (lock grants,
+  wake-ups) first, then worker timeouts by worker id, then event creation order. Deterministic.
+- A gradient in flight when a worker fails, or when its K-sync round closes without it, is
+  cancelled. A failure that strikes while the worker waits on the server takes effect once the
+  server has answered.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from heapq import heappush
+
+import simpy
+from simpy.events import Timeout
+
+from .algorithms import AlgorithmPhases
+from ..scenario.config import Scenario
+from .network import Network
+from .locks import ParameterServer, Shard, find_wait_cycle
+from ..trace import CANCELLED, Trace, TraceBuilder, trace_meta
+from .workers import SERVER, Sampler, WorkerState, build_workers, stream
+
+__all__ = ["TimingEngine", "TimingResult", "simulate_timing", "DEFAULT_PARAM_BYTES"]
+
+DEFAULT_PARAM_BYTES = 340_000.0  # ~85k float32 parameters, a small MLP
+_INF = math.inf
+
+
+class _Timeout(Timeout):
+    """A timeout whose ties at equal time are broken by ``priority`` (the worker id).
+
+    ``at`` fires it at exactly that absolute time: ``now + (at - now)`` can miss ``at`` by one
+    ulp, and a time precomputed for the trace (a compute end, an arrival) must equal the clock
+    when the event happens, or the trace's times fall out of order (t_arrive < t_compute_end).
+    """
+
+    def __init__(self, env: simpy.Environment, delay: float, priority: int, at: float | None = None) -> None:
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        if at is None:
+            env.schedule(self, priority, delay)  # type: ignore[arg-type]
+        else:  # what Environment.schedule does, with the absolute time given
+            heappush(env._queue, (at, priority, next(env._eid), self))  # type: ignore[attr-defined]
+
+
+@dataclass
+class TimingResult:
+    trace: Trace
+    stopped: str  # until_updates | until_time | deadlock | stalled
+    sim_time: float
+    wall_time_s: float
+    updates: int
+    busy: list[float]
+    deadlock: list[str] = field(default_factory=list)
+
+
+class TimingEngine(AlgorithmPhases):
+    """Builds the SimPy model of one scenario; ``run()`` returns its trace."""
+
+    def __init__(self, scenario: Scenario, param_bytes: float | None = None) -> None:
+        self.scenario = sc = scenario
+        self.env = env = simpy.Environment()
+        algo = sc.algorithm
+        self.kind = algo.kind
+        self.M = sc.num_workers
+        self.S = sc.server.shards
+        self.param_bytes = float(param_bytes if param_bytes is not None else (sc.model.param_bytes or DEFAULT_PARAM_BYTES))
+        self.msg_bytes = sc.message_bytes(self.param_bytes)
+        self.local_steps = algo.local_steps if self.kind in ("local_sgd", "easgd") else 1
+        self.K = {"sync": self.M - algo.backup, "local_sgd": self.M}.get(self.kind, algo.k)
+        self.drop_above = algo.drop_staleness_above
+        self.ssp_bound = algo.staleness_bound
+        self.trace = TraceBuilder(self.S)
+        self.server = ParameterServer(env, self.S, sc.server.lock)
+        self.apply_time = Sampler(sc.server.apply_time, stream(sc.run.seed, SERVER, 0))
+        self.order_rng = stream(sc.run.seed, SERVER, 1)
+        self.lock_handoff = Sampler(sc.server.lock_handoff, stream(sc.run.seed, SERVER, 2))
+        self.workers = build_workers(sc, sc.network.latency)
+        self.bandwidth = sc.network.bandwidth
+        self.network = Network(env)
+        self.fast_network = not sc.has_transfer_time
+        if not self.fast_network:
+            up = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
+            down = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
+            nic_in = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            nic_out = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            self.push_links = [[(up[w], nic_in[s]) for s in range(self.S)] for w in range(self.M)]
+            self.pull_links = [[(nic_out[s], down[w]) for s in range(self.S)] for w in range(self.M)]
+        self.updates = 0  # logical updates: the slowest shard's version
+        self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
+        self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
+        # Algorithm state.
+        self.buffer: list[tuple[WorkerState, list[int]]] = []
+        self.round = 0
+        self.waiters: list[WorkerState] = []
+        self.clock_count: dict[int, int] = {0: self.M}
+        self.min_clock = 0
+        self.clock_waiters: dict[int, list[WorkerState]] = {}
+        self.stopped = ""
+        self.deadlock: list[str] = []
+        server_phase = {
+            "async": self._serve_async, "easgd": self._serve_async, "ssp": self._serve_ssp,
+            "k_async": self._serve_k_async, "k_batch_async": self._serve_k_batch_async,
+            "sync": self._serve_round, "k_sync": self._serve_round, "local_sgd": self._serve_round,
+            "k_batch_sync": self._serve_k_batch_sync,
+        }
+        self.serve: Callable[[WorkerState, list[int]], Generator] = server_phase[self.kind]
+        for w in self.workers:
+            w.process = env.process(self._worker(w))
+            if w.failure_times or w.mtbf:
+                env.process(self._failures(w))
+
+    # ---- the worker process ------------------------------------------------------------------
+
+    def _timeout(self, delay: float, w: WorkerState) -> _Timeout:
+        return _Timeout(self.env, delay, w.priority)
+
+    def _worker(self, w: WorkerState) -> Generator:
+        env, tr = self.env, self.trace
+        if w.start > 0:
+            yield self._timeout(w.start, w)
+        while True:
+            try:
+                w.interruptible = True
+                if w.next_read is None:  # explicit pull: the request travels to the server
+                    t_pull = env.now
+                    yield self._timeout(w.latency(), w)
+                    w.interruptible = False
+                    versions = yield from self._read()
+                    w.interruptible = True
+                    w.next_read = (t_pull, env.now, versions)
+                    w.round = self.round
+                t_pull, t_read, versions = w.next_read
+                gids = []
+                for step in range(self.local_steps):
+                    gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+                    w.k += 1
+                w.unpushed = gids
+                if self.fast_network:
+                    # No transfer time: response latency, compute and push latency are one timeout.
+                    now = env.now
+                    start = now if w.has_params else now + w.latency()
+                    w.has_params = False
+                    arrive = self._compute(w, gids, start) + w.latency()
+                    yield _Timeout(env, arrive - now, w.priority, at=arrive)
+                    for gid in gids:
+                        tr.t_arrive[gid] = arrive
+                else:
+                    yield from self._network_iteration(w, gids)
+            except simpy.Interrupt as interrupt:
+                self._abandon(w)
+                if interrupt.cause == "fail":
+                    yield from self._down(w)
+                    if not w.alive:
+                        return
+                else:  # cancelled: the round closed without us; wait for its broadcast
+                    w.interruptible = False
+                    yield w.wake
+                continue
+            w.interruptible = False
+            w.unpushed = []
+            yield from self.serve(w, gids)
+            if w.pending_failure:
+                yield from self._down(w)
+                if not w.alive:
+                    return
+
+    def _compute(self, w: WorkerState, gids: list[int], start: float) -> float:
+        """Record the compute of ``gids`` starting at ``start``; return when it ends."""
+        tr, t = self.trace, start
+        for gid in gids:
+            end = w.slowdowns.finish(t, w.step_time(w.compute(), self.bandwidth))
+            tr.t_compute_start[gid] = t
+            tr.t_compute_end[gid] = end
+            w.busy += end - t
+            t = end
+        return t
+
+    def _network_iteration(self, w: WorkerState, gids: list[int]) -> Generator:
+        env = self.env
+        if not w.has_params:
+            yield self._timeout(w.latency(), w)
+            yield from self._transfer(w, self.pull_links[w.wid])
+        w.has_params = False
+        end = self._compute(w, gids, env.now)
+        yield _Timeout(env, end - env.now, w.priority, at=end)
+        yield self._timeout(w.latency(), w)
+        yield from self._transfer(w, self.push_links[w.wid])
+        for gid in gids:
+            self.trace.t_arrive[gid] = env.now
+
+    def _transfer(self, w: WorkerState, links: list[tuple[int, int]]) -> Generator:
+        w.transfers = [self.network.transfer(self.msg_bytes, pair) for pair in links]
+        yield self.env.all_of(w.transfers)
+        w.transfers = []
+
+    def _abandon(self, w: WorkerState) -> None:
+        tr, now = self.trace, self.env.now
+        for gid in w.unpushed:
+            tr.fate[gid] = CANCELLED
+            # The compute was recorded when scheduled (in full, possibly starting after a response
+            # latency still under way): cut it at the cancellation so the trace never shows a
+            # cancelled compute overlapping the worker's next one, and busy time counts only the
+            # work actually done. (Fix: tests/test_engine_exact.py::test_backup_worker_round.)
+            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
+            if end > now:
+                w.busy -= end - max(start, now)
+                if start > now:  # never started: no compute span at all
+                    tr.t_compute_start[gid] = tr.t_compute_end[gid] = math.nan
+                else:
+                    tr.t_compute_end[gid] = now
+        w.unpushed = []
+        for done in w.transfers:
+            self.network.cancel(done)
+        w.transfers = []
+        w.has_params = False
+
+    def _down(self, w: WorkerState) -> Generator:
+        w.pending_failure = False
+        w.alive = False
+        w.next_read = None
+        down = w.down_time()
+        if down is None:
+            return
+        yield self._timeout(down, w)
+        w.alive = True
+        if w.restarted is not None and not w.restarted.triggered:
+            w.restarted.succeed()
+
+    def _failures(self, w: WorkerState) -> Generator:
+        """Crash the worker at its failure times (fixed list, or exponential gaps from restart)."""
+        env = self.env
+        times = iter(w.failure_times)
+        while True:
+            at = env.now + float(w.failure_rng.exponential(w.mtbf)) if w.mtbf is not None else next(times, None)
+            if at is None:
+                return
+            if at > env.now:
+                yield self._timeout(at - env.now, w)
+            if not w.alive or w.pending_failure:
+                continue  # already down: a listed failure time that falls in a down period is moot
+            w.restarted = env.event()
+            if w.interruptible:
+                w.process.interrupt("fail")  # type: ignore[union-attr]
+            else:
+                w.pending_failure = True
+            if w.mtbf is not None:
+                yield w.restarted  # the next gap is counted from the restart
+
+    # ---- server: reads and applies -----------------------------------------------------------
+
+    def _read(self) -> Generator:
+        """Serve a read of every shard (with an rw lock, after any write in progress)."""
+        if self.server.lock_policy == "rw":
+            for shard in self.server.shards:
+                yield from self.server.wait_readable(shard)
+        return self.server.versions()
+
+    def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int) -> Generator:
+        """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold."""
+        lock = shard.lock
+        t_request = self.env.now
+        if lock is not None:
+            granted = lock.acquire(requester)
+            if granted is not None:
+                yield granted
+                yield from self._handed_over()
+        t_lock = self.env.now
+        if self.drop_above is not None:
+            members, weights = self._drop_stale(shard, members, weights, t_lock)
+        if members:
+            self.server.begin_write(shard)
+            hold = self.apply_time()
+            if hold > 0:
+                yield _Timeout(self.env, hold, 1)
+            self._commit(shard, members, weights, t_request, t_lock)
+            self.server.end_write(shard)
+        if lock is not None:
+            lock.release()
+
+    def _handed_over(self) -> Generator:
+        """A lock was handed to a waiting request: it starts ``server.lock_handoff`` later."""
+        handoff = self.lock_handoff()
+        if handoff > 0:
+            yield _Timeout(self.env, handoff, 1)
+
+    def _drop_stale(self, shard: Shard, members: list[int], weights: list[float], t_lock: float) -> tuple[list[int], list[float]]:
+        """Drop the gradients staler than ``algorithm.drop_staleness_above`` on this shard."""
+        tr, s, S = self.trace, shard.index, self.S
+        kept: tuple[list[int], list[float]] = ([], [])
+        for g, weight in zip(members, weights):
+            stale = shard.version - tr.read_version[g * S + s]
+            if stale > self.drop_above:  # type: ignore[operator]
+                tr.record_drop(g, stale, t_lock)
+            else:
+                kept[0].append(g)
+                kept[1].append(weight)
+        return kept
+
+    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+        """The update lands: bump the shard's version and record it in the trace."""
+        before = shard.version
+        shard.version = before + 1
+        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
+        self.updates = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
+
+    def _apply_all(self, members: list[int], weights: list[float], requester: int) -> Generator:
+        """Apply an update to every shard: in parallel, or atomically holding all their locks."""
+        shards = self.server.shards
+        if self.S == 1:
+            yield from self._apply(shards[0], members, weights, requester)
+        elif self.scenario.server.atomic and self.server.lock_policy in ("shard", "rw"):
+            yield from self._apply_atomic(members, weights, requester)
+        else:
+            yield self.env.all_of([self.env.process(self._apply(sh, members, weights, requester)) for sh in shards])
+
+    def _apply_atomic(self, members: list[int], weights: list[float], requester: int) -> Generator:
+        shards = list(self.server.shards)
+        t_request = self.env.now
+        if self.scenario.server.lock_order == "random":
+            shards = [shards[i] for i in self.order_rng.permutation(len(shards))]
+        for shard in shards:
+            granted = shard.lock.acquire(requester)  # type: ignore[union-attr]
+            if granted is not None:
+                yield granted
+                yield from self._handed_over()
+        t_lock = self.env.now
+        for shard in sorted(shards, key=lambda sh: sh.index):
+            kept, kept_weights = self._drop_stale(shard, members, weights, t_lock) if self.drop_above is not None else (members, weights)
+            if kept:
+                self.server.begin_write(shard)
+                hold = self.apply_time()
+                if hold > 0:
+                    yield _Timeout(self.env, hold, 1)
+                self._commit(shard, kept, kept_weights, t_request, t_lock)
+                self.server.end_write(shard)
+        for shard in shards:
+            shard.lock.release()  # type: ignore[union-attr]
+
+    def _piggyback(self, w: WorkerState, t_pull: float | None = None) -> None:
+        now = self.env.now
+        w.next_read = (now if t_pull is None else t_pull, now, self.server.versions())
+        w.round = self.round
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def step_until(self, updates: float = _INF, progress: Callable[[int, float], None] | None = None) -> bool:
+        """Advance until ``updates`` logical updates (or a stop); False once the run has stopped."""
+        env = self.env
+        step, peek = env.step, env.peek
+        target = min(updates, self.until_updates)
+        until_time = self.until_time
+        count = 0
+        while self.updates < target:
+            t = peek()
+            if t == _INF:
+                self._diagnose_stop()
+                return False
+            if t > until_time:
+                env._now = until_time  # type: ignore[attr-defined]
+                self.stopped = "until_time"
+                return False
+            step()
+            count += 1
+            if progress is not None and count & 4095 == 0:
+                progress(self.updates, env.now)
+        if self.updates >= self.until_updates:
+            self.stopped = "until_updates"
+            return False
+        return True
+
+    def _diagnose_stop(self) -> None:
+        edges, notes = self.server.wait_for_graph()
+        cycle = find_wait_cycle(edges)
+        if cycle:
+            self.stopped = "deadlock"
+            self.deadlock = [f"worker {w}: " + ", ".join(notes.get(w, [])) for w in cycle[:-1]]
+        else:
+            self.stopped = "stalled"
+
+    def run(self, progress: Callable[[int, float], None] | None = None) -> TimingResult:
+        started = time.perf_counter()
+        if not self.stopped:
+            self.step_until(progress=progress)
+        return self.result(time.perf_counter() - started)
+
+    def result(self, wall_time_s: float = 0.0) -> TimingResult:
+        meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
+        return TimingResult(trace=self.trace.freeze(meta), stopped=self.stopped or "running", sim_time=float(self.env.now),
+                            wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
+                            deadlock=list(self.deadlock))
+
+    def _busy_so_far(self, w: WorkerState) -> float:
+        """Compute time up to now: ``w.busy`` also holds the scheduled rest of the compute in
+        progress (recorded in full when it starts), which lies after the end of the run."""
+        tr, now, busy = self.trace, self.env.now, w.busy
+        for gid in w.unpushed:
+            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
+            if end > now:  # (False for NaN: not started)
+                busy -= end - max(start, now)
+        return busy
+
+
+def simulate_timing(scenario: Scenario, param_bytes: float | None = None,
+                    progress: Callable[[int, float], None] | None = None) -> TimingResult:
+    """Run the timing engine alone (no JAX): the trace of a scenario."""
+    return TimingEngine(scenario, param_bytes).run(progress)

@@ -1,0 +1,161 @@
+"""Per-worker timing: compute samplers, slowdown windows, pipelines and failure schedules.
+
+Everything here is a pure function of the scenario and the worker's own random streams, which
+are spawned from one ``SeedSequence(seed)`` by a fixed key (kind, worker id): adding a worker never
+changes another worker's samples (DESIGN.md "Semantics").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from ..scenario.config import Pipeline, Scenario, Slowdown
+from ..scenario.distributions import Distribution
+
+__all__ = ["Sampler", "SlowdownProfile", "WorkerState", "stream", "pipeline_step_time", "build_workers"]
+
+# Spawn keys of the random streams (the second element is the worker or shard index).
+COMPUTE, LINK, SERVER, FAILURE = 0, 1, 2, 3
+
+
+def stream(seed: int, kind: int, index: int) -> np.random.Generator:
+    """The generator of one stream: independent of how many workers or shards exist."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind, index)))
+
+
+class Sampler:
+    """Draws from a distribution in blocks of 1024: one numpy call instead of one per draw."""
+
+    __slots__ = ("dist", "rng", "const", "buffer", "index")
+
+    def __init__(self, dist: Distribution, rng: np.random.Generator) -> None:
+        self.dist = dist
+        self.rng = rng
+        self.const: float | None = dist.mean if dist.is_constant else None
+        self.buffer: list[float] = []
+        self.index = 0
+
+    def __call__(self) -> float:
+        if self.const is not None:
+            return self.const
+        if self.index == len(self.buffer):
+            self.buffer = self.dist.sample(self.rng, 1024).tolist()
+            self.index = 0
+        value = self.buffer[self.index]
+        self.index += 1
+        return value
+
+
+class SlowdownProfile:
+    """Piecewise-constant slowdown factor over simulated time (overlapping windows multiply)."""
+
+    def __init__(self, windows: tuple[Slowdown, ...]) -> None:
+        cuts = sorted({t for w in windows for t in (w.start, w.end)})
+        self.starts = cuts
+        self.factors = [math.prod(w.factor for w in windows if w.start <= a < w.end) for a in cuts]
+
+    @property
+    def empty(self) -> bool:
+        return not self.starts
+
+    def factor_at(self, t: float) -> float:
+        i = np.searchsorted(self.starts, t, side="right") - 1
+        return 1.0 if i < 0 else self.factors[i]
+
+    def finish(self, start: float, work: float) -> float:
+        """When ``work`` seconds of nominal compute started at ``start`` complete."""
+        if not self.starts:
+            return start + work
+        t, remaining = start, work
+        i = int(np.searchsorted(self.starts, t, side="right")) - 1
+        while True:
+            factor = 1.0 if i < 0 else self.factors[i]
+            end = self.starts[i + 1] if i + 1 < len(self.starts) else math.inf
+            if remaining * factor <= end - t:
+                return t + remaining * factor
+            remaining -= (end - t) / factor
+            t, i = end, i + 1
+
+
+def pipeline_step_time(work: float, pipeline: Pipeline, bandwidth: float) -> float:
+    """GPipe step time (Huang et al. 2019, arXiv:1811.06965) for one mini-batch of ``work`` seconds.
+
+    Stage s takes work * w_s / m per micro-batch; each of the S-1 boundaries moves the
+    micro-batch's activations forward and their gradients backward (2 * bytes / bandwidth).
+    Fill-and-drain: the first micro-batch crosses every stage and boundary, the other m-1 follow
+    at the pace of the slowest stage or boundary.
+    """
+    stages, micro = pipeline.stages, pipeline.microbatches
+    weights = np.asarray(pipeline.stage_weights or [1.0] * stages, dtype=float)
+    stage_times = work * weights / weights.sum() / micro
+    boundary = 0.0 if math.isinf(bandwidth) else 2.0 * pipeline.activation_bytes / bandwidth
+    bottleneck = max(float(stage_times.max()), boundary if stages > 1 else 0.0)
+    return float(stage_times.sum()) + (stages - 1) * boundary + (micro - 1) * bottleneck
+
+
+@dataclass(eq=False)
+class WorkerState:
+    """What the engine tracks about one worker while it runs."""
+
+    wid: int
+    group: int
+    group_name: str
+    start: float
+    compute: Sampler
+    latency: Sampler
+    slowdowns: SlowdownProfile
+    pipeline: Pipeline | None
+    failure_times: list[float]
+    mtbf: float | None
+    down_time: Any  # callable() -> float | None (None: stays down)
+    failure_rng: np.random.Generator
+    priority: int
+    k: int = 0
+    alive: bool = True
+    interruptible: bool = False
+    pending_failure: bool = False
+    next_read: tuple[float, float, list[int]] | None = None  # (t_pull, t_read, versions)
+    has_params: bool = False  # k_batch_sync: keeps computing on the parameters it holds
+    unpushed: list[int] = field(default_factory=list)
+    transfers: list[simpy.Event] = field(default_factory=list)
+    wake: simpy.Event | None = None
+    restarted: simpy.Event | None = None
+    round: int = 0
+    clock: int = 0
+    busy: float = 0.0
+    process: simpy.Process | None = None
+
+    def step_time(self, work: float, bandwidth: float) -> float:
+        return work if self.pipeline is None else pipeline_step_time(work, self.pipeline, bandwidth)
+
+
+def build_workers(scenario: Scenario, latency: Distribution) -> list[WorkerState]:
+    seed = scenario.run.seed
+    racks = {rack.name: rack for rack in scenario.racks}
+    workers: list[WorkerState] = []
+    for g, group in enumerate(scenario.workers):
+        windows = group.slowdowns + (racks[group.rack].slowdowns if group.rack in racks else ())
+        for j in range(group.count):
+            wid = len(workers)
+            fail_rng = stream(seed, FAILURE, wid)
+            failures = group.failures
+            if failures.restart_after is not None:
+                down = (lambda value=failures.restart_after: value)
+            elif failures.mttr is not None:
+                down = (lambda rng=fail_rng, mean=failures.mttr: float(rng.exponential(mean)))
+            else:
+                down = (lambda: None)
+            workers.append(WorkerState(
+                wid=wid, group=g, group_name=group.name, start=j * group.stagger,
+                compute=Sampler(group.compute, stream(seed, COMPUTE, wid)),
+                latency=Sampler(latency, stream(seed, LINK, wid)),
+                slowdowns=SlowdownProfile(windows), pipeline=group.pipeline if group.pipeline and (group.pipeline.stages > 1 or group.pipeline.microbatches > 1) else None,
+                failure_times=list(failures.at), mtbf=failures.mtbf, down_time=down, failure_rng=fail_rng,
+                priority=2 + wid,
+            ))
+    return workers
