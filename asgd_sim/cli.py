@@ -166,7 +166,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validation.framework import run_cli
+    from .validation.command import run_cli
 
     return run_cli(args.only, args.quick, args.out, args.overrides, list_only=args.list)
 

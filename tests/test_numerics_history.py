@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from asgd_sim.numerics import engine as numerics_module
+from asgd_sim.numerics import planner as planner_module
+from asgd_sim.numerics.planner import WavePlanner
 from asgd_sim.timing.engine import TimingEngine
 from asgd_sim.numerics.engine import NumericsEngine
 from asgd_sim.numerics.stream import Metrics, drive
@@ -77,21 +78,21 @@ def test_a_straggler_does_not_grow_the_history() -> None:
     assert applied.max() > 200  # the straggler's gradients span hundreds of versions ...
     # ... but only ~7 versions are ever waiting to be read (one per worker plus the newest), so
     # the history keeps its initial size: a ring over the staleness span would need > 200 slots.
-    assert numerics.slots.capacity <= 64
-    assert numerics.history.shape[0] == numerics.slots.capacity + 1  # (+ the scratch row)
-    held = int((numerics.slots.holds >= 0).sum())
-    assert held <= numerics.slots.capacity
+    assert numerics.planner.slots.capacity <= 64
+    assert numerics.history.shape[0] == numerics.planner.slots.capacity + 1  # (+ the scratch row)
+    held = int((numerics.planner.slots.holds >= 0).sum())
+    assert held <= numerics.planner.slots.capacity
     assert_matches_fold(numerics, trace)
 
 
 def test_collection_keeps_exactly_the_versions_still_to_be_read() -> None:
     numerics, trace = run(run={"until_updates": 600, "eval_every": 600}, workers=STRAGGLER)
-    numerics._collect(numerics_tr := _builder(trace), numerics.row, numerics.versions)
-    kept = set(numerics.slots.holds[0][numerics.slots.holds[0] >= 0].tolist())
+    numerics.planner._collect(numerics_tr := _builder(trace), numerics.row, numerics.planner.versions)
+    kept = set(numerics.planner.slots.holds[0][numerics.planner.slots.holds[0] >= 0].tolist())
     # Independently: the newest version and the versions read by gradients still in flight
     # (pending at the end of the run), nothing else.
     pending = trace.fate == 3
-    expected = {int(numerics.versions[0])} | set(trace.read_version[pending, 0].tolist())
+    expected = {int(numerics.planner.versions[0])} | set(trace.read_version[pending, 0].tolist())
     assert kept == expected
     assert numerics_tr.num_gradients == len(trace.worker)
 
@@ -134,23 +135,23 @@ def test_a_gradient_split_over_waves_is_computed_once() -> None:
     # the later waves read the gradient from the cache instead of computing it again.
     numerics, trace = run(run={"until_updates": 400, "eval_every": 100}, workers=[{"count": 8, "compute": EXP1}], **SHARDED)
     distinct = distinct_gradients(numerics, trace)
-    assert numerics.cache.hits > distinct / 10  # the rows of many pushes were split across waves ...
+    assert numerics.planner.cache.hits > distinct / 10  # the rows of many pushes were split across waves ...
     assert numerics.computed == distinct  # ... yet each gradient was computed once
-    assert len(numerics.cache.slot) <= 8  # freed after their last rows (left: pushes still in flight)
+    assert len(numerics.planner.cache.slot) <= 8  # freed after their last rows (left: pushes still in flight)
     assert_matches_fold(numerics, trace)
 
 
 def test_a_full_gradient_cache_recomputes_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(NumericsEngine, "_cache_capacity", lambda self: 1)
+    monkeypatch.setattr(WavePlanner, "_cache_capacity", lambda self: 1)
     numerics, trace = run(run={"until_updates": 400, "eval_every": 100}, workers=[{"count": 8, "compute": EXP1}], **SHARDED)
     assert numerics.computed > distinct_gradients(numerics, trace)  # no room: some computed twice
     assert_matches_fold(numerics, trace)
 
 
 def test_the_history_grows_when_the_versions_in_flight_need_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(numerics_module, "HISTORY_BUDGET_BYTES", 1)  # start at the smallest size
+    monkeypatch.setattr(planner_module, "HISTORY_BUDGET_BYTES", 1)  # start at the smallest size
     numerics, trace = run(run={"until_updates": 800, "eval_every": 400}, workers=[{"count": 40, "compute": EXP1}])
-    smallest = 4 * numerics.rows_per_wave
-    assert numerics.slots.capacity > smallest  # 40 workers read ~40 versions at once
-    assert numerics.history.shape[0] == numerics.slots.capacity + 1  # (+ the scratch row)
+    smallest = 4 * numerics.planner.rows_per_wave
+    assert numerics.planner.slots.capacity > smallest  # 40 workers read ~40 versions at once
+    assert numerics.history.shape[0] == numerics.planner.slots.capacity + 1  # (+ the scratch row)
     assert_matches_fold(numerics, trace)

@@ -7,12 +7,15 @@ The whole ``validate --quick`` (every check of THEORY.md through the real simula
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from asgd_sim.validation import theory
 from asgd_sim.cli import main
-from asgd_sim.validation.framework import checks, resolve_params, select, verdict
+from asgd_sim.validation.catalog import CHECKS, checks, select
+from asgd_sim.validation.framework import resolve_params, verdict
 
 
 def rows_of(out) -> list[dict]:
@@ -97,6 +100,26 @@ def test_list_shows_checks_and_parameters(capsys) -> None:
     assert main(["validate", "--list", "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "C12 " in printed and "lock_updates = 200000" in printed and "C7 " in printed
+
+
+def test_the_catalog_lists_every_check_in_order() -> None:
+    assert [check.name for check in CHECKS] == [f"C{i}" for i in range(1, 13)]
+    assert list(checks()) == [check.name for check in CHECKS] and select(None) == list(CHECKS)
+    assert all(set(check.quick) <= set(check.full) and set(check.limits) <= set(check.full) for check in CHECKS)
+
+
+def test_list_and_timing_checks_do_not_import_jax() -> None:
+    # `validate --list` and the timing-only checks must stay cheap: JAX only inside the checks that need it.
+    code = ("import io, sys\n"
+            "from asgd_sim.validation.command import run_cli\n"
+            "assert run_cli(None, True, None, [], list_only=True, stream=io.StringIO()) == 0\n"
+            "from asgd_sim.validation.catalog import select\n"
+            "from asgd_sim.validation.framework import resolve_params, run_checks\n"
+            "chosen = select('C10')\n"
+            "run_checks(chosen, resolve_params(chosen, True, ['rounds=100', 'backups=0']))\n"
+            "print(sorted(m for m in ('jax', 'matplotlib') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("predicted, simulated, tol, kind, ok", [

@@ -4,8 +4,8 @@
 - ``ray``: server and workers as Ray actors, locally or on a cluster (`ray_backend.run_ray`).
 
 Both use the thread-safe parameter server of `backends.server` and the worker loop of
-`backends.worker`, so they run the same algorithms and write the same trace as the simulator;
-`asgd_sim.simulate.replay` of a real run reproduces its parameters.
+`backends.worker`, so they run the same server policies and write the same trace as the
+simulator; `asgd_sim.replay` of a real run reproduces its parameters.
 """
 
 from __future__ import annotations
@@ -13,13 +13,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "run_backend"]
+from ..errors import ScenarioError
+from ..scenario.config import Scenario
+
+__all__ = ["BACKENDS", "REAL_ALGORITHMS", "run_backend", "check_supported"]
 
 BACKENDS = ("sim", "devices", "ray")
+# The algorithms the real backends run (local SGD and EASGD keep per-worker models: simulator only).
+REAL_ALGORITHMS = ("async", "sync", "k_sync", "k_async", "k_batch_sync", "k_batch_async", "ssp")
+
+
+def check_supported(scenario: Scenario, backend: str) -> None:
+    """Reject what the real backends cannot run, naming the key and the alternative."""
+    kind = scenario.algorithm.kind
+    if kind not in REAL_ALGORITHMS:
+        raise ScenarioError("algorithm.kind", f"= {kind!r}: the {backend} backend runs {', '.join(REAL_ALGORITHMS)}; "
+                            "simulate local_sgd / easgd with --backend sim")
+    if scenario.server.atomic and scenario.server.lock_order == "random" and scenario.server.lock in ("shard", "rw"):
+        raise ScenarioError("server.lock_order", "= 'random': a real server taking locks in random order can deadlock "
+                            "for good; use 'sorted' on a real backend (or --backend sim to study the deadlock)")
 
 
 def run_backend(backend: str, scenario: Any, out: str | Path | None, **options: Any) -> Any:
-    """Run ``scenario`` on a real backend ("devices" or "ray"); returns a `simulate.Result`."""
+    """Run ``scenario`` on a real backend ("devices" or "ray"); returns a `asgd_sim.Result` (the
+    run folder is written by `asgd_sim.runner.run_scenario`; ``out`` holds checkpoints)."""
     if backend == "devices":
         from .devices import run_devices
 

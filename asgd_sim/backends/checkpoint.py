@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScenarioError
-from ..trace import Trace
+from ..trace import CANCELLED, PENDING, Trace, TraceBuilder
 
 __all__ = ["Checkpoint", "CheckpointWriter", "load_checkpoint"]
 
@@ -47,6 +47,15 @@ class Checkpoint:
     trace: Trace
     failures: list[dict[str, Any]]
     folder: Path
+
+    def resumed_trace(self) -> TraceBuilder:
+        """The trace to continue from: gradients in flight at the checkpoint died with the
+        process, so they are cancelled."""
+        builder = TraceBuilder.from_trace(self.trace)
+        for gid in range(builder.num_gradients):
+            if builder.fate[gid] == PENDING:
+                builder.fate[gid] = CANCELLED
+        return builder
 
 
 class CheckpointWriter:

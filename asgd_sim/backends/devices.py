@@ -33,7 +33,9 @@ from ..numerics.problems import build_problem
 from ..timing.workers import build_workers
 from ..trace import trace_meta
 from .finish import finish_real_run
-from .server import Clock, Layout, RealServer, check_supported
+from ..numerics.layout import Layout
+from . import check_supported
+from .server import Clock, RealServer
 from .worker import WorkerHooks, run_worker
 
 __all__ = ["run_devices"]

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..scenario.config import Scenario
 from ..errors import ScenarioError
-from .server import check_supported
+from . import check_supported
 from .shards import ShardHost
 
 __all__ = ["run_ray", "ray_map", "ensure_ray"]
@@ -97,7 +97,8 @@ class _ServerHost:
                  shards: list[Any]) -> None:
         from .checkpoint import CheckpointWriter, load_checkpoint
         from ..numerics.problems import build_problem
-        from .server import Clock, Layout, RealServer
+        from ..numerics.layout import Layout
+        from .server import Clock, RealServer
         from .shards import ActorShards
 
         self.sc = sc = _load(tree, name)
@@ -226,7 +227,7 @@ class _ServerProxy:
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Any) -> Any:
         from .server import Read
 
-        meta = Read(read.t_pull, read.t_read, read.versions, (), read.round, read.has_params)
+        meta = Read(read.t_pull, read.t_read, read.versions, (), read.has_params)
         out = self.ray.get(self.actor.push.remote(wid, gids, grads, reads, meta))
         self._cancelled, self._checked = False, 0.0
         return out
@@ -262,7 +263,7 @@ class _WorkerHost:
         import jax
 
         from ..numerics.problems import build_problem
-        from .server import Layout
+        from ..numerics.layout import Layout
 
         self.sc = sc = _load(tree, name)
         self.wid, self.emulate, self.server, self.shards = wid, emulate, server, shards
@@ -318,7 +319,7 @@ def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str |
     from ..numerics.problems import build_problem
     from ..results.folder import start_run_folder
     from .finish import finish_real_run
-    from .server import Layout
+    from ..numerics.layout import Layout
 
     check_supported(scenario, "ray")
     sc = scenario

@@ -1,13 +1,15 @@
 """A real, thread-safe parameter server: the simulator's semantics on a real clock.
 
-The timing engine (`asgd_sim.engine`) decides in simulated time who reads which version and when
-each update lands; this server does the same things for real, from worker threads (the devices
-backend) or from a threaded Ray actor (the Ray backend), and writes the *same* trace
-(`asgd_sim.trace`), so `summarize_trace`, the plots and `asgd_sim.simulate.replay` work unchanged.
+The timing engine (`asgd_sim.timing.engine`) decides in simulated time who reads which version and
+when each update lands; this server does the same things for real, from worker threads (the
+devices backend) or from a threaded Ray actor (the Ray backend), and writes the *same* trace
+(`asgd_sim.trace`), so the summary, the plots and `asgd_sim.replay` work unchanged. Both drive the
+same server policy (`asgd_sim.algorithms`): this server holds no algorithm of its own; it carries
+out the policy's decisions with threads, mutexes and device work (`_carry_out`).
 
-Parameters use the numerics engine's layout: one flat float32 vector split into S equal shard
-rows (padded with zeros no loss touches), each with its own version and its own optimizer state
-(`rules.make_server_rule`). An update of shard s is one jitted call of `ServerRule.apply` on that
+Parameters use the numerics engine's layout (`asgd_sim.numerics.layout.Layout`): one flat float32
+vector split into S equal shard rows (padded with zeros no loss touches), each with its own version
+and its own optimizer state (`numerics.rules.make_server_rule`). An update of shard s is one jitted call of `ServerRule.apply` on that
 row with the update's gradients padded to the numerics engine's fixed width G (weight-0 rows),
 so a replay of the real trace through the numerics engine recomputes the real parameters (up to
 float rounding: the numerics engine computes gradients under `vmap`). Where the rows live and where
@@ -19,8 +21,8 @@ Pinned semantics, as in the simulator (DESIGN.md "Semantics"):
   (one consistent (row, version) pair per shard, taken under the state lock).
 - Staleness of a gradient on a shard = the shard's version just before the update minus the
   version read (max over shards); drop-stale compares the same difference at lock time.
-- After its push is applied (async, SSP), included in an update (sync, K-sync, K-async) or
-  received (K-batch-async), a worker's next read is served at once (piggybacked on the push).
+- When the policy serves a worker (after its push is applied, included in an update or
+  received, as the algorithm says), its next read is served at once (piggybacked on the push).
 - Locks (`server.lock`): "shard" a mutex per shard, "global" one mutex, "rw" a per-shard mutex
   whose writes also hold reads back, "none" no modelled lock. A JAX array is immutable, so the
   arithmetic of one update (read row -> apply -> swap) is always atomic per shard: like the
@@ -30,9 +32,11 @@ Pinned semantics, as in the simulator (DESIGN.md "Semantics"):
   `run.until_time` seconds: nothing commits after the stop, so gradients still in flight stay
   pending, exactly like a simulated run cut at that instant.
 
-Threads: the algorithm state (buffers, rounds, SSP clocks) lives under one condition variable;
-shard locks are taken without it; the state lock (trace rows, shard rows and versions) is the
-innermost and is held only for pointer swaps and trace writes.
+Threads: the policy is called under one condition variable (it is not thread-safe itself), and
+what its decisions register (a held worker's wake event, a stopped worker's cancel flag) is
+registered under that same acquisition, so a decision from another thread never misses it. Shard
+locks are taken without it; the state lock (trace rows, shard rows and versions) is the innermost
+and is held only for pointer swaps and trace writes.
 """
 
 from __future__ import annotations
@@ -46,21 +50,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..scenario.config import Scenario
-from ..errors import ScenarioError
+from ..algorithms import Apply, Cancel, Decision, Hold, Keep, Pull, Read as ReadFor, Serve, Stop, make_policy
+from ..numerics.layout import Layout
 from ..numerics.rules import make_server_rule
-from ..trace import CANCELLED, PENDING, Trace, TraceBuilder
+from ..scenario.config import Scenario
 from ..timing.workers import SERVER, Sampler, stream
+from ..trace import CANCELLED, PENDING, Trace, TraceBuilder, trace_meta
+from . import check_supported
 from .shards import LocalShards, ShardMath, ShardStore
 
-__all__ = ["Clock", "Layout", "Read", "RealServer", "REAL_ALGORITHMS", "check_supported", "members_width"]
-
-# The algorithms the real backends run (local SGD and EASGD keep per-worker models: simulator only).
-REAL_ALGORITHMS = ("async", "sync", "k_sync", "k_async", "k_batch_sync", "k_batch_async", "ssp")
-
+__all__ = ["Clock", "Read", "RealServer"]
 
 class Clock:
     """Seconds since the run started, from `time.monotonic()` (plus an offset after a resume)."""
@@ -72,70 +73,15 @@ class Clock:
         return time.monotonic() - self.origin
 
 
-def check_supported(scenario: Scenario, backend: str) -> None:
-    """Reject what the real backends cannot run, naming the key and the alternative."""
-    kind = scenario.algorithm.kind
-    if kind not in REAL_ALGORITHMS:
-        raise ScenarioError("algorithm.kind", f"= {kind!r}: the {backend} backend runs {', '.join(REAL_ALGORITHMS)}; "
-                            "simulate local_sgd / easgd with --backend sim")
-    if scenario.server.atomic and scenario.server.lock_order == "random" and scenario.server.lock in ("shard", "rw"):
-        raise ScenarioError("server.lock_order", "= 'random': a real server taking locks in random order can deadlock "
-                            "for good; use 'sorted' on a real backend (or --backend sim to study the deadlock)")
-
-
-def members_width(scenario: Scenario) -> int:
-    """Gradients per update, padded: the numerics engine's G (so the same compiled rule runs)."""
-    algo, M = scenario.algorithm, scenario.num_workers
-    return {"async": 1, "ssp": 1, "easgd": algo.local_steps, "sync": M - algo.backup,
-            "local_sgd": M * algo.local_steps}.get(algo.kind, algo.k)
-
-
-class Layout:
-    """The numerics engine's parameter layout: flat float32, S shard rows of `chunk` values."""
-
-    def __init__(self, problem: Any, shards: int, seed: int) -> None:
-        from jax.flatten_util import ravel_pytree
-
-        flat, self.unravel = ravel_pytree(problem.init(jax.random.PRNGKey(seed)))
-        self.problem = problem
-        self.S = shards
-        self.P = int(flat.size)
-        self.chunk = -(-self.P // shards)
-        padded = np.zeros(shards * self.chunk, np.float32)
-        padded[: self.P] = np.asarray(flat, np.float32)
-        self.initial = padded.reshape(shards, self.chunk)
-
-    def flat(self, rows: Sequence[Any]) -> np.ndarray:
-        """The P parameters of shard rows, as one numpy vector."""
-        return np.concatenate([np.asarray(r) for r in rows])[: self.P]
-
-    def pytree(self, rows: Sequence[Any]) -> Any:
-        return self.unravel(jnp.asarray(self.flat(rows)))
-
-    def grad_fn(self) -> Callable[[tuple, Any, Any], tuple]:
-        """jit: (shard rows, worker, k) -> per-shard gradient rows of the (worker, k) mini-batch."""
-        problem, P, S, chunk, unravel = self.problem, self.P, self.S, self.chunk, self.unravel
-
-        def flat_loss(flat: jax.Array, worker: jax.Array, k: jax.Array) -> jax.Array:
-            return problem.loss(unravel(flat[:P]), problem.make_batch(worker, k))
-
-        def grads(rows: tuple, worker: jax.Array, k: jax.Array) -> tuple:
-            g = jax.grad(flat_loss)(jnp.concatenate(rows), worker, k).reshape(S, chunk)
-            return tuple(g[s] for s in range(S))
-
-        return jax.jit(grads)
-
-
 @dataclass(frozen=True)
 class Read:
-    """What a worker got from the server: when, which versions, the rows, and for which round."""
+    """What a worker got from the server: when, which versions, and the rows."""
 
     t_pull: float
     t_read: float
     versions: tuple[int, ...]
     rows: tuple[Any, ...]
-    round: int = 0
-    has_params: bool = False  # k_batch_sync: the worker already holds these parameters
+    has_params: bool = False  # the worker keeps computing on the parameters it holds (K-batch-sync)
 
 
 @dataclass(eq=False)
@@ -154,12 +100,14 @@ class _Slot:
     """The server's view of one worker."""
 
     wid: int
-    round: int = 0
-    clock: int = 0
     wake: threading.Event = field(default_factory=threading.Event)
+    waiting: bool = False  # held or stopped by the policy, until it is served or released
+    read_on_wake: str = ""  # released to read for itself: the pull time to record ("held" | "arrival")
     next_read: Read | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)  # marked by a round closing
+    cancel: threading.Event = field(default_factory=threading.Event)  # its computation was stopped
     alive: bool = True
+    arrived: float = 0.0  # when its last push arrived
+    held_since: float = 0.0  # when the policy last held it
 
 
 class _Stopped(Exception):
@@ -183,13 +131,10 @@ class RealServer:
         self.layout = layout
         self.device = device if device is not None else jax.devices()[0]
         self.emulate = emulate
-        self.kind = sc.algorithm.kind
+        self.policy = make_policy(sc)
         self.M, self.S = sc.num_workers, sc.server.shards
-        algo = sc.algorithm
-        self.K = {"sync": self.M - algo.backup}.get(self.kind, algo.k)
-        self.G = members_width(sc)
-        self.drop_above = algo.drop_staleness_above
-        self.ssp_bound = algo.staleness_bound
+        self.G = self.policy.gradients_per_update
+        self.may_drop = self.policy.may_drop
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else math.inf
         self.until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
         self.rule = make_server_rule(sc.optimizer, self.M)
@@ -212,13 +157,6 @@ class RealServer:
         self.trace = TraceBuilder(self.S)
         self.slots = [_Slot(w) for w in range(self.M)]
         self.next_k = [0] * self.M
-        # Algorithm state (under self.cond).
-        self.buffer: list[tuple[_Slot, list[int]]] = []
-        self.waiters: list[_Slot] = []
-        self.round = 0
-        self.clock_count: dict[int, int] = {0: self.M}
-        self.min_clock = 0
-        self.clock_waiters: dict[int, list[_Slot]] = {}
         # Run state (under self.state_lock).
         self.grads: dict[int, tuple] = {}  # pushed gradients not yet applied or dropped
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
@@ -256,7 +194,7 @@ class RealServer:
 
     # ---- reads and gradient rows ----------------------------------------------------------------
 
-    def _snapshot(self, t_pull: float | None, round_: int, has_params: bool = False) -> Read:
+    def _snapshot(self, t_pull: float | None) -> Read:
         """Serve a read of every shard now (rw: after any write in progress)."""
         if self.lock_policy == "rw":
             with self.gate:
@@ -268,17 +206,15 @@ class RealServer:
             rows = tuple(sh.row for sh in self.shards)
         # (A remote worker's clock is the server's to within half a round trip: a pull it stamps
         # a few microseconds after the server served it was sent before.)
-        return Read(now if t_pull is None else min(t_pull, now), now, versions, rows, round_, has_params)
+        return Read(now if t_pull is None else min(t_pull, now), now, versions, rows)
 
     def read(self, wid: int, t_pull: float) -> Read | None:
         """An explicit pull (the first one, or after a restart), served now (None: the run is over)."""
         if self.stopped:
             return None
         with self.cond:
-            slot = self.slots[wid]
-            slot.round = self.round
-            round_ = self.round
-        return self._snapshot(t_pull, round_)
+            self.policy.read(wid)
+        return self._snapshot(t_pull)
 
     def new_gradients(self, wid: int, count: int, read: Read) -> list[tuple[int, int]]:
         """Trace rows for the worker's next ``count`` gradients at ``read``: [(gid, k)]."""
@@ -324,6 +260,7 @@ class RealServer:
         now = self.clock.now()
         with self.cond:
             self.slots[wid].alive = False  # (SSP: its clock stays, holding the others back, as in the simulator)
+            self.policy.failed(wid)
         with self.state_lock:
             self.failures.append({"worker": wid, "t": round(now, 6), "error": f"{type(error).__name__}: {error}"[:200],
                                   "restart_after": restart_after})
@@ -334,16 +271,14 @@ class RealServer:
             slot = self.slots[wid]
             slot.alive = True
             slot.cancel.clear()
+            self.policy.restarted(wid)
         with self.state_lock:
             for f in reversed(self.failures):
                 if f["worker"] == wid and "restarted" not in f:
                     f["restarted"] = round(now, 6)
                     break
 
-    def alive(self) -> int:
-        return sum(slot.alive for slot in self.slots)
-
-    # ---- push: the server phase of each algorithm ----------------------------------------------
+    # ---- push: the policy's decisions, carried out ---------------------------------------------
 
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Read) -> Read | None:
         """A worker's gradients (per gid, a tuple of shard rows on the server device) arrive.
@@ -361,127 +296,93 @@ class RealServer:
                 self.uses[gid] = self.S
                 if reads is not None:
                     self.reads[gid] = reads
+        slot = self.slots[wid]
+        slot.arrived = now
         try:
-            serve = {"async": self._serve_async, "ssp": self._serve_ssp, "k_async": self._serve_k_async,
-                     "k_batch_async": self._serve_k_batch_async, "k_batch_sync": self._serve_k_batch_sync}.get(self.kind, self._serve_round)
-            return serve(self.slots[wid], gids, read, now)
+            return self._carry_out(slot, read, self._decide(slot, self.policy.push, gids))
         except _Stopped:
             return None
 
-    def _serve_async(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read:
-        self._apply_all(gids, [1.0] * len(gids))
-        return self._snapshot(None, 0)
-
-    def _serve_ssp(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read:
-        """SSP (Ho et al. 2013): commit, then wait while clock - min clock > staleness_bound."""
-        self._apply_all(gids, [1.0] * len(gids))
-        t_applied = self.clock.now()
-        mine = self._snapshot(None, 0)
+    def _decide(self, slot: _Slot, event: Any, *args: Any) -> list[Decision]:
+        """Deliver ``event`` to the policy and register what its decisions promise, atomically
+        (under the condition variable): a held worker's wake event, a stopped worker's cancel flag.
+        Another thread's Serve or Read can then never miss them."""
         with self.cond:
-            self._commit_clock(slot)
-            if slot.clock - self.min_clock <= self.ssp_bound:
-                return mine
-            wake = slot.wake = threading.Event()
-            self.clock_waiters.setdefault(slot.clock, []).append(slot)
-        self._wait(wake)
-        return self._snapshot(t_applied, 0)
+            decisions = event(slot.wid, *args)
+            for decision in decisions:
+                if type(decision) is Hold:
+                    slot.wake, slot.waiting, slot.read_on_wake = threading.Event(), True, ""
+                    slot.held_since = self.clock.now()
+                elif type(decision) is Stop:
+                    for wid in decision.workers:
+                        other = self.slots[wid]
+                        if other.alive:  # it notices the flag and waits for the round's broadcast
+                            other.wake, other.waiting = threading.Event(), True
+                            other.cancel.set()
+        return decisions
 
-    def _commit_clock(self, slot: _Slot) -> None:
-        counts = self.clock_count
-        counts[slot.clock] = counts.get(slot.clock, 0) - 1
-        slot.clock += 1
-        counts[slot.clock] = counts.get(slot.clock, 0) + 1
-        self._advance_min_clock()
-
-    def _advance_min_clock(self) -> None:
-        counts = self.clock_count
-        while counts.get(self.min_clock, 0) <= 0:
-            counts.pop(self.min_clock, None)
-            self.min_clock += 1
-            for waiter in self.clock_waiters.pop(self.min_clock + self.ssp_bound, []):
-                waiter.wake.set()
-
-    def _serve_k_async(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read | None:
-        """K-async (Dutta et al. 2018): update after K workers pushed; only they pull."""
-        with self.cond:
-            wake = slot.wake = threading.Event()
-            self.buffer.append((slot, gids))
-            if len(self.buffer) < self.K:
-                batch = None
-            else:
-                batch, self.buffer = self.buffer, []
-        if batch is None:
-            self._wait(wake)
-            return slot.next_read
-        members = [g for _, ids in batch for g in ids]
-        self._apply_all(members, [1.0 / len(members)] * len(members))
-        mine = self._snapshot(None, 0)
-        with self.cond:
-            for other, _ in batch:
-                other.next_read = mine
-                other.wake.set()
+    def _carry_out(self, slot: _Slot, read: Read, decisions: list[Decision]) -> Read | None:
+        """Carry out the decisions about ``slot``'s push in its thread; its next read (None: it
+        pulls explicitly). ``read`` is what the push's gradients were computed at."""
+        mine: Read | None = None
+        for decision in decisions:
+            kind = type(decision)
+            if kind is Apply:
+                self._apply_all(decision.gids, decision.weights)
+                mine = self._carry_out(slot, read, self._decide(slot, self.policy.applied)) or mine
+            elif kind is Serve:
+                snapshot = self._snapshot(None)
+                with self.cond:
+                    for wid in decision.workers:
+                        other = self.slots[wid]
+                        served = snapshot if decision.pull == "read" else _pulled_at(snapshot, other.arrived)
+                        if other is slot:
+                            mine = served
+                        elif other.waiting:
+                            other.next_read, other.waiting = served, False
+                            other.wake.set()
+                        else:
+                            continue
+                        self.policy.read(wid)
+            elif kind is ReadFor:
+                for wid in decision.workers:
+                    if wid == slot.wid:
+                        mine = self._read_for(slot, decision.pull)
+                    else:
+                        with self.cond:
+                            other = self.slots[wid]
+                            if other.waiting:
+                                other.read_on_wake, other.waiting = decision.pull, False
+                                other.wake.set()
+            elif kind is Hold:
+                self._wait(slot.wake)
+                if slot.read_on_wake:
+                    mine = self._read_for(slot, slot.read_on_wake)
+                else:
+                    mine = slot.next_read
+            elif kind is Pull:
+                if slot.waiting and slot.cancel.is_set():  # a closing round stopped it first: its broadcast comes
+                    self._wait(slot.wake)
+                    slot.cancel.clear()
+                    mine = slot.next_read
+                else:
+                    mine = None
+            elif kind is Keep:
+                mine = Read(read.t_pull, read.t_read, read.versions, read.rows, has_params=True)
+            elif kind is Cancel:
+                self._cancel_gradients(decision.gids)
+            elif kind is not Stop:  # (Stop was registered by `_decide`)
+                raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
         return mine
 
-    def _serve_k_batch_async(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read:
-        """K-batch-async: an update per K gradients; the pusher reads at once (after the update
-        when its push completes the batch)."""
+    def _read_for(self, slot: _Slot, pull: str) -> Read:
+        """The worker reads for itself: its pull was issued when it arrived, or when it was held."""
+        served = self._snapshot(slot.arrived if pull == "arrival" else slot.held_since)
         with self.cond:
-            self.buffer.append((slot, gids))
-            if len(self.buffer) >= self.K:
-                batch, self.buffer = self.buffer, []
-            else:
-                batch = None
-        if batch is not None:
-            members = [g for _, ids in batch for g in ids]
-            self._apply_all(members, [1.0 / len(members)] * len(members))
-        return self._snapshot(t_arrive, 0)
+            self.policy.read(slot.wid)
+        return served
 
-    def _serve_round(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read | None:
-        """Sync, K-sync, backup workers: a round closes on its K-th push."""
-        with self.cond:
-            if read.round != self.round:  # computed on parameters of a round already closed
-                return self._late(slot, gids)
-            wake = slot.wake = threading.Event()
-            self.buffer.append((slot, gids))
-            self.waiters.append(slot)
-            if len(self.buffer) < self.K:
-                closing = None
-            else:
-                closing = self._take_round(slot)
-        if closing is None:
-            self._wait(wake)
-            return slot.next_read
-        return self._close_round(slot, *closing)
-
-    def _serve_k_batch_sync(self, slot: _Slot, gids: list[int], read: Read, t_arrive: float) -> Read | None:
-        """K-batch-sync: K gradients from anyone at the same parameters; pushers keep going."""
-        with self.cond:
-            if read.round != self.round:
-                return self._late(slot, gids)
-            self.buffer.append((slot, gids))
-            if len(self.buffer) < self.K:  # keep computing on the parameters already held
-                return Read(read.t_pull, read.t_read, read.versions, read.rows, read.round, has_params=True)
-            slot.wake = threading.Event()
-            self.waiters.append(slot)
-            closing = self._take_round(slot)
-        return self._close_round(slot, *closing)
-
-    def _late(self, slot: _Slot, gids: list[int]) -> Read | None:
-        """(Under cond.) Gradients of a closed round are cancelled; a worker the closing round
-        marked gets that round's broadcast, any other pulls explicitly."""
-        self._cancel_locked(gids)
-        if not slot.cancel.is_set():
-            return None
-        wake = slot.wake
-        self.cond.release()
-        try:
-            self._wait(wake)
-        finally:
-            self.cond.acquire()
-        slot.cancel.clear()
-        return slot.next_read
-
-    def _cancel_locked(self, gids: list[int]) -> None:
+    def _cancel_gradients(self, gids: list[int]) -> None:
         with self.state_lock:
             for gid in gids:
                 if self.trace.fate[gid] == PENDING:
@@ -490,31 +391,6 @@ class RealServer:
                 self.reads.pop(gid, None)
                 self.uses.pop(gid, None)
         self.store.discard(gids)
-
-    def _take_round(self, closer: _Slot) -> tuple[list[tuple[_Slot, list[int]]], list[_Slot]]:
-        """(Under cond.) Close the round: take the buffer, and mark the workers still computing
-        on this round's parameters (their work is cancelled; they get the broadcast)."""
-        batch, self.buffer = self.buffer, []
-        self.round += 1
-        waiting = {s.wid for s in self.waiters}  # (k_batch_sync: pushers not waiting are computing again)
-        for other in self.slots:
-            if other.alive and other.round == self.round - 1 and other.wid not in waiting:
-                other.wake = threading.Event()
-                other.cancel.set()
-                self.waiters.append(other)
-        waiters, self.waiters = self.waiters, []
-        return batch, waiters
-
-    def _close_round(self, closer: _Slot, batch: list[tuple[_Slot, list[int]]], waiters: list[_Slot]) -> Read | None:
-        members = [g for _, ids in batch for g in ids]
-        self._apply_all(members, [1.0 / len(members)] * len(members))
-        mine = self._snapshot(None, self.round)
-        with self.cond:
-            for other in waiters:
-                other.round = self.round
-                other.next_read = mine
-                other.wake.set()
-        return mine
 
     def await_broadcast(self, wid: int) -> Read | None:
         """A worker whose round closed without it waits for that round's broadcast read."""
@@ -530,6 +406,7 @@ class RealServer:
         return slot.next_read if not self.stopped else None
 
     def _wait(self, wake: threading.Event) -> None:
+        """Wait for ``wake``; raise `_Stopped` once the run is over."""
         while not wake.wait(0.1):
             if self.stopped:
                 raise _Stopped
@@ -599,11 +476,11 @@ class RealServer:
             dropped: list[Any] = []
             with self.state_lock:
                 before = sh.version
-                if self.drop_above is not None:
+                if self.may_drop:
                     kept = []
                     for g, w in zip(members, weights):
                         stale = before - tr.read_version[g * S + s]
-                        if stale > self.drop_above:
+                        if not self.policy.keep(stale):
                             tr.record_drop(g, stale, t_lock)
                             dropped.append(self.grads[g][s])
                         else:
@@ -684,7 +561,7 @@ class RealServer:
         return {
             "updates": self.updates, "t": now, "versions": [sh.version for sh in self.shards],
             "rows": [sh.row for sh in self.shards], "states": [sh.state for sh in self.shards],
-            "next_k": list(self.next_k), "trace": self.trace.freeze({"workers": self.M}),
+            "next_k": list(self.next_k), "trace": self.trace.freeze(trace_meta(self.scenario, "checkpoint", now)),
             "failures": [dict(f) for f in self.failures], "snapshots": [(u, t) for u, t, _, _ in self.snapshots],
         }
 
@@ -696,11 +573,7 @@ class RealServer:
         for sh in self.shards:
             sh.version = int(ckpt.versions[sh.index])
             sh.row, sh.state = self.store.restore(sh.index, sh.version, ckpt.rows[sh.index], ckpt.state_leaves[sh.index])
-        builder = TraceBuilder.from_trace(ckpt.trace)
-        for gid in range(builder.num_gradients):
-            if builder.fate[gid] == PENDING:
-                builder.fate[gid] = CANCELLED
-        self.trace = builder
+        self.trace = ckpt.resumed_trace()
         self.next_k = [int(k) for k in ckpt.next_k]
         self.updates = int(ckpt.updates)
         self.failures = list(ckpt.failures)
@@ -728,3 +601,8 @@ def _sleep_until(clock: Clock, t: float) -> None:
     delay = t - clock.now()
     if delay > 0:
         time.sleep(delay)
+
+
+def _pulled_at(read: Read, t_pull: float) -> Read:
+    """``read`` recorded as pulled at ``t_pull`` (its push carried the request)."""
+    return Read(min(t_pull, read.t_read), read.t_read, read.versions, read.rows)

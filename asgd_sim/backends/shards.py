@@ -147,13 +147,13 @@ class ShardHost:
     this actor, so they outlive any worker that reads them)."""
 
     def __init__(self, tree: dict[str, Any], name: str, index: int, keep_states: bool) -> None:
+        from ..algorithms import make_policy
         from ..numerics.rules import make_server_rule
         from ..scenario.files import scenario_from_dict
-        from .server import members_width
 
         sc = scenario_from_dict(tree, name=name)
         self.index, self.keep_states = index, keep_states
-        self.math = ShardMath(make_server_rule(sc.optimizer, sc.num_workers), members_width(sc))
+        self.math = ShardMath(make_server_rule(sc.optimizer, sc.num_workers), make_policy(sc).gradients_per_update)
         self.staged: dict[int, np.ndarray] = {}
         self.staged_reads: dict[int, np.ndarray] = {}  # DC-ASGD: this shard's row each gradient was computed at
         self.row: Any = None

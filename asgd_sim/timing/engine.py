@@ -32,7 +32,7 @@ from heapq import heappush
 import simpy
 from simpy.events import Timeout
 
-from .algorithms import AlgorithmPhases
+from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
 from ..scenario.config import Scenario
 from .network import Network
 from .locks import ParameterServer, Shard, find_wait_cycle
@@ -76,22 +76,23 @@ class TimingResult:
     deadlock: list[str] = field(default_factory=list)
 
 
-class TimingEngine(AlgorithmPhases):
-    """Builds the SimPy model of one scenario; ``run()`` returns its trace."""
+class TimingEngine:
+    """Builds the SimPy model of one scenario; ``run()`` returns its trace.
+
+    The server's side of the algorithm is a policy (`asgd_sim.algorithms`): after each push the
+    engine asks it what to do and carries out its decisions on the simulated clock (`_carry_out`).
+    """
 
     def __init__(self, scenario: Scenario, param_bytes: float | None = None) -> None:
         self.scenario = sc = scenario
         self.env = env = simpy.Environment()
-        algo = sc.algorithm
-        self.kind = algo.kind
+        self.policy: ServerPolicy = make_policy(sc)
         self.M = sc.num_workers
         self.S = sc.server.shards
         self.param_bytes = float(param_bytes if param_bytes is not None else (sc.model.param_bytes or DEFAULT_PARAM_BYTES))
         self.msg_bytes = sc.message_bytes(self.param_bytes)
-        self.local_steps = algo.local_steps if self.kind in ("local_sgd", "easgd") else 1
-        self.K = {"sync": self.M - algo.backup, "local_sgd": self.M}.get(self.kind, algo.k)
-        self.drop_above = algo.drop_staleness_above
-        self.ssp_bound = algo.staleness_bound
+        self.local_steps = self.policy.local_steps
+        self.may_drop = self.policy.may_drop
         self.trace = TraceBuilder(self.S)
         self.server = ParameterServer(env, self.S, sc.server.lock)
         self.apply_time = Sampler(sc.server.apply_time, stream(sc.run.seed, SERVER, 0))
@@ -111,22 +112,8 @@ class TimingEngine(AlgorithmPhases):
         self.updates = 0  # logical updates: the slowest shard's version
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
         self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
-        # Algorithm state.
-        self.buffer: list[tuple[WorkerState, list[int]]] = []
-        self.round = 0
-        self.waiters: list[WorkerState] = []
-        self.clock_count: dict[int, int] = {0: self.M}
-        self.min_clock = 0
-        self.clock_waiters: dict[int, list[WorkerState]] = {}
         self.stopped = ""
         self.deadlock: list[str] = []
-        server_phase = {
-            "async": self._serve_async, "easgd": self._serve_async, "ssp": self._serve_ssp,
-            "k_async": self._serve_k_async, "k_batch_async": self._serve_k_batch_async,
-            "sync": self._serve_round, "k_sync": self._serve_round, "local_sgd": self._serve_round,
-            "k_batch_sync": self._serve_k_batch_sync,
-        }
-        self.serve: Callable[[WorkerState, list[int]], Generator] = server_phase[self.kind]
         for w in self.workers:
             w.process = env.process(self._worker(w))
             if w.failure_times or w.mtbf:
@@ -151,7 +138,7 @@ class TimingEngine(AlgorithmPhases):
                     versions = yield from self._read()
                     w.interruptible = True
                     w.next_read = (t_pull, env.now, versions)
-                    w.round = self.round
+                    self.policy.read(w.wid)
                 t_pull, t_read, versions = w.next_read
                 gids = []
                 for step in range(self.local_steps):
@@ -181,7 +168,7 @@ class TimingEngine(AlgorithmPhases):
                 continue
             w.interruptible = False
             w.unpushed = []
-            yield from self.serve(w, gids)
+            yield from self._carry_out(w, gids, self.policy.push(w.wid, gids), env.now)
             if w.pending_failure:
                 yield from self._down(w)
                 if not w.alive:
@@ -240,12 +227,14 @@ class TimingEngine(AlgorithmPhases):
     def _down(self, w: WorkerState) -> Generator:
         w.pending_failure = False
         w.alive = False
+        self.policy.failed(w.wid)
         w.next_read = None
         down = w.down_time()
         if down is None:
             return
         yield self._timeout(down, w)
         w.alive = True
+        self.policy.restarted(w.wid)
         if w.restarted is not None and not w.restarted.triggered:
             w.restarted.succeed()
 
@@ -288,7 +277,7 @@ class TimingEngine(AlgorithmPhases):
                 yield granted
                 yield from self._handed_over()
         t_lock = self.env.now
-        if self.drop_above is not None:
+        if self.may_drop:
             members, weights = self._drop_stale(shard, members, weights, t_lock)
         if members:
             self.server.begin_write(shard)
@@ -307,12 +296,12 @@ class TimingEngine(AlgorithmPhases):
             yield _Timeout(self.env, handoff, 1)
 
     def _drop_stale(self, shard: Shard, members: list[int], weights: list[float], t_lock: float) -> tuple[list[int], list[float]]:
-        """Drop the gradients staler than ``algorithm.drop_staleness_above`` on this shard."""
-        tr, s, S = self.trace, shard.index, self.S
+        """Drop the gradients the policy does not keep at this staleness on this shard."""
+        tr, s, S, keep = self.trace, shard.index, self.S, self.policy.keep
         kept: tuple[list[int], list[float]] = ([], [])
         for g, weight in zip(members, weights):
             stale = shard.version - tr.read_version[g * S + s]
-            if stale > self.drop_above:  # type: ignore[operator]
+            if not keep(stale):
                 tr.record_drop(g, stale, t_lock)
             else:
                 kept[0].append(g)
@@ -348,7 +337,7 @@ class TimingEngine(AlgorithmPhases):
                 yield from self._handed_over()
         t_lock = self.env.now
         for shard in sorted(shards, key=lambda sh: sh.index):
-            kept, kept_weights = self._drop_stale(shard, members, weights, t_lock) if self.drop_above is not None else (members, weights)
+            kept, kept_weights = self._drop_stale(shard, members, weights, t_lock) if self.may_drop else (members, weights)
             if kept:
                 self.server.begin_write(shard)
                 hold = self.apply_time()
@@ -360,9 +349,76 @@ class TimingEngine(AlgorithmPhases):
             shard.lock.release()  # type: ignore[union-attr]
 
     def _piggyback(self, w: WorkerState, t_pull: float | None = None) -> None:
+        """Serve ``w``'s read now, in the process at hand (its push carried the pull request)."""
         now = self.env.now
         w.next_read = (now if t_pull is None else t_pull, now, self.server.versions())
-        w.round = self.round
+        self.policy.read(w.wid)
+
+    # ---- the server's answer to a push: the policy's decisions --------------------------------
+
+    def _carry_out(self, w: WorkerState, gids: list[int], decisions: list, t_arrive: float) -> Generator:
+        """Carry out ``decisions`` (about ``w``'s push of ``gids``) in order, in ``w``'s process.
+
+        Other workers are reached through their wake events: a held or stopped worker resumes once
+        it is served (`Serve`: its read was done here) or released to read for itself (`Read`).
+        A worker that the policy names but that is not waiting (it was mid-read when its round
+        closed, so it could not be stopped) is left to finish what it is doing.
+        """
+        w.arrived = t_arrive
+        for decision in decisions:
+            kind = type(decision)
+            if kind is Apply:
+                yield from self._apply_all(decision.gids, decision.weights, w.wid)
+                yield from self._carry_out(w, gids, self.policy.applied(w.wid), t_arrive)
+            elif kind is Serve:
+                for wid in decision.workers:
+                    other = self.workers[wid]
+                    if other is w or other.waiting:
+                        self._piggyback(other, other.arrived if decision.pull == "arrival" else None)
+                        if other is not w:
+                            other.waiting = False
+                            other.wake.succeed()  # type: ignore[union-attr]
+            elif kind is Read:
+                for wid in decision.workers:
+                    other = self.workers[wid]
+                    if other is w:
+                        yield from self._read_for(w, decision.pull)
+                    elif other.waiting:
+                        other.waiting = False
+                        other.read_on_wake = decision.pull
+                        other.wake.succeed()  # type: ignore[union-attr]
+            elif kind is Hold:
+                w.wake = self.env.event()
+                w.waiting, w.held_since = True, self.env.now
+                yield w.wake
+                if w.read_on_wake:
+                    pull, w.read_on_wake = w.read_on_wake, ""
+                    yield from self._read_for(w, pull)
+            elif kind is Pull:
+                w.next_read = None
+            elif kind is Keep:
+                tr, g = self.trace, gids[0]
+                w.next_read = (tr.t_pull[g], tr.t_read[g], list(tr.read_version[g * self.S:(g + 1) * self.S]))
+                w.has_params = True
+            elif kind is Cancel:
+                for gid in decision.gids:
+                    self.trace.fate[gid] = CANCELLED
+            elif kind is Stop:
+                for wid in decision.workers:
+                    other = self.workers[wid]
+                    if other.alive and other.interruptible:
+                        other.wake = self.env.event()
+                        other.waiting = True
+                        other.process.interrupt("cancel")  # type: ignore[union-attr]
+            else:
+                raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
+
+    def _read_for(self, w: WorkerState, pull: str) -> Generator:
+        """``w`` reads for itself: a request served as it arrives (rw: after a write in progress)."""
+        t_pull = w.arrived if pull == "arrival" else w.held_since
+        versions = yield from self._read()
+        w.next_read = (t_pull, self.env.now, versions)
+        self.policy.read(w.wid)
 
     # ---- running -----------------------------------------------------------------------------
 

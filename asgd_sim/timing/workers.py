@@ -124,9 +124,11 @@ class WorkerState:
     unpushed: list[int] = field(default_factory=list)
     transfers: list[simpy.Event] = field(default_factory=list)
     wake: simpy.Event | None = None
+    waiting: bool = False  # held or stopped by the server, until its wake event fires
+    read_on_wake: str = ""  # released to read for itself: the pull time to record ("held" | "arrival")
+    arrived: float = 0.0  # when its last push arrived
+    held_since: float = 0.0  # when the server last held it
     restarted: simpy.Event | None = None
-    round: int = 0
-    clock: int = 0
     busy: float = 0.0
     process: simpy.Process | None = None
 

@@ -1,38 +1,36 @@
-"""``asgd-sim validate``: does the simulator reproduce the theory of THEORY.md?
+"""The check framework of ``asgd-sim validate``: what a check is, how it is run and judged.
 
-Each check (C1 ... C12) builds real scenarios, runs them through the timing engine
-(``simulate_timing``) or the whole simulator (``simulate``), and compares what they measure with
-the closed form in ``asgd_sim.theory``, recomputed for the check's parameters. A check is a plain
-function ``check(params, rec)`` registered with its default parameters (THEORY.md sizes, and
-smaller ones for ``--quick``); it reports rows through ``rec.add(...)`` and data for the report's
-figures through ``rec.figure(...)``. The checks live in `asgd_sim.validate_checks`, the report in
-`asgd_sim.validate_report`.
+A check (C1 ... C12 of docs/THEORY.md) is a `Check`: a plain function ``run(params, rec)`` with
+its default parameters (docs/THEORY.md sizes, and smaller ones for ``--quick``) and the minimum of
+each parameter. The function builds real scenarios, runs them, and reports each comparison of a
+simulated value with a closed form of `asgd_sim.validation.theory` through ``rec.add(...)``, and
+data for the report's figures through ``rec.figure(...)``. This module knows no particular check:
+the checks are declared in the ``checks_*`` modules and listed, in order, in `catalog`; the
+printed table is `format`, the report files `report`, the command `command`.
 
 A row passes when the simulated value is within the tolerance of the prediction. The tolerance
 says what it is: ``rel`` (|sim - pred| <= tol |pred|), ``abs`` (|sim - pred| <= tol), ``max``
 (sim <= pred: the prediction is an upper bound) or ``min`` (sim >= pred: a lower bound). An
-``info`` row is reported without a verdict (THEORY.md asks for some results to be "reported
+``info`` row is reported without a verdict (docs/THEORY.md asks for some results to be "reported
 only", e.g. C6's ordering on an MLP): it prints INFO and never fails the run.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ScenarioError
 from ..errors import closest
 
-__all__ = ["CheckResult", "CheckOutcome", "Check", "Recorder", "checks", "select", "resolve_params", "run_checks",
-           "verdict", "format_row", "table_header", "run_cli", "KINDS", "OMITTED"]
+__all__ = ["CheckResult", "CheckOutcome", "Check", "Recorder", "Params", "select_from", "resolve_params", "run_checks",
+           "verdict", "outcome_dict", "show", "KINDS", "OMITTED"]
 
 KINDS = ("rel", "abs", "max", "min", "info")
-# Checks of THEORY.md that `validate` does not run, and why (shown by --only and in the report).
+# Checks of docs/THEORY.md that `validate` does not run, and why (shown by --only and in the report).
 OMITTED: dict[str, str] = {}
 
 Params = dict[str, Any]
@@ -44,7 +42,7 @@ class CheckResult:
 
     check: str  # "C12"
     quantity: str  # what is compared, e.g. "lock throughput X, M=5"
-    predicted: Any  # a float (or bool/int) from asgd_sim.theory, for these parameters
+    predicted: Any  # a float (or bool/int) from asgd_sim.validation.theory, for these parameters
     simulated: Any  # what the real runs measured
     tolerance: float  # see `kind`
     kind: str  # rel | abs | max | min | info
@@ -123,11 +121,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# --- the registry ----------------------------------------------------------------------------
+# --- checks and choosing among them --------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Check:
-    """A registered check: its function and its default parameters (full, and --quick changes)."""
+    """A check: its function and its default parameters (full, and the --quick changes).
+
+    ``limits`` maps a parameter to (minimum, why): a ``--set`` value below it is refused.
+    """
 
     name: str
     title: str
@@ -136,36 +137,17 @@ class Check:
     quick: Params = field(default_factory=dict)
     limits: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (minimum, why)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.quick) - set(self.full)
+        assert not unknown, f"{self.name}: quick parameters {unknown} have no full default"
+
     def defaults(self, quick: bool) -> Params:
         return {**self.full, **(self.quick if quick else {})}
 
 
-_REGISTRY: dict[str, Check] = {}
-
-
-def register(name: str, title: str, *, full: Params, quick: Params | None = None,
-             limits: dict[str, tuple[float, str]] | None = None) -> Callable:
-    """Decorator: add ``check(params, rec)`` to the registry under ``name``."""
-
-    def wrap(fn: Callable[[Params, Recorder], None]) -> Callable[[Params, Recorder], None]:
-        unknown = set(quick or {}) - set(full)
-        assert not unknown, f"{name}: quick parameters {unknown} have no full default"
-        _REGISTRY[name] = Check(name, title, fn, dict(full), dict(quick or {}), dict(limits or {}))
-        return fn
-
-    return wrap
-
-
-def checks() -> dict[str, Check]:
-    """All registered checks, in THEORY.md order (imports the check module on first use)."""
-    from . import checks  # noqa: F401  (registers the checks)
-
-    return dict(sorted(_REGISTRY.items(), key=lambda item: int(item[0][1:])))
-
-
-def select(only: str | None) -> list[Check]:
-    """The checks named in ``--only`` (comma-separated, any case), or all."""
-    registry = checks()
+def select_from(available: Sequence[Check], only: str | None) -> list[Check]:
+    """The checks of ``available`` named in ``--only`` (comma-separated, any case), or all of them."""
+    registry = {check.name: check for check in available}
     if not only:
         return list(registry.values())
     chosen: list[Check] = []
@@ -204,12 +186,12 @@ def _parse(check: Check, key: str, text: str, default: Any) -> Any:
             try:
                 return int(item)
             except ValueError:
-                raise ScenarioError(where, f"= {item!r}: must be a whole number (default {_show(default)})") from None
+                raise ScenarioError(where, f"= {item!r}: must be a whole number (default {show(default)})") from None
         if kind is float:
             try:
                 value = float(item)
             except ValueError:
-                raise ScenarioError(where, f"= {item!r}: must be a number (default {_show(default)})") from None
+                raise ScenarioError(where, f"= {item!r}: must be a number (default {show(default)})") from None
             if not math.isfinite(value):
                 raise ScenarioError(where, f"= {item!r}: must be finite")
             return value
@@ -219,12 +201,13 @@ def _parse(check: Check, key: str, text: str, default: Any) -> Any:
         kind = type(default[0]) if default else float
         items = [item for item in text.strip("[]()").split(",") if item.strip()]
         if not items:
-            raise ScenarioError(where, f"= {text!r}: give one or more values separated by commas, e.g. {_show(default)}")
+            raise ScenarioError(where, f"= {text!r}: give one or more values separated by commas, e.g. {show(default)}")
         return tuple(scalar(kind, item) for item in items)
     return scalar(type(default), text)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A parameter value as ``--set`` takes it (a tuple as comma-separated values)."""
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
@@ -233,7 +216,7 @@ def _check_limits(check: Check, params: Params) -> None:
         values = params[key] if isinstance(params[key], tuple) else (params[key],)
         for value in values:
             if value < minimum:
-                raise ScenarioError(f"{check.name}.{key}", f"= {_show(params[key])}: must be >= {minimum:g} ({why})")
+                raise ScenarioError(f"{check.name}.{key}", f"= {show(params[key])}: must be >= {minimum:g} ({why})")
 
 
 def resolve_params(selected: Sequence[Check], quick: bool, sets: Iterable[str]) -> dict[str, Params]:
@@ -288,100 +271,10 @@ def run_checks(selected: Sequence[Check], params: dict[str, Params],
                 raise
             # A theory formula refused the parameters (e.g. K > P): a bad argument, not a failure.
             raise ScenarioError(check.name, f"{error} (check the --set values; defaults: "
-                                f"{', '.join(f'{k}={_show(v)}' for k, v in check.full.items())})") from None
+                                f"{', '.join(f'{k}={show(v)}' for k, v in check.full.items())})") from None
         outcomes.append(CheckOutcome(check.name, check.title, params[check.name], rec.rows, rec.figures,
                                      time.perf_counter() - started))
     return outcomes
-
-
-# --- the printed table -------------------------------------------------------------------------
-
-_COLUMNS = (("check", 5), ("quantity", 46), ("predicted", 11), ("simulated", 11), ("tolerance", 11), ("result", 6),
-            ("time", 7))
-
-
-def fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if value == 0.0:
-            return "0"
-        return f"{value:.5g}" if 1e-3 <= abs(value) < 1e6 else f"{value:.3g}"
-    return str(value)
-
-
-def fmt_tolerance(tolerance: float, kind: str) -> str:
-    if kind == "rel":
-        return f"rel {tolerance * 100:g}%"
-    if kind == "abs":
-        return "exact" if tolerance == 0 else f"abs {tolerance:g}"
-    return {"max": "<= bound", "min": ">= bound", "info": "report only"}[kind]
-
-
-def fmt_result(row: CheckResult) -> str:
-    return "INFO" if row.kind == "info" else "PASS" if row.passed else "FAIL"
-
-
-def table_header() -> str:
-    line = " ".join(name.ljust(width) if i < 2 else name.rjust(width) for i, (name, width) in enumerate(_COLUMNS))
-    return line.rstrip() + "\n" + "-" * len(line)
-
-
-def format_row(row: CheckResult) -> str:
-    cells = (row.check, _clip(row.quantity, _COLUMNS[1][1]), fmt_value(row.predicted), fmt_value(row.simulated),
-             fmt_tolerance(row.tolerance, row.kind), fmt_result(row), f"{row.seconds:.1f}s")
-    return " ".join(cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS)))
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
-def list_checks(quick: bool) -> str:
-    lines = []
-    for check in checks().values():
-        lines.append(f"{check.name:4} {check.title}")
-        for key, value in check.defaults(quick).items():
-            lines.append(f"       {key} = {_show(value)}")
-    for name, why in OMITTED.items():
-        lines.append(f"{name:4} {why}")
-    return "\n".join(lines)
-
-
-def run_cli(only: str | None, quick: bool, out: Path | None, sets: Sequence[str], list_only: bool = False,
-            stream: Any = None) -> int:
-    """What ``asgd-sim validate`` does; returns the exit status (0 all pass, 1 some fail)."""
-    stream = stream or sys.stdout
-    if list_only:
-        print(list_checks(quick), file=stream)
-        return 0
-    selected = select(only)
-    params = resolve_params(selected, quick, sets)
-    if out is None:
-        from datetime import datetime
-
-        out = Path("results") / f"validation-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    print(f"asgd-sim validate ({'quick' if quick else 'full'}): {', '.join(c.name for c in selected)}", file=stream)
-    print(table_header(), file=stream, flush=True)
-    started = time.perf_counter()
-    outcomes = run_checks(selected, params, on_row=lambda row: print(format_row(row), file=stream, flush=True))
-    total = time.perf_counter() - started
-    rows = [row for o in outcomes for row in o.rows]
-    failed = [row for row in rows if not row.passed]
-
-    from .report import write_report
-
-    write_report(outcomes, out, quick=quick, seconds=total)
-    print("-" * len(table_header().splitlines()[0]), file=stream)
-    checked = [row for row in rows if row.kind != "info"]
-    print(f"{len(checked) - len(failed)}/{len(checked)} passed in {total:.1f} s"
-          + (f"; FAILED: {', '.join(sorted({r.check for r in failed}, key=lambda n: int(n[1:])))}" if failed else ""), file=stream)
-    print(f"report     {out / 'validation.html'} (and validation.md, validation.json)", file=stream)
-    return 1 if failed else 0
 
 
 def outcome_dict(outcome: CheckOutcome) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The report of ``asgd-sim validate``: validation.json, validation.md, validation.html and figures.
 
-The figures are drawn from the data each check recorded (``rec.figure``) with matplotlib's Agg
-backend, saved as PNG beside the report and embedded in the HTML as base64 data URIs, so the HTML
-file is self-contained (no external resources).
+It is written from the checks' outcomes (`framework.CheckOutcome`), with the cells of the printed
+table (`format`). The figures are drawn from the data each check recorded (``rec.figure``) with
+matplotlib's Agg backend, saved as PNG beside the report and embedded in the HTML as base64 data
+URIs, so the HTML file is self-contained (no external resources).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .framework import OMITTED, CheckOutcome, fmt_result, fmt_tolerance, fmt_value, outcome_dict  # noqa: E402
+from .format import fmt_result, fmt_tolerance, fmt_value  # noqa: E402
+from .framework import OMITTED, CheckOutcome, outcome_dict  # noqa: E402
 
 __all__ = ["write_report", "FIGURES"]
 

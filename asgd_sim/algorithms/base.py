@@ -1,0 +1,199 @@
+"""A server algorithm as a policy: fed events, it returns decisions (sans I/O).
+
+The server side of an algorithm decides which gradients make an update and what each worker does
+next. It is written once, as an object that holds no clock, no lock and no process, in the style
+of protocol libraries written "sans I/O" (h11, wsproto): a driver feeds it events and carries out
+the decisions it returns. The SimPy timing engine (`asgd_sim.timing.engine`) carries them out on
+the simulated clock; the real parameter server (`asgd_sim.backends.server`) with threads, locks
+and devices. So a simulated run and a real one run the same policy object.
+
+Events (methods the driver calls):
+- `on_read(worker)`: the worker's parameters were read; it starts computing on them.
+- `on_push(worker, gids)`: the worker's gradients arrived at the server.
+- `on_applied(worker)`: the update that `on_push(worker, ...)` asked for has landed on every shard.
+- `on_failed(worker)` / `on_restarted(worker)`: the worker went down / is back (it pulls afresh).
+- `keep(staleness)`: asked per shard when an update takes its lock: apply this gradient, or drop it.
+
+Decisions (what `on_push` and `on_applied` return, carried out in order by the process or thread
+that delivered the event):
+- `Apply(gids, weights)`: one update combining these gradients; then the driver calls `on_applied`.
+- `Serve(workers, pull)`: these workers' next parameters are read now; held ones resume with them.
+- `Read(workers, pull)`: these workers read for themselves, a request the server serves when it
+  can (with a readers-writer lock, after a write in progress); held ones resume to do so.
+- `Hold(worker)`: the worker waits for a later Serve or Read.
+- `Pull(worker)`: its gradients are gone; it pulls afresh (an explicit request, one latency).
+- `Keep(worker)`: it goes on computing on the parameters it already holds.
+- `Cancel(gids)`: these gradients are discarded.
+- `Stop(workers)`: stop these workers' computations in progress; each waits for a Serve.
+
+``pull`` says what the trace records as the pull time ``t_pull``: "read" (the read itself),
+"arrival" (the push that carried the pull request arrived) or "held" (the worker asked when it
+was held).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..scenario.config import Scenario
+
+__all__ = ["ServerPolicy", "Decision", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
+           "PULLING", "COMPUTING", "AT_SERVER", "HELD", "STOPPED", "DOWN"]
+
+# What a worker is doing, as far as the server knows.
+PULLING, COMPUTING, AT_SERVER, HELD, STOPPED, DOWN = range(6)
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    gids: list[int]
+    weights: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    workers: list[int]
+    pull: str = "read"  # "read" | "arrival"
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    workers: list[int]
+    pull: str  # "arrival" | "held"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    gids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    workers: list[int]
+
+
+Decision = Apply | Serve | Read | Hold | Pull | Keep | Cancel | Stop
+
+
+class ServerPolicy:
+    """The base of every server algorithm: what each worker is doing, and the shared defaults.
+
+    Subclasses set ``kind`` and override `on_push` (and `on_applied` when they apply updates).
+    ``model_update`` tells the numerics engine what an update does with what it combines:
+    "gradient" (weighted gradients through the server's update rule), "local_average" (local SGD:
+    the workers' model changes, averaged) or "elastic" (EASGD's elastic exchange).
+    """
+
+    kind: ClassVar[str] = ""
+    model_update: ClassVar[str] = "gradient"
+
+    def __init__(self, scenario: Scenario) -> None:
+        algo = scenario.algorithm
+        self.workers = scenario.num_workers
+        self.drop_above = algo.drop_staleness_above
+        self.state = [PULLING] * self.workers  # every worker starts with an explicit pull
+        self.round = 0  # rounds of the round-based algorithms (0 for the others)
+        self.round_of = [0] * self.workers  # the round whose parameters each worker read
+
+    # ---- what the numerics and the drivers need to know -----------------------------------------
+
+    @property
+    def local_steps(self) -> int:
+        """Gradients each push carries (local steps between exchanges)."""
+        return 1
+
+    @property
+    def gradients_per_update(self) -> int:
+        """The most gradients one update combines (the numerics pad every update to this width)."""
+        return self.local_steps
+
+    # ---- events (the driver calls these; subclasses override the on_* hooks) --------------------------
+
+    def read(self, worker: int) -> None:
+        """The worker's parameters were read: it computes on them."""
+        self.state[worker] = COMPUTING
+        self.round_of[worker] = self.round
+        self.on_read(worker)
+
+    def push(self, worker: int, gids: list[int]) -> list[Decision]:
+        """The worker's gradients ``gids`` arrived at the server."""
+        self.state[worker] = AT_SERVER
+        return self._noted(self.on_push(worker, gids))
+
+    def applied(self, worker: int) -> list[Decision]:
+        """The update asked for by ``worker``'s push has landed on every shard."""
+        return self._noted(self.on_applied(worker))
+
+    def failed(self, worker: int) -> None:
+        self.state[worker] = DOWN
+        self.on_failed(worker)
+
+    def restarted(self, worker: int) -> None:
+        self.state[worker] = PULLING
+        self.on_restarted(worker)
+
+    def keep(self, staleness: int) -> bool:
+        """Whether a gradient this stale on a shard is applied (False: dropped), asked per shard when
+        an update takes its lock. A pure function of ``staleness``: drivers may call it from any
+        thread, without the lock the other events are delivered under."""
+        return self.drop_above is None or staleness <= self.drop_above
+
+    @property
+    def may_drop(self) -> bool:
+        """Whether `keep` can say no (drivers skip asking when it cannot)."""
+        return self.drop_above is not None or type(self).keep is not ServerPolicy.keep
+
+    def _noted(self, decisions: list[Decision]) -> list[Decision]:
+        for decision in decisions:
+            kind = type(decision)
+            if kind is Hold:
+                self.state[decision.worker] = HELD
+            elif kind is Pull:
+                self.state[decision.worker] = PULLING
+            elif kind is Keep:
+                self.state[decision.worker] = COMPUTING
+            elif kind is Stop:
+                for worker in decision.workers:
+                    self.state[worker] = STOPPED
+        return decisions
+
+    # ---- hooks ----------------------------------------------------------------------------------
+
+    def on_read(self, worker: int) -> None:
+        """A worker starts computing (after `read` noted it)."""
+
+    def on_push(self, worker: int, gids: list[int]) -> list[Decision]:
+        raise NotImplementedError(f"{type(self).__name__} must define on_push")
+
+    def on_applied(self, worker: int) -> list[Decision]:
+        return []
+
+    def on_failed(self, worker: int) -> None:
+        """A worker went down (its work in progress is lost)."""
+
+    def on_restarted(self, worker: int) -> None:
+        """A worker is back; it pulls afresh."""
+
+    # ---- helpers for subclasses ------------------------------------------------------------------
+
+    def computing_on(self, round_: int, besides: int) -> list[int]:
+        """The workers (other than ``besides``) still computing on, or pulling in, round ``round_``."""
+        state, round_of = self.state, self.round_of
+        return [w for w in range(self.workers)
+                if w != besides and round_of[w] == round_ and (state[w] == COMPUTING or state[w] == PULLING)]
