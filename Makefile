@@ -1,10 +1,10 @@
-# Two entry points: `make demo` and `make test`. Each creates .venv when missing.
+# Two entry points: `make demo` and `make test` (`make test-fast` skips the slow tests). Each creates .venv when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gallery clean
+.PHONY: demo test test-fast bench gallery clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (@pytest.mark.slow: more than ~10 s each).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/timing.py

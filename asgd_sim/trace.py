@@ -1,6 +1,6 @@
 """The trace: the immutable, columnar record of a run that everything downstream reads.
 
-One row per gradient and one row per server update (DESIGN.md "Architecture"). Columns are typed
+One row per gradient and one row per server update (docs/DESIGN.md "Architecture"). Columns are typed
 arrays, never a Python object per record, so a million-gradient trace costs ~100 bytes per
 gradient. The same schema is written by the simulator and by real backends, so a real trace can be
 replayed through the numerics engine exactly like a simulated one.
@@ -173,7 +173,7 @@ class TraceBuilder:
 
 @dataclass(frozen=True, eq=False)
 class Trace:
-    """A finished trace as numpy columns. Metrics are functions of it (STYLE.md 5)."""
+    """A finished trace as numpy columns. Metrics are functions of it (docs/STYLE.md 5)."""
 
     shards: int
     worker: np.ndarray

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")  # an optional extra; `make test` installs it (
 from asgd_sim.scenario.files import scenario_from_dict  # noqa: E402
 from asgd_sim.trace import APPLIED, CANCELLED, Trace  # noqa: E402
 
-from test_backend_devices import check_trace, replay_max_diff  # noqa: E402
+from helpers import check_trace, replay_max_diff  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,7 @@ def test_ray_shards_are_actors_checkpoint_resume_and_replay_exactly(local_ray, t
     assert diff <= 1e-6, diff
 
 
+@pytest.mark.slow
 def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp_path: Path) -> None:
     # DC-ASGD compensates a gradient with (current row - the row it was computed at): the workers
     # send their read rows to the shard actors with the gradient chunks. The replay recomputes
@@ -146,6 +147,7 @@ def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp
     assert plain > 1e-4, plain
 
 
+@pytest.mark.slow
 def test_sweep_runs_its_points_as_ray_tasks(local_ray, tmp_path: Path) -> None:
     # The same timing sweep through Ray tasks and through local processes gives the same rows
     # (each run is a pure function of its scenario and seed); a rerun finds everything done.

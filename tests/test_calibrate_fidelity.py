@@ -18,8 +18,7 @@ from asgd_sim.timing.engine import simulate_timing
 from asgd_sim.runner import run_scenario
 from asgd_sim.scenario.files import load_scenario, scenario_from_dict
 
-from conftest import group, make_scenario  # noqa: E402
-from test_backend_devices import ROOT, forced_env  # noqa: E402
+from helpers import ROOT, forced_env, group, make_scenario
 
 
 @pytest.mark.parametrize("truth, chosen", [

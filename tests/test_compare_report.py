@@ -22,7 +22,10 @@ SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """A small numerics sweep: 2 step sizes x 2 seeds of a small MLP, 60 updates each."""
+    """A small numerics sweep: 2 step sizes x 2 seeds of a small MLP, 60 updates each.
+
+    It takes ~13 s (spawned workers import JAX and compile), so the tests using it are marked slow.
+    """
     out = tmp_path_factory.mktemp("cmp") / "sweep"
     code = main(["sweep", str(SCENARIOS / "quickstart.toml"), "--grid", "optimizer.learning_rate=0.01,0.2", "--seeds", "2",
                  "--set", "run.until_updates=60", "--set", "run.eval_every=20", "--set", "model.hidden=[32]",
@@ -73,6 +76,7 @@ def test_winner_prefers_reaching_the_target_reliably_then_fast() -> None:
 # ---------------------------------------------------------------------------------- compare
 
 
+@pytest.mark.slow
 def test_compare_a_sweep_bands_table_and_winner(sweep_dir: Path, capsys) -> None:
     assert main(["compare", str(sweep_dir), "--target", "0.5"]) == 0
     out = capsys.readouterr().out
@@ -91,6 +95,7 @@ def test_compare_a_sweep_bands_table_and_winner(sweep_dir: Path, capsys) -> None
     assert "winner:" in format_table(comparison)
 
 
+@pytest.mark.slow
 def test_compare_run_folders_and_errors(sweep_dir: Path, tmp_path: Path, capsys) -> None:
     a, b = sweep_dir / "runs" / "p000-seed0", sweep_dir / "runs" / "p001-seed0"
     assert main(["compare", str(a), str(b), "--metric", "train_loss", "--x", "updates", "--out", str(tmp_path / "c")]) == 0
@@ -122,6 +127,7 @@ def _assert_self_contained(html: str) -> None:
     assert "<link" not in html and "<script" not in html and "@import" not in html
 
 
+@pytest.mark.slow
 def test_report_of_a_run(sweep_dir: Path) -> None:
     run = sweep_dir / "runs" / "p001-seed1"
     html_path, md_path = write_report(run)
@@ -135,6 +141,7 @@ def test_report_of_a_run(sweep_dir: Path) -> None:
     assert len(links) == 7 and all((run / link).is_file() for link in links)
 
 
+@pytest.mark.slow
 def test_report_of_a_sweep(sweep_dir: Path, timing_dir: Path, capsys) -> None:
     assert main(["report", str(sweep_dir)]) == 0
     assert "report.html" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from asgd_sim.scenario.distributions import Exponential
 from asgd_sim.timing.engine import simulate_timing
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING
 
-from conftest import INF, applied_order, group, make_scenario, rows
+from helpers import INF, applied_order, group, make_scenario, rows
 
 EXACT = dict(abs=1e-12)
 

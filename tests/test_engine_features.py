@@ -22,7 +22,7 @@ from asgd_sim.runner import run_timing
 from asgd_sim.results.timeline import SERVER_PID, WORKERS_PID, write_timeline
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-from conftest import INF, group, make_scenario
+from helpers import INF, group, make_scenario
 
 EXACT = dict(abs=1e-12)
 

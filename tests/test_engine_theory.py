@@ -19,7 +19,7 @@ from asgd_sim.timing.engine import simulate_timing
 from asgd_sim.results.summary import summarize_trace
 from asgd_sim.trace import APPLIED, PENDING
 
-from conftest import applied_order, group, make_scenario
+from helpers import applied_order, group, make_scenario
 
 
 def run(*groups, **kw):

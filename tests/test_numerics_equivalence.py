@@ -10,6 +10,7 @@ latency.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from typing import Any
@@ -28,12 +29,10 @@ from asgd_sim.results.folder import write_run
 from asgd_sim.runner import replay, simulate
 from asgd_sim.trace import APPLIED
 
-from numerics_scenarios import EXP1, INF, LOGREG, MLP32, ideal_scenario, quadratic
+from helpers import EXP1, INF, LOGREG, MLP32, ideal_scenario, quadratic
 
-
-def scenario(*parts: dict[str, Any], **sections: Any):
-    """An ideal-cluster scenario; later parts and keyword sections override earlier ones."""
-    return ideal_scenario("numerics-test", *parts, **sections)
+# The ideal cluster of tests/helpers.py under this file's scenario name.
+scenario = functools.partial(ideal_scenario, "numerics-test")
 
 
 def flat(params: Any) -> np.ndarray:

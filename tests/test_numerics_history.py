@@ -22,8 +22,9 @@ from asgd_sim.numerics.planner import WavePlanner
 from asgd_sim.timing.engine import TimingEngine
 from asgd_sim.numerics.engine import NumericsEngine
 from asgd_sim.numerics.stream import Metrics, drive
+from asgd_sim.trace import PENDING
 
-from numerics_scenarios import EXP1, ideal_scenario, quadratic
+from helpers import EXP1, ideal_scenario, quadratic
 
 LR = 0.05
 STRAGGLER = [{"name": "fast", "count": 5, "compute": EXP1}, {"name": "straggler", "count": 1, "compute": {"dist": "exponential", "mean": 100.0}}]
@@ -87,14 +88,24 @@ def test_a_straggler_does_not_grow_the_history() -> None:
 
 def test_collection_keeps_exactly_the_versions_still_to_be_read() -> None:
     numerics, trace = run(run={"until_updates": 600, "eval_every": 600}, workers=STRAGGLER)
-    numerics.planner._collect(numerics_tr := _builder(trace), numerics.row, numerics.planner.versions)
-    kept = set(numerics.planner.slots.holds[0][numerics.planner.slots.holds[0] >= 0].tolist())
-    # Independently: the newest version and the versions read by gradients still in flight
-    # (pending at the end of the run), nothing else.
-    pending = trace.fate == 3
-    expected = {int(numerics.planner.versions[0])} | set(trace.read_version[pending, 0].tolist())
+    slots = numerics.planner.slots
+    held_before = set(slots.holds[0][slots.holds[0] >= 0].tolist())
+    numerics.planner._collect(_builder(trace), numerics.row, numerics.planner.versions)
+    held = slots.holds[0][slots.holds[0] >= 0]
+    kept = set(held.tolist())
+    assert len(held) == len(kept)  # one slot per kept version
+    # Independently, from the trace: the newest version (written by the last update row; one shard)
+    # and the versions read by gradients still in flight (pending at the end of the run), nothing else.
+    assert numerics.row == trace.num_update_rows == 600  # every row was applied
+    newest = int(trace.u_version[trace.num_update_rows - 1])
+    assert newest == 600 and int(numerics.planner.versions[0]) == newest
+    pending = trace.fate == PENDING
+    expected = {newest} | set(trace.read_version[pending, 0].tolist())
     assert kept == expected
-    assert numerics_tr.num_gradients == len(trace.worker)
+    # What makes the check bite: the straggler's gradient in flight read a version hundreds of
+    # updates old, which must survive, and the collection freed versions that were held before it.
+    assert min(expected) < newest - 200
+    assert kept < held_before
 
 
 def _builder(trace: Any) -> Any:
@@ -102,7 +113,7 @@ def _builder(trace: Any) -> Any:
 
     builder = TraceBuilder.from_trace(trace)
     # from_trace marks every gradient settled (a finished trace); the pending ones are not.
-    for g in np.flatnonzero(trace.fate == 3):
+    for g in np.flatnonzero(trace.fate == PENDING):
         builder.resolved[g] = 0
     return builder
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,12 @@ import numpy as np
 import pytest
 
 from asgd_sim.validation import theory
-from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.results.folder import write_run
 from asgd_sim.results.result import Result
 from asgd_sim.runner import simulate
 from asgd_sim.trace import APPLIED
+
+from helpers import EXP1, ideal_scenario
 
 M = 8
 UPDATES = 1500
@@ -29,15 +29,10 @@ EVAL_EVERY = 100
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
-    sc = scenario_from_dict({
-        "run": {"until_updates": UPDATES, "eval_every": EVAL_EVERY, "seed": 0},
-        "workers": [{"count": M, "compute": {"dist": "exponential", "mean": 1.0}}],
-        "network": {"latency": 0.0, "bandwidth": math.inf, "server_bandwidth": math.inf},
-        "server": {"apply_time": 0.0},
-        "model": {"name": "mlp"},
-        "data": {"name": "digits"},
-        "optimizer": {"name": "sgd", "learning_rate": 0.05},
-    }, name="learning")
+    # The ideal cluster (tests/helpers.py), SGD at learning rate 0.05, the default MLP on digits.
+    sc = ideal_scenario("learning", {"model": {"name": "mlp"}, "data": {"name": "digits"}},
+                        run={"until_updates": UPDATES, "eval_every": EVAL_EVERY, "seed": 0}, workers=[{"count": M, "compute": EXP1}],
+                        optimizer={"name": "sgd", "learning_rate": 0.05})
     result = simulate(sc)
     out = tmp_path_factory.mktemp("learning") / "run"
     write_run(result, out)

@@ -8,6 +8,7 @@ statistical error is a fraction of the tolerance (noted next to each check).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import textwrap
@@ -27,12 +28,10 @@ from asgd_sim.numerics.problems import build_problem
 from asgd_sim.runner import simulate
 from asgd_sim.trace import APPLIED
 
-from numerics_scenarios import EXP1, MLP32, ideal_scenario, quadratic
+from helpers import EXP1, MLP32, ideal_scenario, quadratic
 
-
-def scenario(*parts: dict[str, Any], **sections: Any):
-    """An ideal-cluster scenario; later parts and keyword sections override earlier ones."""
-    return ideal_scenario("theory-test", {"run": {"batch_cap": 16}}, *parts, **sections)
+# The ideal cluster of tests/helpers.py under this file's scenario name, with waves of at most 16 rows.
+scenario = functools.partial(ideal_scenario, "theory-test", {"run": {"batch_cap": 16}})
 
 
 def flat(params: Any) -> np.ndarray:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,34 @@ def _results(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first, then the parent pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (Linux /proc)."""
+    parents = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    children = {child: int(fields[1]) for child, fields in parents.items() if fields is not None}
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in children.items():
+            if ppid == parent and _alive(child):
+                found.append(child)
+                todo.append(child)
+    return found
+
+
 # ---------------------------------------------------------------------------------- parsing
 
 
@@ -121,6 +150,34 @@ def test_timing_sweep_writes_one_row_per_run_and_resumes(tiny: Path, tmp_path: P
     assert runs[runs["server.lock"] == "none"]["lock_wait_mean"].max() == 0.0
     # Common random numbers: the two seeds differ, the same seed at two points shares the compute draws.
     assert runs.groupby("point")["sim_time"].nunique().eq(2).all()
+    # Checked on the traces. Compute times come from a per-worker stream spawned by (seed, kind,
+    # worker id) (asgd_sim.timing.workers.stream), and the k-th draw of worker w is its k-th
+    # gradient's compute time. Neither swept key touches that: server.lock only changes how
+    # updates wait for each other on the server, and `workers` only adds or removes other workers'
+    # streams. So worker 0's first compute durations depend on the seed alone. (They are recovered
+    # as t_compute_end - t_compute_start, times of a few simulated seconds: rounding is ~1e-15.)
+    def compute_times(lock: str, workers: int, seed: int, first: int = 20) -> pd.DataFrame:
+        name = runs[(runs["server.lock"] == lock) & (runs["workers"] == workers) & (runs["seed"] == seed)]["run"].item()
+        grads = asgd_sim.load_run(out / "runs" / name, table="gradients")
+        mine = grads[(grads["worker"] == 0) & (grads["k"] < first)].sort_values("k")
+        assert list(mine["k"]) == list(range(first))
+        return mine
+
+    for seed in (0, 1):
+        base = compute_times("global", 4, seed)
+        durations = (base["t_compute_end"] - base["t_compute_start"]).to_numpy()
+        for lock, workers in (("none", 4), ("global", 2), ("none", 2)):
+            other = compute_times(lock, workers, seed)
+            # The points really are different runs (the times at which the gradients land differ) ...
+            assert not np.allclose(other["t_applied"].to_numpy(), base["t_applied"].to_numpy()), (lock, workers, seed)
+            # ... yet the compute draws are the same.
+            np.testing.assert_allclose((other["t_compute_end"] - other["t_compute_start"]).to_numpy(), durations,
+                                       rtol=0, atol=1e-12, err_msg=f"{lock}, {workers} workers, seed {seed}")
+    seed0 = compute_times("global", 4, 0)
+    seed1 = compute_times("global", 4, 1)
+    # Different seeds at the same point draw different compute times (continuous draws: no ties).
+    assert np.all((seed0["t_compute_end"] - seed0["t_compute_start"]).to_numpy()
+                  != (seed1["t_compute_end"] - seed1["t_compute_start"]).to_numpy())
 
     before = _results(out)
     capsys.readouterr()
@@ -162,12 +219,23 @@ def test_kill_9_then_rerun_runs_only_what_is_missing(tiny: Path, tmp_path: Path)
     cli = [sys.executable, "-m", "asgd_sim.cli", "sweep", str(tiny), "--timing-only", "--grid", "server.lock=global,shard,none",
            "--grid", "run.until_updates=150,300", "--seeds", "2", "--jobs", "2", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Wait for an observable condition (two runs committed), with a generous bound for a loaded machine.
     deadline = time.monotonic() + 120
     while len(_results(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    assert len(_results(out)) >= 2, "no two runs committed within 120 s"
+    workers = _descendants(proc.pid)  # the spawned worker processes (and multiprocessing's helpers)
+    assert workers, "the sweep runs its points in worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(0.5)  # the orphaned workers notice and exit
+    # The orphaned workers notice (they poll their parent every 0.2 s) and exit. Wait for that, not
+    # for a fixed time: a worker still running could commit a run, or leave a half-written one,
+    # after the snapshot below or while the rerun works. 60 s: generous for a loaded machine.
+    deadline = time.monotonic() + 60
+    while (alive := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"orphaned sweep workers still running 60 s after kill -9: {alive}"
     done = _results(out)
     assert 2 <= len(done) < 12, "the sweep should be killed mid-way"
     rerun = subprocess.run(cli, capture_output=True, text=True, timeout=300)

@@ -23,6 +23,7 @@ def rows_of(out) -> list[dict]:
     return [row for check in report["checks"] for row in check["rows"]]
 
 
+@pytest.mark.slow
 def test_quick_c2_c10_pass_and_write_the_report(tmp_path, capsys) -> None:
     out = tmp_path / "report"
     assert main(["validate", "--quick", "--only", "C2,C10", "--out", str(out)]) == 0

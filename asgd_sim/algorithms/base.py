@@ -11,6 +11,8 @@ Events (methods the driver calls):
 - `on_read(worker)`: the worker's parameters were read; it starts computing on them.
 - `on_push(worker, gids)`: the worker's gradients arrived at the server.
 - `on_applied(worker)`: the update that `on_push(worker, ...)` asked for has landed on every shard.
+- `on_update(version)`: the server's logical version (the slowest shard's) became ``version``; it
+  may only return decisions about other workers (Serve, Read, Stop, Cancel).
 - `on_failed(worker)` / `on_restarted(worker)`: the worker went down / is back (it pulls afresh).
 - `keep(staleness)`: asked per shard when an update takes its lock: apply this gradient, or drop it.
 
@@ -109,6 +111,7 @@ class ServerPolicy:
         self.drop_above = algo.drop_staleness_above
         self.state = [PULLING] * self.workers  # every worker starts with an explicit pull
         self.round = 0  # rounds of the round-based algorithms (0 for the others)
+        self.version = 0  # the server's logical version (updates applied to its slowest shard)
         self.round_of = [0] * self.workers  # the round whose parameters each worker read
 
     # ---- what the numerics and the drivers need to know -----------------------------------------
@@ -139,6 +142,11 @@ class ServerPolicy:
     def applied(self, worker: int) -> list[Decision]:
         """The update asked for by ``worker``'s push has landed on every shard."""
         return self._noted(self.on_applied(worker))
+
+    def updated(self, version: int) -> list[Decision]:
+        """The server's logical version became ``version`` (drivers call this after each such update)."""
+        self.version = version
+        return self._noted(self.on_update(version))
 
     def failed(self, worker: int) -> None:
         self.state[worker] = DOWN
@@ -182,6 +190,9 @@ class ServerPolicy:
         raise NotImplementedError(f"{type(self).__name__} must define on_push")
 
     def on_applied(self, worker: int) -> list[Decision]:
+        return []
+
+    def on_update(self, version: int) -> list[Decision]:
         return []
 
     def on_failed(self, worker: int) -> None:

@@ -46,7 +46,7 @@ POLL_S = 0.02
 def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: bool = False, resume: bool = False,
                 devices: list[Any] | None = None, inject: Callable[[int, int], None] | None = None,
                 stall_after: float | None = None, progress: Callable[[int, float], None] | None = None) -> Any:
-    """Run ``scenario`` for real on JAX devices; returns a `simulate.Result` (and writes ``out``).
+    """Run ``scenario`` for real on JAX devices; returns an `asgd_sim.Result` (``out`` holds its checkpoints).
 
     ``resume`` continues the run in ``out`` from its last checkpoint. ``inject(worker, k)`` is
     called before each gradient (raise from it to crash a worker). A run that makes no update for
@@ -128,7 +128,7 @@ def _supervise(server: RealServer, threads: list[threading.Thread], stall: float
                update: Callable[[int, float], None] | None) -> None:
     """Wait for the run to end: its update or time limit, or a stall."""
     while not server.done.wait(POLL_S):
-        now = server.now()
+        now = server.clock.now()
         if now >= server.until_time:
             server.stop("until_time")
             return

@@ -312,7 +312,7 @@ class _WorkerHost:
 def run_ray(scenario: Scenario, out: str | Path | None = None, *, address: str | None = None, emulate: bool = False,
             resume: bool = False, num_cpus: int | None = None, on_start: Callable[[list[Any]], None] | None = None,
             stall_after: float | None = None, progress: Callable[[int, float], None] | None = None) -> Any:
-    """Run ``scenario`` with Ray actors; returns a `simulate.Result` (and writes ``out``).
+    """Run ``scenario`` with Ray actors; returns an `asgd_sim.Result` (``out`` holds its checkpoints).
 
     ``on_start(worker_actors)`` is called once the workers run (tests kill one from there).
     """

@@ -7,16 +7,13 @@ devices backend) or from a threaded Ray actor (the Ray backend), and writes the 
 same server policy (`asgd_sim.algorithms`): this server holds no algorithm of its own; it carries
 out the policy's decisions with threads, mutexes and device work (`_carry_out`).
 
-Parameters use the numerics engine's layout (`asgd_sim.numerics.layout.Layout`): one flat float32
-vector split into S equal shard rows (padded with zeros no loss touches), each with its own version
-and its own optimizer state (`numerics.rules.make_server_rule`). An update of shard s is one jitted call of `ServerRule.apply` on that
-row with the update's gradients padded to the numerics engine's fixed width G (weight-0 rows),
-so a replay of the real trace through the numerics engine recomputes the real parameters (up to
-float rounding: the numerics engine computes gradients under `vmap`). Where the rows live and where
-that call runs is a shard store's business (`backends.shards`: in this process, or one Ray actor
-per shard); the server keeps only handles of the rows and decides everything else.
+Parameters use the numerics engine's layout (`asgd_sim.numerics.layout.Layout`), each shard row
+with its own version and optimizer state. An update of shard s is one jitted call of the numerics
+engine's server rule on that row, its gradients padded to the policy's fixed width, so a replay of
+the real trace recomputes the real parameters. Where the rows live and where that call runs is a
+shard store's business (`backends.shards`: this process, or one Ray actor per shard).
 
-Pinned semantics, as in the simulator (DESIGN.md "Semantics"):
+Pinned semantics, as in the simulator (docs/DESIGN.md "Semantics"):
 - A read is recorded when the server serves it; its versions are those of the rows it returns
   (one consistent (row, version) pair per shard, taken under the state lock).
 - Staleness of a gradient on a shard = the shard's version just before the update minus the
@@ -63,6 +60,7 @@ from .shards import LocalShards, ShardMath, ShardStore
 
 __all__ = ["Clock", "Read", "RealServer"]
 
+
 class Clock:
     """Seconds since the run started, from `time.monotonic()` (plus an offset after a resume)."""
 
@@ -71,6 +69,9 @@ class Clock:
 
     def now(self) -> float:
         return time.monotonic() - self.origin
+
+    def sleep_until(self, t: float) -> None:
+        time.sleep(max(0.0, t - self.now()))
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,8 @@ class RealServer:
     """Shards, locks, algorithm and trace of a real run (see the module docstring).
 
     `store` holds the shard rows and runs the updates (default: `LocalShards` on `device`).
-    `resume` is a loaded checkpoint
-    (`asgd_sim.checkpoint.Checkpoint`). `on_checkpoint(snapshot)` is called (outside all locks,
-    from the committing thread) every `server.checkpoint_every` logical updates.
+    `resume` is a loaded `backends.checkpoint.Checkpoint`. `on_checkpoint(snapshot)` is called
+    (outside all locks, from the committing thread) every `server.checkpoint_every` updates.
     """
 
     def __init__(self, scenario: Scenario, layout: Layout, *, device: Any = None, emulate: bool = False,
@@ -184,9 +184,6 @@ class RealServer:
     def warm_up(self) -> None:
         """Compile the update before the clock starts (the first real update must not pay for it)."""
         self.store.warm_up()
-
-    def now(self) -> float:
-        return self.clock.now()
 
     def _sample_apply_time(self) -> float:
         with self._sample_lock:
@@ -298,6 +295,9 @@ class RealServer:
                     self.reads[gid] = reads
         slot = self.slots[wid]
         slot.arrived = now
+        if slot.cancel.is_set():  # stopped while it finished (a stop lands at once only in the simulator):
+            self._cancel_gradients(gids)  # the computation is discarded; the policy already serves it anew
+            return self.await_broadcast(wid)
         try:
             return self._carry_out(slot, read, self._decide(slot, self.policy.push, gids))
         except _Stopped:
@@ -360,13 +360,8 @@ class RealServer:
                     mine = self._read_for(slot, slot.read_on_wake)
                 else:
                     mine = slot.next_read
-            elif kind is Pull:
-                if slot.waiting and slot.cancel.is_set():  # a closing round stopped it first: its broadcast comes
-                    self._wait(slot.wake)
-                    slot.cancel.clear()
-                    mine = slot.next_read
-                else:
-                    mine = None
+            elif kind is Pull:  # (a worker a closing round stopped too gets that round's broadcast instead)
+                mine = self.await_broadcast(slot.wid) if slot.cancel.is_set() else None
             elif kind is Keep:
                 mine = Read(read.t_pull, read.t_read, read.versions, read.rows, has_params=True)
             elif kind is Cancel:
@@ -470,7 +465,7 @@ class RealServer:
     def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
         hold_until = t_lock + self._sample_apply_time() if self.emulate else None
         if sh.lock is None and hold_until is not None:
-            _sleep_until(self.clock, hold_until)  # lock-free: the holds of concurrent updates overlap
+            self.clock.sleep_until(hold_until)  # lock-free: the holds of concurrent updates overlap
         with sh.mutex:
             s, S, tr = sh.index, self.S, self.trace
             dropped: list[Any] = []
@@ -500,7 +495,7 @@ class RealServer:
             try:
                 new, state = self.store.update(s, before, row, state, grads, reads, weights, stale_of, worker_of, dropped)
                 if sh.lock is not None and hold_until is not None:
-                    _sleep_until(self.clock, hold_until)
+                    self.clock.sleep_until(hold_until)
                 self._commit(sh, members, weights, new, state, t_request, t_lock)
             finally:
                 if self.lock_policy == "rw":
@@ -595,12 +590,6 @@ class RealServer:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _sleep_until(clock: Clock, t: float) -> None:
-    delay = t - clock.now()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def _pulled_at(read: Read, t_pull: float) -> Read:

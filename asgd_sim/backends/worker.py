@@ -3,7 +3,7 @@
 The same loop runs in a thread of the devices backend and inside a Ray worker actor; only the
 server handle and the three transfers differ (`fetch` parameters to the worker's device, `compute`
 a gradient there, `ship` it to the server). Every timestamp is taken after `block_until_ready`
-(STYLE.md: JAX dispatch is asynchronous).
+(docs/STYLE.md: JAX dispatch is asynchronous).
 
 With ``emulate``, the scenario's timing is injected as real delays, drawn from the simulator's own
 per-worker streams (`asgd_sim.workers.build_workers`): a gradient takes its sampled compute time

@@ -296,8 +296,8 @@ def _mlp_init(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]
 def _mlp_apply(layers: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for layer in layers[:-1]:
-        x = jax.nn.relu(x @ layer["w"] + layer["b"])
-    return x @ layers[-1]["w"] + layers[-1]["b"]
+        x = jax.nn.relu(x @ layer["w"] + layer["b"][None, :])
+    return x @ layers[-1]["w"] + layers[-1]["b"][None, :]
 
 
 def _cnn_init(key: jax.Array, channels: Sequence[int], classes: int) -> dict[str, Any]:
@@ -314,8 +314,8 @@ def _cnn_apply(params: dict[str, Any], x: jax.Array) -> jax.Array:
     h = x.reshape(x.shape[0], 8, 8, 1)
     for conv in params["conv"]:
         h = jax.lax.conv_general_dilated(h, conv["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        h = jax.nn.relu(h + conv["b"])
-    return h.reshape(h.shape[0], -1) @ params["out"]["w"] + params["out"]["b"]
+        h = jax.nn.relu(h + conv["b"][None, None, None, :])
+    return h.reshape(h.shape[0], -1) @ params["out"]["w"] + params["out"]["b"][None, :]
 
 
 def _classifier(model: ModelConfig, data: DataConfig, dataset: Dataset) -> tuple[Callable, Callable, Callable]:
@@ -357,7 +357,8 @@ VOCAB = 128  # ASCII codes
 
 def _layer_norm(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     mean, var = jnp.mean(x, -1, keepdims=True), jnp.var(x, -1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["g"] + p["b"]
+    lead = (1,) * (x.ndim - 1)  # explicit broadcast of the per-feature gain and bias
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["g"].reshape(*lead, -1) + p["b"].reshape(*lead, -1)
 
 
 def _transformer_init(key: jax.Array, model: ModelConfig) -> dict[str, Any]:
@@ -385,7 +386,7 @@ def _transformer_init(key: jax.Array, model: ModelConfig) -> dict[str, Any]:
 
 def _transformer_apply(params: dict[str, Any], tokens: jax.Array, heads: int) -> jax.Array:
     batch, length = tokens.shape
-    h = params["embed"][tokens] + params["pos"][:length]
+    h = params["embed"][tokens] + params["pos"][None, :length]
     causal = jnp.tril(jnp.ones((length, length), bool))
     for block in params["blocks"]:
         q, k, v = jnp.split(_layer_norm(block["ln1"], h) @ block["qkv"], 3, axis=-1)
@@ -393,8 +394,8 @@ def _transformer_apply(params: dict[str, Any], tokens: jax.Array, heads: int) ->
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
         weights = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
         h = h + jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, -1) @ block["proj"]
-        hidden = jax.nn.gelu(_layer_norm(block["ln2"], h) @ block["fc"] + block["fc_b"])
-        h = h + hidden @ block["out"] + block["out_b"]
+        hidden = jax.nn.gelu(_layer_norm(block["ln2"], h) @ block["fc"] + block["fc_b"][None, None, :])
+        h = h + hidden @ block["out"] + block["out_b"][None, None, :]
     return _layer_norm(params["ln_f"], h) @ params["head"]
 
 
@@ -423,7 +424,7 @@ def _transformer(model: ModelConfig, data: DataConfig, seed: int, num_workers: i
     offsets = jnp.arange(context + 1)
 
     def gather(starts: jax.Array) -> Batch:
-        windows = tokens[starts[..., None] + offsets]
+        windows = tokens[starts[..., None] + offsets.reshape((1,) * starts.ndim + (-1,))]
         return {"x": windows[..., :-1], "y": windows[..., 1:]}
 
     n_starts = n_train - context  # windows lying wholly inside the training head

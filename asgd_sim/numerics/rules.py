@@ -21,7 +21,6 @@ Everything is a pure function of its inputs: jittable with static G and usable i
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -32,14 +31,13 @@ import optax
 
 from ..scenario.config import OptimizerConfig
 from ..errors import ScenarioError
-from ..errors import closest
+from ..scenario.optimizer import make_optimizer, unknown_choice
 
 __all__ = [
     "ServerRule",
     "ServerState",
     "STALENESS_RULES",
     "make_server_rule",
-    "make_optimizer",
     "staleness_factor",
     "dc_compensate",
 ]
@@ -82,7 +80,7 @@ def staleness_factor(rule: str, tau: jax.Array, num_workers: int, power: float =
         return (1.0 + tau) ** (-power)
     if rule == "adaptive":
         return jnp.minimum(1.0, num_workers / jnp.maximum(tau, 1.0))
-    raise _unknown("optimizer.staleness_rule", f"unknown staleness rule {rule!r}", rule, STALENESS_RULES)
+    raise unknown_choice("optimizer.staleness_rule", f"unknown staleness rule {rule!r}", rule, STALENESS_RULES)
 
 
 def dc_compensate(g: jax.Array, w: jax.Array, w_bak: jax.Array, lam: jax.Array | float) -> jax.Array:
@@ -150,68 +148,3 @@ def _adaptive_lambda(
 
     mean_square, lam = jax.lax.scan(step, mean_square, (grads, jnp.asarray(workers, jnp.int32), live))
     return lam, mean_square
-
-
-def make_optimizer(opt: OptimizerConfig) -> optax.GradientTransformation:
-    """``getattr(optax, opt.name)(learning_rate=..., **opt.options)``, the rate possibly an optax
-    schedule ``getattr(optax, opt.schedule)(init_value=opt.learning_rate, **opt.schedule_options)``."""
-    if not opt.learning_rate > 0:
-        raise ScenarioError("optimizer.learning_rate", f"= {opt.learning_rate}: must be > 0")
-    learning_rate: Any = opt.learning_rate
-    if opt.schedule is not None:
-        learning_rate = _call_optax(opt.schedule, "schedule", "init_value", opt.learning_rate, opt.schedule_options)
-    tx = _call_optax(opt.name, "name", "learning_rate", learning_rate, opt.options)
-    if not isinstance(tx, optax.GradientTransformation):
-        raise ScenarioError("optimizer.name", f"optax.{opt.name} returned a {type(tx).__name__}, not an optimizer")
-    try:  # a one-coordinate probe: optimizers whose update needs more than (g, state, params) fail here
-        probe = jnp.zeros(1, jnp.float32)
-        tx.update(probe, tx.init(probe), probe)
-    except Exception as error:  # noqa: BLE001 - any failure means the server cannot drive it
-        raise ScenarioError("optimizer.name", f"optax.{opt.name} cannot run as a server rule, whose update passes only (gradient, state, params): {type(error).__name__}: {error}") from None
-    return tx
-
-
-def _call_optax(name: str, key: str, first: str, value: Any, options: dict[str, Any]) -> Any:
-    """Call optax.<name>(<first>=value, **options); errors name optimizer.<key>[_options]."""
-    kind = "optimizer" if key == "name" else "schedule"
-    options_path = "optimizer.options" if key == "name" else "optimizer.schedule_options"
-    fn = getattr(optax, name, None) if not name.startswith("_") else None
-    takes_first = callable(fn) and first in _parameters(fn)
-    if not takes_first:
-        choices = [n for n in dir(optax) if n[:1].islower() and callable(getattr(optax, n)) and first in _parameters(getattr(optax, n))]
-        why = f"optax.{name} takes no {first}, so it is no {kind}" if callable(fn) else f"{name!r} is not an optax {kind}"
-        raise _unknown(f"optimizer.{key}", why, name, choices)
-    if first in options:
-        source = "the rate comes from optimizer.learning_rate" if key == "name" else "the schedule starts at optimizer.learning_rate"
-        raise ScenarioError(f"{options_path}.{first}", f"{source}: remove it")
-    parameters = _parameters(fn)
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        for option in options:
-            if option not in parameters:
-                hint = closest(option, parameters)
-                raise ScenarioError(
-                    f"{options_path}.{option}",
-                    f"optax.{name} has no option {option!r}" + (f": did you mean {hint!r}?" if hint else "")
-                    + f" (its options: {', '.join(p for p in parameters if p != first)})",
-                )
-    try:
-        inspect.signature(fn).bind(**{first: value}, **options)
-    except TypeError as error:
-        raise ScenarioError(options_path, f"optax.{name}: {error}") from None
-    try:
-        return fn(**{first: value}, **options)
-    except (TypeError, ValueError) as error:
-        raise ScenarioError(options_path, f"optax.{name} rejected {dict(options)}: {error}") from None
-
-
-def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
-    try:
-        return dict(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return {}
-
-
-def _unknown(path: str, message: str, name: str, choices: Any) -> ScenarioError:
-    hint = closest(name, choices)
-    listing = ", ".join(sorted(choices)[:16]) + (", ..." if len(choices) > 16 else "")
-    return ScenarioError(path, message + (f": did you mean {hint!r}?" if hint else "") + f" (choices: {listing})")

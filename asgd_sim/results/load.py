@@ -7,7 +7,7 @@
     curves = asgd_sim.load_sweep("results/straggler", table="metrics")   # every run's metrics, stacked
 
 These read result folders only (what ``asgd-sim run`` and ``asgd-sim sweep`` write), never engine
-internals (DESIGN.md "Results and files"). A timing-only run has no learning curves; its metrics
+internals (docs/DESIGN.md "Results and files"). A timing-only run has no learning curves; its metrics
 frame is derived from the trace (updates, simulated time, throughput, running staleness mean) with
 ``train_loss`` and ``test_accuracy`` left NaN, so every run has the same columns.
 

@@ -1,6 +1,6 @@
 """Summary statistics of a trace: throughput, staleness, lock wait, utilisation.
 
-All of these are functions of the trace alone (STYLE.md 5), so they are the same for a simulated
+All of these are functions of the trace alone (docs/STYLE.md 5), so they are the same for a simulated
 run and a real one.
 """
 

@@ -1,4 +1,4 @@
-"""The typed scenario tree: every key and its default, in code (STYLE.md 4).
+"""The typed scenario tree: every key and its default, in code (docs/STYLE.md 4).
 
 A scenario file holds only what differs from these defaults. Building a config has no side
 effects; `asgd_sim.scenario` parses, validates and resolves files into these frozen objects, and

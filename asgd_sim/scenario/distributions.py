@@ -3,7 +3,7 @@
 A scenario writes a distribution as a bare number (constant) or a table
 ``{ dist = "lognormal", mean = 0.05, cv = 0.2 }``. Each distribution validates its parameters
 when parsed, knows its mean, and samples from a generator that is passed in (never global
-randomness, STYLE.md 3). Lognormal and gamma are parameterised by mean and coefficient of
+randomness, docs/STYLE.md 3). Lognormal and gamma are parameterised by mean and coefficient of
 variation because that is how cluster measurements are reported (mean step time, spread).
 """
 

@@ -1,6 +1,6 @@
 """Scenario files: read TOML, apply ``--set`` overrides, validate, and write the resolved tree.
 
-A scenario file holds only what differs from the defaults in `asgd_sim.config` (STYLE.md 4)::
+A scenario file holds only what differs from the defaults in `asgd_sim.scenario.config` (docs/STYLE.md 4)::
 
     [server]
     lock = "global"          # does one mutex serialise the updates?

@@ -1,8 +1,8 @@
-"""Validation: a raw scenario tree (plain dicts and lists, as TOML gives) -> the typed `Scenario`.
+"""The scenario schema: a raw tree (plain dicts and lists, as TOML gives) -> the typed `Scenario`.
 
 Each section is a table ``key -> parser``. A parser turns one raw value into its typed value or
 raises `ScenarioError` naming the key path, the bad value, the rule and, where useful, the fix
-(STYLE.md 6). Rules that relate several keys run once their section (or the whole scenario) is
+(docs/STYLE.md 6). Rules that relate several keys run once their section (or the whole scenario) is
 built. Everything is checked here, at construction, so the engines never see a bad value.
 """
 
@@ -35,6 +35,7 @@ from .config import (
     WorkerGroup,
 )
 from .distributions import parse_distribution
+from .optimizer import check_optimizer
 from ..errors import ScenarioError
 from ..errors import closest
 
@@ -468,4 +469,5 @@ def build_scenario(tree: dict[str, Any], base_dir: Path | None, name: str) -> Sc
     if "name" not in tree:
         scenario = dataclasses.replace(scenario, name=name)
     _check_scenario(scenario)
+    check_optimizer(scenario.optimizer)  # (imports optax only for a non-default optimizer)
     return scenario

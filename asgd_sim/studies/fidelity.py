@@ -1,6 +1,6 @@
 """Simulation vs reality: ``asgd-sim fidelity RUN_DIR``.
 
-Calibrates the run's scenario from its own trace (`asgd_sim.calibrate`), simulates the calibrated
+Calibrates the run's scenario from its own trace (`asgd_sim.studies.calibrate`), simulates the calibrated
 scenario with ``seeds`` seeds (run.seed, run.seed + 1, ...), and compares, side by side:
 
 - throughput (logical updates per second): ``throughput_error`` = |simulated mean - real| / real;

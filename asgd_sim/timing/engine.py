@@ -1,8 +1,8 @@
 """The SimPy timing engine: *when* every gradient is read, computed, pushed and applied.
 
-Timing never depends on parameter values (DESIGN.md), so this module is a pure function of
+Timing never depends on parameter values (docs/DESIGN.md), so this module is a pure function of
 (scenario, seed) and knows nothing of JAX. Each worker is a plain generator process
-(STYLE.md 1) looping: get parameters -> compute -> push -> wait for the server as the algorithm
+(docs/STYLE.md 1) looping: get parameters -> compute -> push -> wait for the server as the algorithm
 says. The server side of each algorithm runs inside the process of the worker whose push
 triggered it, so an update costs no extra process.
 

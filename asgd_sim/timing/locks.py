@@ -10,7 +10,7 @@ it). Locks follow ``server.lock``:
 
 Reads are served from the last applied version. An apply holds its lock(s) for ``apply_time``;
 an apply that had to wait for a lock starts ``lock_handoff`` after its release (a real server's
-waiter wakes and takes the GIL first: `asgd_sim.calibrate` measures it).
+waiter wakes and takes the GIL first: `asgd_sim.studies.calibrate` measures it).
 Every lock remembers who holds it and who waits, so a deadlock (possible with atomic
 multi-shard updates taken in random order) can be explained as a wait-for cycle.
 """

@@ -2,7 +2,7 @@
 
 Everything here is a pure function of the scenario and the worker's own random streams, which
 are spawned from one ``SeedSequence(seed)`` by a fixed key (kind, worker id): adding a worker never
-changes another worker's samples (DESIGN.md "Semantics").
+changes another worker's samples (docs/DESIGN.md "Semantics").
 """
 
 from __future__ import annotations
