@@ -127,7 +127,7 @@ def simulator(workers: int, updates: int) -> tuple[float, float, dict]:
     drive(engine, numerics, metrics)
     jax.block_until_ready(numerics.params)
     end = time.perf_counter()
-    summary = {"staleness_mean": numerics.staleness_mean(), "compilations": numerics.traces, "final_loss": metrics.train_loss[-1],
+    summary = {"staleness_mean": numerics.staleness_mean(), "compilations": numerics.traces, "final_loss": metrics.last("train_loss"),
                "waves": numerics.waves, "rows_per_wave": numerics.planner.rows_per_wave}
     return updates / (end - start), (updates - warm) / (end - warmed), summary
 

@@ -206,7 +206,7 @@ def test_c6_dc_asgd_no_worse_than_asgd(record_property: Any) -> None:
                           workers=[{"count": 8, "compute": EXP1}], optimizer={"learning_rate": 0.3, **options})
             stopped, metrics = run_numerics(sc, problem)
             assert stopped == "until_updates"
-            losses[name].append(metrics.train_loss[-1])
+            losses[name].append(metrics.last("train_loss"))
     means = {name: float(np.mean(values)) for name, values in losses.items()}
     ordering = " < ".join(sorted(means, key=means.get))
     record_property("c6_final_loss_means", means)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from asgd_sim.scenario.config import DataConfig, ModelConfig, RunConfig, Scenario
 from asgd_sim.numerics.data import data_rng, load_dataset, partition_indices
 from asgd_sim.errors import ScenarioError
-from asgd_sim.numerics.problems import _scaled_normals, build_problem
+from asgd_sim.numerics.networks import _scaled_normals
+from asgd_sim.numerics.problems import build_problem
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -193,7 +193,8 @@ def test_resolved_dump_has_every_default(tmp_path: Path) -> None:
     assert tree["server"] == {"shards": 1, "lock": "shard", "apply_time": {"dist": "constant", "value": 0.0005},
                               "lock_handoff": {"dist": "constant", "value": 0.0}, "atomic": False, "lock_order": "sorted"}
     assert tree["model"]["hidden"] == [256, 256] and tree["model"]["eigenvalues"] == {"min": 0.1, "max": 1.0}
-    assert set(tree["algorithm"]) == {"kind", "k", "backup", "staleness_bound", "local_steps", "elastic_alpha"}  # None left out
+    assert set(tree["algorithm"]) == {"kind", "k", "backup", "staleness_bound", "local_steps", "elastic_alpha", "stops", "mixing",
+                                      "mixing_decay", "mixing_a", "mixing_b", "options"}  # None left out
     assert set(tree["optimizer"]) == {"name", "learning_rate", "schedule_options", "options", "staleness_rule", "staleness_power", "dc_lambda", "dc_adaptive"}
 
 

@@ -197,13 +197,16 @@ def valid_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "network": draw(table(latency=dists, bandwidth=st.one_of(pos, st.just(math.inf)), server_bandwidth=st.one_of(pos, st.just(math.inf)), compression=st.floats(0.01, 10))),
         "server": draw(table(shards=st.integers(1, 16), lock=st.sampled_from(LOCKS), apply_time=dists, atomic=st.booleans(), lock_order=st.sampled_from(V.LOCK_ORDERS))),
         "data": draw(table(name=st.sampled_from(data_names), batch_size=st.integers(1, 512), partition=st.sampled_from(V.PARTITIONS), alpha=pos, test_fraction=unit_open, samples=st.integers(10, 10**5), difficulty=pos, factory=st.just("pkg.data:load"))),
-        "optimizer": draw(table(learning_rate=pos, staleness_rule=st.sampled_from(V.STALENESS_RULES), staleness_power=pos, dc_lambda=nonneg, dc_adaptive=st.booleans())),
+        "optimizer": draw(table(learning_rate=pos, staleness_rule=st.sampled_from([r for r in V.STALENESS_RULES if r != "koloskova"]),
+                                staleness_power=pos, dc_lambda=nonneg, dc_adaptive=st.booleans())),
     }
     # Optimizer keys are checked with optax at load, so the valid ones are what optax accepts.
     tree["optimizer"] |= draw(st.one_of(
         st.fixed_dictionaries({}, optional={"name": st.just("sgd"), "options": table(momentum=st.floats(0, 0.99), nesterov=st.booleans())}),
         st.fixed_dictionaries({"name": st.just("adam")}, optional={"options": table(b1=st.floats(0, 0.99), eps=pos)}),
     ))
+    if draw(st.booleans()):  # Koloskova's rule needs L
+        tree["optimizer"] |= {"staleness_rule": "koloskova", "smoothness": draw(pos)}
     if draw(st.booleans()):
         tree["optimizer"] |= {"schedule": "cosine_decay_schedule", "schedule_options": {"decay_steps": draw(st.integers(1, 10**6))}}
     if draw(st.booleans()):

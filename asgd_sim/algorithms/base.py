@@ -40,8 +40,11 @@ from typing import ClassVar
 
 from ..scenario.config import Scenario
 
-__all__ = ["ServerPolicy", "Decision", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
+__all__ = ["ServerPolicy", "Decision", "MODEL_UPDATES", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
            "PULLING", "COMPUTING", "AT_SERVER", "HELD", "STOPPED", "DOWN"]
+
+# What an update does with what it combines (see `ServerPolicy.model_update`).
+MODEL_UPDATES = ("gradient", "local_average", "elastic", "delta", "mix")
 
 # What a worker is doing, as far as the server knows.
 PULLING, COMPUTING, AT_SERVER, HELD, STOPPED, DOWN = range(6)
@@ -97,9 +100,11 @@ class ServerPolicy:
     """The base of every server algorithm: what each worker is doing, and the shared defaults.
 
     Subclasses set ``kind`` and override `on_push` (and `on_applied` when they apply updates).
-    ``model_update`` tells the numerics engine what an update does with what it combines:
-    "gradient" (weighted gradients through the server's update rule), "local_average" (local SGD:
-    the workers' model changes, averaged) or "elastic" (EASGD's elastic exchange).
+    ``model_update`` tells the numerics engine what an update does with what it combines (a push of
+    ``local_steps`` gradient rows): "gradient" (weighted gradients through the server's update
+    rule), "local_average" (local SGD: the workers' model changes divided by the local rate,
+    averaged, through the rule), "elastic" (EASGD's elastic exchange), "delta" (FedBuff: the
+    weighted model changes through the rule) or "mix" (FedAsync: x <- (1 - a) x + a x_worker).
     """
 
     kind: ClassVar[str] = ""

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..results.result import METRIC_COLUMNS, Result
 from ..results.summary import busy_from_trace, learning_summary, run_summary
-from ..scenario.config import Scenario
+from ..scenario.config import METRICS, Scenario
 from ..trace import APPLIED, Trace
 
 __all__ = ["finish_real_run"]
@@ -36,8 +36,8 @@ def finish_real_run(scenario: Scenario, layout: Any, trace: Trace, snapshots: li
         stale = trace.staleness[members][trace.fate[members] == APPLIED] if members.size else np.zeros(0)
         metrics["update"].append(int(update))
         metrics["sim_time"].append(float(t))
-        metrics["train_loss"].append(float(values["train_loss"]))
-        metrics["test_accuracy"].append(float(values["test_accuracy"]))
+        for name in METRICS:
+            metrics[name].append(float(values[name]))
         metrics["staleness_mean"].append(float(stale.mean()) if stale.size else 0.0)
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     summary = run_summary(scenario, trace, sim_time=sim_time, stopped=stopped, wall_time_s=wall,

@@ -14,12 +14,12 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from ..scenario.config import DataConfig
 from ..errors import ScenarioError
+from ..scenario.plugins import load_object
 from ..errors import closest
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "load_dataset",
     "partition_indices",
     "eval_subset",
-    "load_object",
 ]
 
 PARTITIONS = ("iid", "dirichlet")
@@ -214,34 +213,3 @@ def partition_indices(
 def eval_subset(n: int, seed: int, size: int = EVAL_EXAMPLES) -> np.ndarray:
     """A fixed, sorted subset of range(n) (at most `size`) on which training loss is measured."""
     return np.sort(data_rng(seed, "eval").permutation(n)[: min(size, n)])
-
-
-def load_object(spec: str, path: str) -> Any:
-    """Import ``"package.module:name"``; any failure is a ScenarioError at `path` with a fix."""
-    module_name, sep, attr = spec.partition(":")
-    if not (sep and module_name and attr):
-        raise ScenarioError(path, f"{spec!r} is not of the form 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        missing = error.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise ScenarioError(
-                path,
-                f"cannot import {module_name!r} (no module named {missing!r}): run from the directory "
-                "that contains it, add that directory to PYTHONPATH, or pip install the package",
-            ) from None
-        raise ScenarioError(path, f"importing {module_name!r} failed: it needs {missing!r}, which is not installed") from error
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [name for name in dir(obj) if not name.startswith("_")]
-            hint = closest(part, names)
-            raise ScenarioError(
-                path,
-                f"{module_name!r} has no attribute {attr!r}" + (f": did you mean {hint!r}?" if hint else ""),
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ScenarioError(path, f"{spec} is a {type(obj).__name__}, not a function")
-    return obj

@@ -1,10 +1,22 @@
-"""Numerics of algorithms whose workers keep a local model: local SGD and EASGD.
+"""Numerics of algorithms whose workers take local steps and push a model: local SGD, EASGD,
+FedBuff and FedAsync.
 
-Local SGD (periodic model averaging): each worker starts a round from the server's parameters,
-takes ``local_steps`` plain SGD steps with ``optimizer.learning_rate``, and pushes its model
-change. The server treats -delta/lr as a pseudo-gradient and runs its optimizer on the weighted
-average; with plain SGD that is exactly model averaging, so local SGD with H = 1 is minibatch SGD
-(THEORY.md C11).
+A push of ``local_steps`` gradient rows is one worker's run of plain SGD steps with the local rate
+(``algorithm.local_learning_rate``, default ``optimizer.learning_rate``) from a starting point:
+the version it read, or (EASGD) its own model. What the server does with the result is the
+policy's ``model_update``:
+
+Local SGD ("local_average", periodic model averaging): the server treats -delta/lr as a
+pseudo-gradient and runs its optimizer on the weighted average; with plain SGD at the same rate
+that is exactly model averaging, so local SGD with H = 1 is minibatch SGD (THEORY.md C11).
+
+FedBuff ("delta", Nguyen et al. 2022, arXiv:2106.06639): the pseudo-gradient is the model change
+itself, origin - final, each push weighted as the trace says (1/sqrt(1 + staleness) / K), through
+the server optimizer (its rate is FedBuff's server rate eta_g).
+
+FedAsync ("mix", Xie, Koyejo & Gupta 2019, arXiv:1903.03934): x <- (1 - a) x + a x_worker with
+a = algorithm.mixing * s(staleness), s constant, polynomial (1 + tau)^-a or hinge
+(1 if tau <= b, else 1 / (a (tau - b) + 1)).
 
 EASGD (Zhang, Choromanska, LeCun 2015, arXiv:1412.6651), asynchronous form: worker i keeps its own
 x_i across exchanges; after ``local_steps`` local steps it exchanges with the center under the
@@ -56,16 +68,19 @@ class LocalModels:
 
     def __init__(self, scenario: Scenario, update: str, layout: Layout, params: jax.Array, apply: Callable[..., tuple],
                  *, members_max: int) -> None:
-        self.scenario, self.elastic, self.layout = scenario, update == "elastic", layout
+        self.scenario, self.update, self.elastic, self.layout = scenario, update, update == "elastic", layout
         self.S, self.M, self.members_max = layout.S, scenario.num_workers, members_max
-        self.lr = float(scenario.optimizer.learning_rate)
-        self.alpha = float(scenario.algorithm.elastic_alpha)
+        algo = scenario.algorithm
+        self.lr = float(algo.local_learning_rate if algo.local_learning_rate is not None else scenario.optimizer.learning_rate)
+        self.alpha = float(algo.elastic_alpha)
+        self.mixing = (float(algo.mixing), algo.mixing_decay, float(algo.mixing_a), int(algo.mixing_b))
         self.max_loss = scenario.run.max_loss
         self.apply = apply
         self.models = jnp.broadcast_to(params, (self.M, *params.shape))  # EASGD's x_i
         self.traces = 0  # compilations of the jitted functions below
         self._steps = jax.jit(self._steps_impl)
         self._exchange = jax.jit(self._exchange_impl)
+        self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
 
     def _steps_impl(self, start: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -88,16 +103,42 @@ class LocalModels:
         diff = self.alpha * (models[worker, shard] - center[shard])
         return center.at[shard].add(diff), models.at[worker, shard].add(-diff)
 
-    def _local_run(self, tr: TraceBuilder, gids: np.ndarray, start: jax.Array) -> tuple[np.ndarray, jax.Array, np.ndarray, np.ndarray]:
-        """Group a push's gradient rows by worker and run each worker's local steps."""
+    def _mix_impl(self, params: jax.Array, history: jax.Array, final: jax.Array, weight: jax.Array, shard: jax.Array,
+                  slot: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker, written to the new version's slot."""
+        self.traces += 1
+        new = (1.0 - weight) * params[shard] + weight * final[shard]
+        return params.at[shard].set(new), history.at[slot, shard].set(new)
+
+    def mixing_weight(self, staleness: int) -> float:
+        """FedAsync's a = alpha * s(staleness) (Xie et al. 2019, section 5.2)."""
+        alpha, decay, a, b = self.mixing
+        if decay == "polynomial":
+            return alpha * (1.0 + staleness) ** (-a)
+        if decay == "hinge":
+            return alpha * (1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0))
+        return alpha
+
+    def _pushes(self, tr: TraceBuilder, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pushes an update combines, in (worker, iteration) order: (heads, workers, ks [pushes, H])."""
         workers_all = column(tr.worker, np.int32)[gids]
-        order = np.lexsort((column(tr.local_step, np.int32)[gids], workers_all))
-        gids, workers_all = gids[order], workers_all[order]
-        workers, first = np.unique(workers_all, return_index=True)
-        steps = len(gids) // len(workers)
-        ks = column(tr.k, np.int64)[gids].reshape(len(workers), steps)
-        final, losses = self._steps(start, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
-        return workers, final, np.asarray(losses), gids[first]
+        ks_all = column(tr.k, np.int64)[gids]
+        order = np.lexsort((ks_all, workers_all))  # a push's rows are consecutive iterations of one worker
+        steps = int(column(tr.local_step, np.int32)[gids].max()) + 1
+        gids, workers_all, ks_all = gids[order], workers_all[order], ks_all[order]
+        heads = gids[::steps]
+        return heads, workers_all[::steps], ks_all.reshape(len(heads), steps)
+
+    def _origins(self, tr: TraceBuilder, heads: np.ndarray, workers: np.ndarray, planner: WavePlanner,
+                 history: jax.Array) -> jax.Array:
+        """Each push's starting point: EASGD's own model, else the version its worker read."""
+        if self.elastic:
+            return self.models[int(workers[0])][None]
+        reads = column(tr.read_version, np.int64).reshape(-1, self.S)[heads]
+        if (reads == reads[0]).all():  # (local SGD: a round's workers all read its version)
+            origin = history[planner.slots.lookup(reads[:1]), jnp.arange(self.S)[None, :]]
+            return jnp.broadcast_to(origin, (len(heads), self.S, self.layout.chunk))
+        return history[planner.slots.lookup(reads), jnp.arange(self.S)[None, :]]
 
     def run_rows(self, tr: TraceBuilder, start: int, end: int, planner: WavePlanner, params: jax.Array, state: Any,
                  history: jax.Array) -> LocalOutcome:
@@ -110,14 +151,10 @@ class LocalModels:
             shard = int(column(tr.u_shard, np.int32)[r])
             key = int(gids.min())
             if self._cache is None or self._cache[0] != key:
-                if self.elastic:
-                    worker = int(column(tr.worker, np.int32)[gids[0]])
-                    origin = self.models[worker][None]
-                else:  # every worker of a local-SGD round starts from the version it read
-                    reads = column(tr.read_version, np.int64).reshape(-1, self.S)[gids[:1]]
-                    origin = out.history[planner.slots.lookup(reads), jnp.arange(self.S)[None, :]]
-                    origin = jnp.broadcast_to(origin, (len(np.unique(column(tr.worker, np.int32)[gids])), self.S, self.layout.chunk))
-                workers, final, losses, heads = self._local_run(tr, gids, origin)
+                heads, workers, ks = self._pushes(tr, gids)
+                origin = self._origins(tr, heads, workers, planner, out.history)
+                final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
+                losses = np.asarray(losses)
                 out.computed += len(gids)
                 if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
                     planner.row = r  # rows before r were applied; this one and the rest never will be
@@ -129,9 +166,18 @@ class LocalModels:
             workers, final, origin, heads = self._cache[1]
             if self.elastic:
                 out.params, self.models = self._exchange(out.params, self.models, jnp.int32(workers[0]), jnp.int32(shard))
+            elif self.update == "mix":
+                grow, slot = self._new_version_slot(tr, r, planner)
+                if grow:
+                    out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
+                version = int(column(tr.u_version, np.int64)[r])
+                stale = version - 1 - int(column(tr.read_version, np.int64).reshape(-1, self.S)[heads[0], shard])
+                out.params, out.history = self._mix(out.params, out.history, final[0], jnp.float32(self.mixing_weight(stale)),
+                                                    jnp.int32(shard), jnp.int32(slot))
             else:
-                pseudo = (origin - final) / self.lr
-                grow, inputs = self._row_inputs(tr, r, heads, float(column(tr.u_weight, np.float64)[lo]), planner)
+                pseudo = (origin - final) / self.lr if self.update == "local_average" else origin - final
+                member_weight = dict(zip(gids.tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
+                grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
                 if grow:
                     out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
                 out.params, out.state, out.history = self.apply(out.params, out.state, out.history,
@@ -143,22 +189,29 @@ class LocalModels:
             planner.row = r + 1
         return out
 
-    def _row_inputs(self, tr: TraceBuilder, r: int, heads: np.ndarray, weight: float,
-                    planner: WavePlanner) -> tuple[int, tuple[np.ndarray, ...]]:
-        """The history growth needed, and the scan's inputs for update row r, one pseudo-gradient per
-        worker (``heads``: a gradient of each), padded to two rows (a one-step scan copies the history)."""
+    def _new_version_slot(self, tr: TraceBuilder, r: int, planner: WavePlanner) -> tuple[int, int]:
+        """The history growth needed, and the slot of the version update row r writes."""
         shard, version = int(column(tr.u_shard, np.int32)[r]), int(column(tr.u_version, np.int64)[r])
         grow = planner.make_room(tr, 1)
+        return grow, int(planner.slots.store(shard, np.array([version]))[0])
+
+    def _row_inputs(self, tr: TraceBuilder, r: int, heads: np.ndarray, weights: np.ndarray,
+                    planner: WavePlanner) -> tuple[int, tuple[np.ndarray, ...]]:
+        """The history growth needed, and the scan's inputs for update row r, one pseudo-gradient per
+        push (``heads``: its first gradient row; ``weights``: its weight), padded to two rows (a
+        one-step scan copies the history)."""
+        shard, version = int(column(tr.u_shard, np.int32)[r]), int(column(tr.u_version, np.int64)[r])
+        grow, slot = self._new_version_slot(tr, r, planner)
         reads = column(tr.read_version, np.int64).reshape(-1, self.S)[heads, shard]
         row_ints = np.zeros((2, 3), np.int32)
         row_ints[1, 1] = planner.scratch
-        row_ints[0] = (shard, planner.slots.store(shard, np.array([version]))[0], 1)
+        row_ints[0] = (shard, slot, 1)
         member_ints = np.zeros((2, self.members_max, 4), np.int32)
         member_ints[0, :len(heads)] = np.stack([np.arange(len(heads)), version - 1 - reads, column(tr.worker, np.int32)[heads],
                                                 planner.slots.lookup(reads, np.full(len(heads), shard))], axis=1)
-        weights = np.zeros((2, self.members_max), np.float32)
-        weights[0, :len(heads)] = weight
-        return grow, (row_ints, member_ints, weights)
+        table = np.zeros((2, self.members_max), np.float32)
+        table[0, :len(heads)] = weights
+        return grow, (row_ints, member_ints, table)
 
 
 def _pad(grads: jax.Array, rows: int) -> jax.Array:

@@ -29,21 +29,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..scenario.config import OptimizerConfig
+from ..scenario.config import STALENESS_RULES, OptimizerConfig
 from ..errors import ScenarioError
 from ..scenario.optimizer import make_optimizer, unknown_choice
+from ..scenario.plugins import load_object
 
 __all__ = [
     "ServerRule",
     "ServerState",
-    "STALENESS_RULES",
     "make_server_rule",
     "staleness_factor",
     "dc_compensate",
 ]
 
 Params = Any
-STALENESS_RULES = ("none", "inverse", "poly", "adaptive")
 DC_MEAN_SQUARE_RATE = 0.95  # DC-ASGD-a's moving-average rate for MeanSquare (Zheng et al. 2017)
 DC_EPSILON = 1e-7  # DC-ASGD-a's epsilon under the square root (Zheng et al. 2017)
 
@@ -64,12 +63,16 @@ class ServerRule:
     needs_read_params: bool
 
 
-def staleness_factor(rule: str, tau: jax.Array, num_workers: int, power: float = 0.5) -> jax.Array:
+def staleness_factor(rule: str, tau: jax.Array, num_workers: int, power: float = 0.5, *, learning_rate: float = 1.0,
+                     smoothness: float | None = None) -> jax.Array:
     """The step multiplier for gradients of staleness `tau` (any shape), float32.
 
     none: 1. inverse: 1/max(tau, 1), the alpha0/tau of Zhang et al. 2016 (arXiv:1511.05950), alpha0
-    at tau = 0. poly: 1/(1 + tau)^power. adaptive: min(1, num_workers/tau), Mishchenko et al. 2022
-    (arXiv:2206.07638), 1 at tau = 0.
+    at tau = 0. poly: 1/(1 + tau)^power. adaptive: min(1, num_workers/tau), the delay-adaptive step
+    gamma n / max(n, tau) of Mishchenko, Bach, Even & Woodworth 2022 (arXiv:2206.07638), 1 at tau = 0.
+    koloskova: eta_t = eta while tau <= the concurrency (the workers), else min(eta, 1/(4 L tau)),
+    Koloskova, Stich & Jaggi 2022 (arXiv:2206.08307, eq. 11), with eta = ``learning_rate`` and
+    L = ``smoothness``: the factor is min(1, 1/(4 L tau eta)) beyond the workers.
     """
     tau = jnp.asarray(tau, jnp.float32)
     if rule == "none":
@@ -80,6 +83,11 @@ def staleness_factor(rule: str, tau: jax.Array, num_workers: int, power: float =
         return (1.0 + tau) ** (-power)
     if rule == "adaptive":
         return jnp.minimum(1.0, num_workers / jnp.maximum(tau, 1.0))
+    if rule == "koloskova":
+        if smoothness is None or not smoothness > 0:
+            raise ScenarioError("optimizer.smoothness", "the koloskova rule needs L > 0 (the objective's smoothness)")
+        cap = 1.0 / (4.0 * smoothness * jnp.maximum(tau, 1.0) * learning_rate)
+        return jnp.where(tau <= num_workers, 1.0, jnp.minimum(1.0, cap)).astype(jnp.float32)
     raise unknown_choice("optimizer.staleness_rule", f"unknown staleness rule {rule!r}", rule, STALENESS_RULES)
 
 
@@ -88,10 +96,22 @@ def dc_compensate(g: jax.Array, w: jax.Array, w_bak: jax.Array, lam: jax.Array |
     return g + lam * g * g * (w - w_bak)
 
 
+def staleness_function(opt: OptimizerConfig, num_workers: int) -> Callable[[jax.Array], jax.Array]:
+    """tau -> the step multiplier of ``optimizer.staleness_rule``: a built-in rule, or the user's
+    ``"pkg.module:function"`` called as ``function(staleness, num_workers)`` (see the README)."""
+    rule = opt.staleness_rule
+    if ":" in rule:
+        function = load_object(rule, "optimizer.staleness_rule")
+        return lambda tau: jnp.asarray(function(jnp.asarray(tau, jnp.float32), num_workers), jnp.float32)
+    power, rate, smoothness = float(opt.staleness_power), float(opt.learning_rate), opt.smoothness
+    staleness_factor(rule, 0, num_workers, power, learning_rate=rate, smoothness=smoothness)  # validates the rule
+    return lambda tau: staleness_factor(rule, tau, num_workers, power, learning_rate=rate, smoothness=smoothness)
+
+
 def make_server_rule(opt: OptimizerConfig, num_workers: int) -> ServerRule:
     """The server rule `opt` describes; validates it (ScenarioError) before returning."""
-    rule, power, lam0 = opt.staleness_rule, float(opt.staleness_power), float(opt.dc_lambda)
-    staleness_factor(rule, 0, num_workers, power)  # validates the rule's name
+    power, lam0 = float(opt.staleness_power), float(opt.dc_lambda)
+    factor = staleness_function(opt, num_workers)
     if power < 0:
         raise ScenarioError("optimizer.staleness_power", f"= {power}: must be >= 0 (larger: smaller stale steps)")
     if not lam0 >= 0:
@@ -120,7 +140,7 @@ def make_server_rule(opt: OptimizerConfig, num_workers: int) -> ServerRule:
             else:
                 lam = jax.tree.map(lambda g: lam0, grads)
             grads = jax.tree.map(lambda g, w_bak, l, w: dc_compensate(g, w[None], w_bak, l), grads, read_params, lam, params)
-        coef = jnp.where(live, weights * staleness_factor(rule, staleness, num_workers, power), 0.0)
+        coef = jnp.where(live, weights * factor(staleness), 0.0)
 
         def combine(g: jax.Array) -> jax.Array:
             shape = (-1,) + (1,) * (g.ndim - 1)  # rows of weight 0 drop out, even NaN ones

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..scenario.config import METRICS
 from ..trace import TraceBuilder
 from .engine import NumericsEngine
 
@@ -33,18 +33,31 @@ class Schedule(Protocol):
         """Advance until ``updates`` logical updates exist (or the run stops); False once stopped."""
 
 
-@dataclass
 class Metrics:
-    """Evaluations over the run (the rows of metrics.csv)."""
+    """Evaluations over the run (the rows of metrics.csv): update, simulated time, every measure of
+    `asgd_sim.scenario.config.METRICS`, and the mean staleness so far."""
 
-    update: list[int] = field(default_factory=list)
-    sim_time: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
-    staleness_mean: list[float] = field(default_factory=list)
+    COLUMNS = ("update", "sim_time", *METRICS, "staleness_mean")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[float]] = {name: [] for name in self.COLUMNS}
+
+    @property
+    def update(self) -> list[float]:
+        return self.columns["update"]
+
+    def append(self, update: int, sim_time: float, values: dict[str, float], staleness_mean: float) -> None:
+        self.columns["update"].append(update)
+        self.columns["sim_time"].append(sim_time)
+        for name in METRICS:
+            self.columns[name].append(values[name])
+        self.columns["staleness_mean"].append(staleness_mean)
+
+    def last(self, name: str) -> float:
+        return self.columns[name][-1]
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(getattr(self, name)) for name in ("update", "sim_time", "train_loss", "test_accuracy", "staleness_mean")}
+        return {name: np.asarray(values) for name, values in self.columns.items()}
 
 
 def drive(engine: Schedule, numerics: NumericsEngine, metrics: Metrics,
@@ -99,7 +112,7 @@ def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) ->
         return "diverged"
     if _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0):
         return "target_accuracy"
-    if not metrics.train_loss[-1] <= numerics.scenario.run.max_loss:  # NaN, Inf or blow-up
+    if not metrics.last("train_loss") <= numerics.scenario.run.max_loss:  # NaN, Inf or blow-up
         numerics.diverged_at = numerics.logical_updates()
         return "diverged"
     return ""
@@ -109,10 +122,7 @@ def _record(numerics: NumericsEngine, metrics: Metrics, now: float, initial: jax
     """Evaluate now (or the ``initial`` parameters, as update 0); True when the target accuracy
     is reached."""
     values = numerics.evaluate(initial)
-    metrics.update.append(numerics.logical_updates() if initial is None else 0)
-    metrics.sim_time.append(now)
-    metrics.train_loss.append(values["train_loss"])
-    metrics.test_accuracy.append(values["test_accuracy"])
-    metrics.staleness_mean.append(numerics.staleness_mean() if initial is None else 0.0)
+    metrics.append(numerics.logical_updates() if initial is None else 0, now, values,
+                   numerics.staleness_mean() if initial is None else 0.0)
     target = numerics.scenario.run.target_accuracy
     return target is not None and values["test_accuracy"] >= target

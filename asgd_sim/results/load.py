@@ -9,7 +9,7 @@
 These read result folders only (what ``asgd-sim run`` and ``asgd-sim sweep`` write), never engine
 internals (docs/DESIGN.md "Results and files"). A timing-only run has no learning curves; its metrics
 frame is derived from the trace (updates, simulated time, throughput, running staleness mean) with
-``train_loss`` and ``test_accuracy`` left NaN, so every run has the same columns.
+the learning measures left NaN, so every run has the same columns.
 
 A sweep's ``runs.parquet`` is a cache of its ``runs/*/result.json`` files: `load_sweep` rebuilds
 it when it is missing or older than any of them (a sweep that was interrupted, or is running).
@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScenarioError
+from .result import METRIC_COLUMNS as RUN_METRIC_COLUMNS
 
 __all__ = ["load_run", "load_sweep", "build_runs_table", "write_runs_table", "is_run_dir", "is_sweep_dir",
            "METRIC_COLUMNS", "flatten_summary"]
 
-METRIC_COLUMNS = ("update", "sim_time", "train_loss", "test_accuracy", "staleness_mean", "throughput")
+METRIC_COLUMNS = (*RUN_METRIC_COLUMNS, "throughput")
 RUN_TABLES = ("metrics", "gradients", "updates")
 SWEEP_TABLES = ("runs", "metrics")
 
@@ -55,8 +56,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_run(path: str | Path, table: str = "metrics") -> pd.DataFrame:
     """A run folder as a frame: ``metrics`` (default), ``gradients`` or ``updates``.
 
-    ``metrics`` has columns update, sim_time, train_loss, test_accuracy, staleness_mean (so far)
-    and throughput (updates per simulated second since the previous row). The frame's ``attrs``
+    ``metrics`` has columns update, sim_time, train_loss, test_accuracy, grad_norm_sq,
+    suboptimality, staleness_mean (so far) and throughput (updates per simulated second since the
+    previous row); a measure a run did not take (a timing-only run's losses, a folder written before
+    a column existed) is NaN. The frame's ``attrs``
     hold ``summary`` (summary.json as a dict), ``scenario`` (scenario.toml as a dict) and ``path``.
     """
     folder = Path(path)
@@ -87,7 +90,7 @@ def _metrics_frame(folder: Path) -> pd.DataFrame:
     else:
         frame = _metrics_from_trace(folder)
     frame["throughput"] = _rate(frame["update"].to_numpy(float), frame["sim_time"].to_numpy(float))
-    return frame[list(METRIC_COLUMNS)]
+    return frame.reindex(columns=list(METRIC_COLUMNS))  # (a column the folder lacks reads as NaN)
 
 
 def _rate(updates: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -117,9 +120,7 @@ def _metrics_from_trace(folder: Path) -> pd.DataFrame:
     cumulative = np.concatenate([[0.0], np.cumsum(grads["staleness"].to_numpy(float))])
     with np.errstate(invalid="ignore", divide="ignore"):
         stale = np.where(done > 0, cumulative[done] / np.maximum(done, 1), 0.0)
-    nan = np.full(update.shape, np.nan)
-    return pd.DataFrame({"update": update, "sim_time": sim_time, "train_loss": nan, "test_accuracy": nan.copy(),
-                         "staleness_mean": stale})
+    return pd.DataFrame({"update": update, "sim_time": sim_time, "staleness_mean": stale})
 
 
 # ---------------------------------------------------------------------------------- sweeps

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from ..scenario.config import Scenario
+from ..scenario.config import METRICS, Scenario
 from ..trace import Trace
 
 __all__ = ["Result", "METRIC_COLUMNS"]
 
 # The columns of metrics.csv, one row per evaluation.
-METRIC_COLUMNS = ("update", "sim_time", "train_loss", "test_accuracy", "staleness_mean")
+METRIC_COLUMNS = ("update", "sim_time", *METRICS, "staleness_mean")
 
 
 @dataclass

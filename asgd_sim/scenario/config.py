@@ -29,10 +29,18 @@ __all__ = [
     "Scenario",
     "ALGORITHMS",
     "LOCKS",
+    "METRICS",
+    "STALENESS_RULES",
 ]
 
-ALGORITHMS = ("async", "sync", "k_sync", "k_async", "k_batch_sync", "k_batch_async", "ssp", "local_sgd", "easgd")
+ALGORITHMS = ("async", "sync", "k_sync", "k_async", "k_batch_sync", "k_batch_async", "ssp", "local_sgd", "easgd",
+              "rennala", "ringmaster", "fedbuff", "fedasync")
 LOCKS = ("none", "shard", "global", "rw")
+STALENESS_RULES = ("none", "inverse", "poly", "adaptive", "koloskova")
+# What one evaluation measures (the columns of metrics.csv besides update, time and staleness):
+# the train loss, the test accuracy, |grad f|^2 of the measured objective, and f(x) - f* where the
+# optimum is known. A problem that cannot compute one reports NaN.
+METRICS = ("train_loss", "test_accuracy", "grad_norm_sq", "suboptimality")
 
 
 @dataclass(frozen=True)
@@ -128,23 +136,33 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    kind: str = "async"
-    k: int = 4  # for the k_* kinds (Dutta et al. 2018)
+    kind: str = "async"  # a built-in name (ALGORITHMS) or a user policy "package.module:ClassName"
+    k: int = 4  # for the k_* kinds (Dutta et al. 2018), rennala and fedbuff
     backup: int = 0  # sync only: take the first (workers - backup) gradients (Chen et al. 2016)
     staleness_bound: int = 3  # ssp
     drop_staleness_above: int | None = None  # discard gradients staler than this
-    local_steps: int = 1  # local_sgd / easgd
+    local_steps: int = 1  # local_sgd / easgd / fedbuff / fedasync
+    local_learning_rate: float | None = None  # their local steps' rate (default: optimizer.learning_rate)
     elastic_alpha: float = 0.1  # easgd moving rate (Zhang et al. 2015)
+    delay_threshold: int | None = None  # ringmaster's R: apply only gradients of delay < R (default: the workers)
+    stops: bool = False  # ringmaster: stop a computation once its delay reaches R (Algorithm 5)
+    mixing: float = 0.6  # fedasync's alpha: x <- (1 - a) x + a x_worker, a = alpha * s(staleness)
+    mixing_decay: str = "constant"  # fedasync's s: constant | polynomial ((1 + tau)^-a) | hinge
+    mixing_a: float = 0.5  # fedasync: the polynomial's exponent, or the hinge's slope
+    mixing_b: int = 4  # fedasync: the hinge's knee (s = 1 up to this staleness)
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a user policy
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"  # quadratic | least_squares | logreg | mlp | cnn | transformer | "pkg.mod:factory"
+    name: str = "mlp"  # quadratic | worst_case_quadratic | least_squares | logreg | mlp | cnn | transformer | "pkg.mod:factory"
     param_bytes: float | None = None  # timing-only message size; derived from the model otherwise
     hidden: tuple[int, ...] = (256, 256)  # mlp
-    dim: int = 10  # quadratic / least_squares
+    dim: int = 10  # quadratic / worst_case_quadratic / least_squares
     eigenvalues: Any = field(default_factory=lambda: {"min": 0.1, "max": 1.0})  # quadratic spectrum
-    noise: float = 0.0  # quadratic: std of Gaussian noise per gradient coordinate
+    noise: float = 0.0  # quadratics: std of the Gaussian noise added to each gradient coordinate
+    noise_mode: str | None = None  # quadratics: "independent" per coordinate, or "shared" (one scalar on all)
+    smoothness: float = 1.0  # worst_case_quadratic: L
     channels: tuple[int, ...] = (8, 16)  # cnn
     layers: int = 2  # transformer
     width: int = 64
@@ -167,13 +185,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "sgd"  # any optax optimizer
+    name: str = "sgd"  # any optax optimizer, or "pkg.module:factory" returning one
     learning_rate: float = 0.05
     schedule: str | None = None  # optional optax schedule name (e.g. cosine_decay_schedule)
     schedule_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # other optax keyword arguments
-    staleness_rule: str = "none"  # none | inverse | poly | adaptive
+    staleness_rule: str = "none"  # none | inverse | poly | adaptive | koloskova | "pkg.module:function"
     staleness_power: float = 0.5  # poly: step / (1 + tau)^power
+    smoothness: float | None = None  # koloskova: L, the objective's smoothness constant
     dc_lambda: float = 0.0  # DC-ASGD compensation (Zheng et al. 2017)
     dc_adaptive: bool = False
 

@@ -5,6 +5,10 @@ A scenario writes a distribution as a bare number (constant) or a table
 when parsed, knows its mean, and samples from a generator that is passed in (never global
 randomness, docs/STYLE.md 3). Lognormal and gamma are parameterised by mean and coefficient of
 variation because that is how cluster measurements are reported (mean step time, spread).
+
+In a worker group's ``compute``, a parameter may be a formula of the worker's index in its group
+(`scenario.expressions`): ``{ dist = "half_normal", shift = "1 + sqrt(i)", scale = "sqrt(i + 1)" }``
+gives each of the group's workers its own distribution (`PerWorker`), checked for every worker.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ScenarioError
-from ..errors import closest
+from ..errors import ScenarioError, closest
+from .expressions import parse_formula
 
 __all__ = [
     "Distribution",
@@ -30,7 +34,10 @@ __all__ = [
     "Uniform",
     "Pareto",
     "Empirical",
+    "HalfNormal",
+    "PerWorker",
     "parse_distribution",
+    "bind_to_group",
     "DISTRIBUTIONS",
 ]
 
@@ -58,6 +65,10 @@ class Distribution:
     @property
     def is_constant(self) -> bool:
         return False
+
+    def for_worker(self, index: int) -> Distribution:
+        """The distribution of the group's worker ``index`` (the same for all but `PerWorker`)."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -201,9 +212,57 @@ class Empirical(Distribution):
         return np.asarray(self.values)[rng.integers(0, len(self.values), size)]
 
 
+@dataclass(frozen=True)
+class HalfNormal(Distribution):
+    """``shift + scale * |N(0, 1)|``: a minimum plus a half-normal tail (FLSim's client durations;
+    the papers' 1 + sqrt(j) + |N(0, j + 1)| is shift = "1 + sqrt(i)", scale = "sqrt(i + 1)")."""
+
+    name: ClassVar[str] = "half_normal"
+    shift: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def mean(self) -> float:
+        return self.shift + self.scale * math.sqrt(2.0 / math.pi)
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return self.shift + self.scale * np.abs(rng.standard_normal(size))
+
+
+@dataclass(frozen=True)
+class PerWorker(Distribution):
+    """One distribution per worker of a group, its parameters formulas of the worker's index.
+
+    ``params`` keeps what the scenario wrote (numbers and formula strings, for the resolved file);
+    ``members`` holds worker i's distribution at index i.
+    """
+
+    kind: str = "constant"
+    params: tuple[tuple[str, float | str], ...] = ()
+    members: tuple[Distribution, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.kind
+
+    @property
+    def mean(self) -> float:
+        """The mean over the group's workers (each worker's own mean is ``for_worker(i).mean``)."""
+        return float(np.mean([member.mean for member in self.members]))
+
+    def for_worker(self, index: int) -> Distribution:
+        return self.members[index]
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        raise TypeError("a per-worker distribution is sampled through for_worker(i)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": self.kind, **dict(self.params)}
+
+
 DISTRIBUTIONS: dict[str, type[Distribution]] = {
     cls.name: cls
-    for cls in (Constant, Exponential, ShiftedExponential, LogNormal, Gamma, Uniform, Pareto, Empirical)
+    for cls in (Constant, Exponential, ShiftedExponential, LogNormal, Gamma, Uniform, Pareto, Empirical, HalfNormal)
 }
 
 # For each distribution: its keys, which are required, and the rule each must satisfy.
@@ -215,6 +274,7 @@ _PARAMS: dict[str, dict[str, str]] = {
     "gamma": {"mean": ">0", "cv": ">=0"},
     "uniform": {"low": ">=0", "high": ">=0"},
     "pareto": {"scale": ">0", "alpha": ">1"},
+    "half_normal": {"shift": ">=0", "scale": ">=0"},
     "empirical": {},
 }
 
@@ -235,12 +295,12 @@ _RULE_TEXT = {">=0": "must be >= 0", ">0": "must be > 0", ">1": "must be > 1"}
 _WHY = {"cv": "coefficient of variation", "alpha": "tail index; alpha <= 1 has an infinite mean"}
 
 
-def _check_rule(value: float, rule: str, path: str) -> None:
+def _check_rule(value: float, rule: str, path: str, worker: str = "") -> None:
     bound = float(rule.lstrip("<>="))
     ok = value >= bound if rule.startswith(">=") else value > bound
-    if not ok or math.isinf(value):
+    if not ok or not math.isfinite(value):
         why = _WHY.get(path.rsplit(".", 1)[-1], "a duration in seconds")
-        raise ScenarioError(path, f"= {value!r}: {_RULE_TEXT[rule]} and finite ({why})")
+        raise ScenarioError(path, f"= {value!r}{worker}: {_RULE_TEXT[rule]} and finite ({why})")
 
 
 def _read_times_file(file: str, path: str, base_dir: Path | None) -> tuple[float, ...]:
@@ -289,19 +349,63 @@ def parse_distribution(spec: Any, path: str, base_dir: Path | None = None) -> Di
             raise ScenarioError(f"{path}.{key}", f"unknown parameter for dist = {kind!r}; it takes {', '.join(sorted(allowed))}" + (f" (did you mean {hint!r}?)" if hint else ""))
     if kind == "empirical":
         return _parse_empirical(spec, path, base_dir)
-    values: dict[str, float] = {}
-    for key, rule in _PARAMS[kind].items():
+    for key in _PARAMS[kind]:
         if key not in spec:
             raise ScenarioError(f"{path}.{key}", f"missing: dist = {kind!r} needs {', '.join(_PARAMS[kind])}")
-        values[key] = _number(spec[key], f"{path}.{key}")
-        _check_rule(values[key], rule, f"{path}.{key}")
+    if any(isinstance(spec[key], str) for key in _PARAMS[kind]):  # formulas of the worker index
+        formulas = {key: parse_formula(spec[key], f"{path}.{key}") for key in _PARAMS[kind] if isinstance(spec[key], str)}
+        numbers = {key: _number(spec[key], f"{path}.{key}") for key in _PARAMS[kind] if key not in formulas}
+        return _Unbound(kind, tuple((key, formulas[key].text if key in formulas else numbers[key]) for key in _PARAMS[kind]), path)
+    return _build(kind, {key: _number(spec[key], f"{path}.{key}") for key in _PARAMS[kind]}, path)
+
+
+def _build(kind: str, values: dict[str, float], path: str, formulas: dict[str, str] | None = None, index: int = 0) -> Distribution:
+    """The distribution ``kind`` with these parameter values, each checked against its rule
+    (``formulas``: the formula behind a value, evaluated for the group's worker ``index``)."""
+    formulas = formulas or {}
+    worker = f" for the worker at i = {index}" if formulas else ""
+    for key, rule in _PARAMS[kind].items():
+        _check_rule(values[key], rule, f"{path}.{key}", f" (from {formulas[key]!r}){worker}" if key in formulas else "")
     if kind == "uniform" and values["high"] < values["low"]:
-        raise ScenarioError(f"{path}.high", f"= {values['high']!r}: must be >= low ({values['low']!r}); swap them")
+        raise ScenarioError(f"{path}.high", f"= {values['high']!r}: must be >= low ({values['low']!r}){worker}; swap them")
     if kind == "constant":
         return Constant(values["value"])
     cls = DISTRIBUTIONS[kind]
     kwargs = {("mean_" if k == "mean" else k): v for k, v in values.items()}
     return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Unbound(Distribution):
+    """Formulas parsed but not yet evaluated: the group's count binds them (`bind_to_group`)."""
+
+    kind: str = ""
+    params: tuple[tuple[str, float | str], ...] = ()
+    path: str = ""
+
+    @property
+    def mean(self) -> float:
+        raise TypeError("formulas of the worker index have a mean once bound to a group's count")
+
+
+def bind_to_group(dist: Distribution, count: int) -> Distribution:
+    """Evaluate the formulas of ``dist`` for a group of ``count`` workers; other distributions pass."""
+    if not isinstance(dist, _Unbound):
+        return dist
+    columns = {key: parse_formula(value, f"{dist.path}.{key}").values(count) if isinstance(value, str) else np.full(count, value)
+               for key, value in dist.params}
+    formulas = {key: value for key, value in dist.params if isinstance(value, str)}
+    members = tuple(_build(dist.kind, {key: float(column[i]) for key, column in columns.items()}, dist.path, formulas, i)
+                    for i in range(count))
+    return PerWorker(dist.kind, dist.params, members)
+
+
+def reject_formulas(dist: Distribution, path: str) -> Distribution:
+    """Formulas of the worker index belong to a worker group's compute only."""
+    if isinstance(dist, _Unbound):
+        raise ScenarioError(path, f"uses a formula of the worker index ({dict(dist.params)}); formulas work in "
+                            "workers[].compute only, where i is the worker's index in its group")
+    return dist
 
 
 def _check_nonneg(value: float, path: str) -> float:

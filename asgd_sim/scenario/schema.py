@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import math
 import numbers
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from .config import (
     ALGORITHMS,
     LOCKS,
+    STALENESS_RULES,
     AlgorithmConfig,
     DataConfig,
     Failures,
@@ -34,22 +34,22 @@ from .config import (
     Slowdown,
     WorkerGroup,
 )
-from .distributions import parse_distribution
+from .distributions import Distribution, bind_to_group, parse_distribution, reject_formulas
 from .optimizer import check_optimizer
-from ..errors import ScenarioError
-from ..errors import closest
+from .plugins import is_object_path
+from ..errors import ScenarioError, closest
 
 __all__ = ["build_scenario", "show", "join"]
 
 Parser = Callable[[Any, str, "Path | None"], Any]
 
-MODELS = ("quadratic", "least_squares", "logreg", "mlp", "cnn", "transformer")
+MODELS = ("quadratic", "worst_case_quadratic", "least_squares", "logreg", "mlp", "cnn", "transformer")
 MODELS_NEEDING_DATA = ("logreg", "mlp", "cnn", "transformer")
 DATA_SETS = ("digits", "synthetic", "text", "none")
 PARTITIONS = ("iid", "dirichlet")
 LOCK_ORDERS = ("sorted", "random")
-STALENESS_RULES = ("none", "inverse", "poly", "adaptive")
-_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+NOISE_MODES = ("independent", "shared")
+MIXING_DECAYS = ("constant", "polynomial", "hinge")
 _TOML_SCALARS = (str, bool, int, float, datetime.date, datetime.time)  # datetime is a date
 
 
@@ -153,20 +153,35 @@ def text(value: Any, path: str, base_dir: Path | None) -> str:
 
 
 def factory(value: Any, path: str, base_dir: Path | None) -> str:
-    if not isinstance(value, str) or not _FACTORY.fullmatch(value):
+    if not is_object_path(value):
         raise bad(path, value, "must be a 'pkg.module:factory' string (a dotted module path, ':', then a function name)")
     return value
 
 
-def model_name(value: Any, path: str, base_dir: Path | None) -> str:
-    if isinstance(value, str) and (value in MODELS or _FACTORY.fullmatch(value)):
-        return value
-    if isinstance(value, str) and ":" in value:
-        return factory(value, path, base_dir)
-    raise bad(path, value, f"unknown model; choose one of {', '.join(MODELS)}, or name your own as 'pkg.module:factory'{_did_you_mean(value, MODELS)}")
+def builtin_or_path(options: Sequence[str], what: str, example: str) -> Parser:
+    """One of ``options``, or the user's own, written like ``example`` ('pkg.module:name')."""
+
+    def parse(value: Any, path: str, base_dir: Path | None) -> str:
+        if isinstance(value, str) and (value in options or is_object_path(value)):
+            return value
+        if isinstance(value, str) and ":" in value:
+            return factory(value, path, base_dir)
+        raise bad(path, value, f"unknown {what}; choose one of {', '.join(options)}, or name your own as "
+                  f"'{example}'{_did_you_mean(value, options)}")
+
+    return parse
+
+
+model_name = builtin_or_path(MODELS, "model", "pkg.module:factory")
 
 
 def dist(value: Any, path: str, base_dir: Path | None) -> Any:
+    return reject_formulas(parse_distribution(value, path, base_dir), path)
+
+
+def worker_dist(value: Any, path: str, base_dir: Path | None) -> Any:
+    """A worker group's distribution: its parameters may be formulas of the worker index, which the
+    group's check binds to its count (`_check_group`)."""
     return parse_distribution(value, path, base_dir)
 
 
@@ -304,6 +319,10 @@ def _check_failures(f: Failures, table: dict[str, Any], path: str) -> Failures:
     return f
 
 
+def _check_group(g: WorkerGroup, table: dict[str, Any], path: str) -> WorkerGroup:
+    return dataclasses.replace(g, compute=bind_to_group(g.compute, g.count)) if isinstance(g.compute, Distribution) else g
+
+
 def _check_pipeline(p: Pipeline, table: dict[str, Any], path: str) -> Pipeline:
     if p.stage_weights and len(p.stage_weights) != p.stages:
         raise bad(f"{path}.stage_weights", list(p.stage_weights), f"must give one weight per stage: {p.stages} (stages), not {len(p.stage_weights)}")
@@ -340,6 +359,7 @@ def _check_scenario(s: Scenario) -> None:
             known = f"known racks: {', '.join(racks)}{_did_you_mean(group.rack, racks)}" if racks else f"no racks are defined; add [[racks]] with name = {group.rack!r}"
             raise bad(f"workers[{i}].rack", group.rack, f"unknown rack; {known}")
     n, a = s.num_workers, s.algorithm
+    _check_algorithm(s)
     if a.kind.startswith("k_") and a.k > n:
         raise bad("algorithm.k", a.k, f"must be <= the number of workers ({n}) for kind = {a.kind!r}; lower k or add workers")
     if a.backup > 0 and a.kind != "sync":
@@ -348,6 +368,20 @@ def _check_scenario(s: Scenario) -> None:
         raise bad("algorithm.backup", a.backup, f"must be < the number of workers ({n}); sync waits for workers - backup gradients")
     if s.data.name == "none" and s.model.name in MODELS_NEEDING_DATA:
         raise bad("data.name", "none", f"model {s.model.name!r} trains on data; choose one of digits, synthetic, text (none is for quadratic and least_squares)")
+
+
+def _check_algorithm(s: Scenario) -> None:
+    """Keys that belong to one algorithm are refused with another, naming the one they need."""
+    a, user = s.algorithm, is_object_path(s.algorithm.kind)
+    if a.stops and a.kind != "ringmaster":
+        raise bad("algorithm.stops", True, f"calculation stops belong to kind = 'ringmaster' (this is {a.kind!r}); set stops = false or kind = 'ringmaster'")
+    if a.options and not user:
+        raise bad("algorithm.options", dict(a.options), f"options go to a user algorithm ('pkg.module:ClassName'); kind = {a.kind!r} is "
+                  "built in and takes its own keys (see the scenario reference)")
+    o = s.optimizer
+    if o.staleness_rule == "koloskova" and o.smoothness is None:
+        raise ScenarioError("optimizer.smoothness", "missing: staleness_rule = 'koloskova' needs L, the objective's smoothness "
+                            "(eta_t = min(eta, 1/(4 L tau)) for tau > workers); set optimizer.smoothness")
 
 
 # ---------------------------------------------------------------------------------- the tree
@@ -372,7 +406,7 @@ PIPELINE: dict[str, Parser] = {
 WORKER: dict[str, Parser] = {
     "name": text,
     "count": integer(1, why="workers in this group"),
-    "compute": dist,
+    "compute": worker_dist,
     "stagger": number(0, why="seconds between the starts of the group's workers"),
     "slowdowns": _slowdowns,
     "failures": section(Failures, FAILURES, "failures", _check_failures),
@@ -406,13 +440,21 @@ SERVER: dict[str, Parser] = {
     "checkpoint_every": integer(1, why="updates between server checkpoints (real backends)"),
 }
 ALGORITHM: dict[str, Parser] = {
-    "kind": choice(ALGORITHMS, "algorithm"),
+    "kind": builtin_or_path(ALGORITHMS, "algorithm", "pkg.module:ClassName"),
     "k": integer(1),
     "backup": integer(0),
     "staleness_bound": integer(0),
     "drop_staleness_above": integer(0),
     "local_steps": integer(1),
+    "local_learning_rate": number(0, open_low=True, why="step size of the local steps"),
     "elastic_alpha": number(0, 1, open_low=True, open_high=True, why="EASGD moving rate"),
+    "delay_threshold": integer(1, why="Ringmaster's R: gradients of delay >= R are not applied"),
+    "stops": boolean,
+    "mixing": number(0, 1, open_low=True, why="FedAsync's alpha, the weight of a worker's model"),
+    "mixing_decay": choice(MIXING_DECAYS, "staleness function"),
+    "mixing_a": number(0, why="the polynomial's exponent or the hinge's slope"),
+    "mixing_b": integer(0, why="the hinge's knee, in updates of staleness"),
+    "options": toml_table,
 }
 MODEL: dict[str, Parser] = {
     "name": model_name,
@@ -421,6 +463,8 @@ MODEL: dict[str, Parser] = {
     "dim": integer(1),
     "eigenvalues": eigenvalues,
     "noise": number(0, why="std of gradient noise"),
+    "noise_mode": choice(NOISE_MODES, "noise mode"),
+    "smoothness": number(0, open_low=True, why="L, the smoothness constant"),
     "channels": list_of(integer(1), nonempty=True, what="channel counts (integers >= 1)"),
     "layers": integer(1),
     "width": integer(1),
@@ -441,10 +485,11 @@ DATA: dict[str, Parser] = {
 OPTIMIZER: dict[str, Parser] = {
     "name": text,
     "learning_rate": number(0, open_low=True, why="step size"),
+    "smoothness": number(0, open_low=True, why="L, for the koloskova staleness rule"),
     "schedule": text,
     "schedule_options": toml_table,
     "options": toml_table,
-    "staleness_rule": choice(STALENESS_RULES, "staleness rule"),
+    "staleness_rule": builtin_or_path(STALENESS_RULES, "staleness rule", "pkg.module:function"),
     "staleness_power": number(0, open_low=True),
     "dc_lambda": number(0),
     "dc_adaptive": boolean,
@@ -452,7 +497,7 @@ OPTIMIZER: dict[str, Parser] = {
 SCENARIO: dict[str, Parser] = {
     "name": text,
     "run": section(RunConfig, RUN, "[run]", _check_run),
-    "workers": array(section(WorkerGroup, WORKER, "a worker group"), "workers", nonempty=True),
+    "workers": array(section(WorkerGroup, WORKER, "a worker group", _check_group), "workers", nonempty=True),
     "racks": array(section(Rack, RACK, "a rack"), "racks"),
     "network": section(NetworkConfig, NETWORK, "[network]"),
     "server": section(ServerConfig, SERVER, "[server]"),

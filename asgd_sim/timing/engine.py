@@ -313,7 +313,13 @@ class TimingEngine:
         before = shard.version
         shard.version = before + 1
         self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
-        self.updates = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
+        logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
+        if logical > self.updates:
+            self.updates = logical
+            decisions = self.policy.updated(logical)
+            if decisions:  # (e.g. Ringmaster's stops) about other workers: nothing here waits
+                for _ in self._carry_out(None, [], decisions, self.env.now):
+                    raise TypeError(f"{type(self.policy).__name__}.on_update may decide Serve, Read, Stop or Cancel only")
 
     def _apply_all(self, members: list[int], weights: list[float], requester: int) -> Generator:
         """Apply an update to every shard: in parallel, or atomically holding all their locks."""
@@ -356,15 +362,17 @@ class TimingEngine:
 
     # ---- the server's answer to a push: the policy's decisions --------------------------------
 
-    def _carry_out(self, w: WorkerState, gids: list[int], decisions: list, t_arrive: float) -> Generator:
-        """Carry out ``decisions`` (about ``w``'s push of ``gids``) in order, in ``w``'s process.
+    def _carry_out(self, w: WorkerState | None, gids: list[int], decisions: list, t_arrive: float) -> Generator:
+        """Carry out ``decisions`` (about ``w``'s push of ``gids``; None: an update landed) in order,
+        in ``w``'s process.
 
         Other workers are reached through their wake events: a held or stopped worker resumes once
         it is served (`Serve`: its read was done here) or released to read for itself (`Read`).
         A worker that the policy names but that is not waiting (it was mid-read when its round
         closed, so it could not be stopped) is left to finish what it is doing.
         """
-        w.arrived = t_arrive
+        if w is not None:
+            w.arrived = t_arrive
         for decision in decisions:
             kind = type(decision)
             if kind is Apply:

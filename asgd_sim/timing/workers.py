@@ -154,7 +154,7 @@ def build_workers(scenario: Scenario, latency: Distribution) -> list[WorkerState
                 down = (lambda: None)
             workers.append(WorkerState(
                 wid=wid, group=g, group_name=group.name, start=j * group.stagger,
-                compute=Sampler(group.compute, stream(seed, COMPUTE, wid)),
+                compute=Sampler(group.compute.for_worker(j), stream(seed, COMPUTE, wid)),
                 latency=Sampler(latency, stream(seed, LINK, wid)),
                 slowdowns=SlowdownProfile(windows), pipeline=group.pipeline if group.pipeline and (group.pipeline.stages > 1 or group.pipeline.microbatches > 1) else None,
                 failure_times=list(failures.at), mtbf=failures.mtbf, down_time=down, failure_rng=fail_rng,
