@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--quiet", action="store_true")
     fid.set_defaults(handler=_cmd_fidelity)
 
-    val = sub.add_parser("validate", help="check the simulator against THEORY.md (C1-C12): predicted vs simulated")
+    val = sub.add_parser("validate", help="check the simulator against docs/THEORY.md (C1-C16): predicted vs simulated")
     val.add_argument("--only", metavar="C4,C12", help="run only these checks (default: all)")
     val.add_argument("--quick", action="store_true", help="smaller sizes: all checks in about a minute")
     val.add_argument("--out", type=Path, help="report folder (default: results/validation-<timestamp>)")

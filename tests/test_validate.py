@@ -104,7 +104,7 @@ def test_list_shows_checks_and_parameters(capsys) -> None:
 
 
 def test_the_catalog_lists_every_check_in_order() -> None:
-    assert [check.name for check in CHECKS] == [f"C{i}" for i in range(1, 13)]
+    assert [check.name for check in CHECKS] == [f"C{i}" for i in range(1, 17)]
     assert list(checks()) == [check.name for check in CHECKS] and select(None) == list(CHECKS)
     assert all(set(check.quick) <= set(check.full) and set(check.limits) <= set(check.full) for check in CHECKS)
 
@@ -116,8 +116,8 @@ def test_list_and_timing_checks_do_not_import_jax() -> None:
             "assert run_cli(None, True, None, [], list_only=True, stream=io.StringIO()) == 0\n"
             "from asgd_sim.validation.catalog import select\n"
             "from asgd_sim.validation.framework import resolve_params, run_checks\n"
-            "chosen = select('C10')\n"
-            "run_checks(chosen, resolve_params(chosen, True, ['rounds=100', 'backups=0']))\n"
+            "chosen = select('C10,C13')\n"
+            "run_checks(chosen, resolve_params(chosen, True, ['rounds=100', 'backups=0', 'C13.workers=10']))\n"
             "print(sorted(m for m in ('jax', 'matplotlib') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

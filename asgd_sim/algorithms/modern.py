@@ -100,8 +100,8 @@ class FedBuffPolicy(KBatchAsyncPolicy):
         super().__init__(scenario)
         self.steps = scenario.algorithm.local_steps
         self.weigh_staleness = scenario.optimizer.staleness_rule == "none"
-        self.read_at = [0] * self.workers
-        self.buffer_of: list[int] = []  # the worker of each buffered push
+        self.read_at = [0] * self.workers  # the version each worker's computation in progress read
+        self.buffer_read: list[int] = []  # the version each buffered push was computed from
 
     @property
     def local_steps(self) -> int:
@@ -116,14 +116,14 @@ class FedBuffPolicy(KBatchAsyncPolicy):
 
     def on_push(self, worker: int, gids: list[int]) -> list[Decision]:
         self.buffer.append(gids)
-        self.buffer_of.append(worker)
+        self.buffer_read.append(self.read_at[worker])  # the version this push's computation started from
         if len(self.buffer) < self.k:
             return [Read([worker], pull="arrival")]
-        batch, workers = self.buffer, self.buffer_of
-        self.buffer, self.buffer_of = [], []
+        batch, reads = self.buffer, self.buffer_read
+        self.buffer, self.buffer_read = [], []
         weights: list[float] = []
-        for ids, pusher in zip(batch, workers):
-            scale = 1.0 / math.sqrt(1.0 + self.version - self.read_at[pusher]) if self.weigh_staleness else 1.0
+        for ids, read in zip(batch, reads):
+            scale = 1.0 / math.sqrt(1.0 + self.version - read) if self.weigh_staleness else 1.0
             weights.extend([scale / len(batch)] * len(ids))  # every row of a push carries its weight
         return [Apply([g for ids in batch for g in ids], weights)]
 

@@ -1,6 +1,6 @@
 """The check framework of ``asgd-sim validate``: what a check is, how it is run and judged.
 
-A check (C1 ... C12 of docs/THEORY.md) is a `Check`: a plain function ``run(params, rec)`` with
+A check (C1 ... C16 of docs/THEORY.md) is a `Check`: a plain function ``run(params, rec)`` with
 its default parameters (docs/THEORY.md sizes, and smaller ones for ``--quick``) and the minimum of
 each parameter. The function builds real scenarios, runs them, and reports each comparison of a
 simulated value with a closed form of `asgd_sim.validation.theory` through ``rec.add(...)``, and

@@ -1,4 +1,4 @@
-"""Closed forms from THEORY.md (C1-C12): what the simulator must reproduce.
+"""Closed forms from docs/THEORY.md (C1-C12): what the simulator must reproduce (C13-C16: `theory_modern`).
 
 Each function is one published result or exact derivation, written once so that the tests and
 the ``asgd-sim validate`` report call the same code. Functions are pure (numpy/scipy only, no
