@@ -7,6 +7,7 @@ key, the bad value, the rule and a fix, and exits with status 2: never a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,6 +265,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A scenario may name user code as "package.module:name" (a model, an algorithm, an optimizer):
+    # as with `python -m`, modules in the current folder import.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.handler(args))
     except ScenarioError as error:

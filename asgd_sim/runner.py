@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .algorithms import make_policy
 from .errors import ScenarioError
 from .results.folder import write_run
 from .results.result import Result
@@ -94,6 +95,7 @@ def run_scenario(scenario: Scenario, out: str | Path | None = None, *, timing_on
 
     ``backend_options`` go to the real backend (`asgd_sim.backends.run_backend`).
     """
+    make_policy(scenario)  # a bad user algorithm fails here, before any work (one line, exit 2)
     update, close = progress_bar(scenario.run.until_updates or math.inf, "upd", show_progress)
     try:
         if backend != "sim":

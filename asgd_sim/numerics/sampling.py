@@ -69,20 +69,22 @@ def sampled_problem(
     """A problem whose batch is `gather(example indices)` drawn from the worker's shard."""
     if data.partition == "dirichlet" and labels is None:
         raise ScenarioError("data.partition", f"'dirichlet' skews class labels, and {name}'s data has none: use 'iid'")
-    parts = partition_indices(
+    shared = data.partition == "shared"  # every worker samples the whole training set (identical data)
+    parts = [np.arange(n)] if shared else partition_indices(
         labels if labels is not None else np.zeros(n, np.int32),
         num_workers, data.partition, data.alpha, data_rng(seed, "partition"),
     )
     sizes = np.array([len(p) for p in parts], np.int32)
-    table = np.zeros((num_workers, sizes.max()), np.int32)  # padded: row w holds worker w's examples
+    table = np.zeros((len(parts), sizes.max()), np.int32)  # padded: row w holds worker w's examples
     for worker, part in enumerate(parts):
         table[worker, : len(part)] = part
     shards, shard_sizes = jnp.asarray(table), jnp.asarray(sizes)
     key_of, batch_size = batch_key(seed), data.batch_size
 
     def make_batch(worker: jax.Array, k: jax.Array) -> Batch:
-        slots = jax.random.randint(key_of(worker, k), (batch_size,), 0, shard_sizes[worker])
-        return gather(shards[worker, slots])
+        row = 0 if shared else worker
+        slots = jax.random.randint(key_of(worker, k), (batch_size,), 0, shard_sizes[row])
+        return gather(shards[row, slots])
 
     return make_problem(name, init, loss, make_batch, evaluate, optimum)
 

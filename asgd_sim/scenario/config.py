@@ -175,7 +175,7 @@ class ModelConfig:
 class DataConfig:
     name: str = "digits"  # digits | synthetic | text (quadratic / least_squares need none)
     batch_size: int = 32
-    partition: str = "iid"  # iid | dirichlet
+    partition: str = "iid"  # iid | dirichlet | shared (every worker samples the whole training set)
     alpha: float = 0.5  # dirichlet concentration (smaller: more label skew)
     test_fraction: float = 0.25
     samples: int = 2000  # synthetic / least_squares

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scenario.config import Scenario
+from ..algorithms import make_policy
 from ..errors import ScenarioError
 from ..scenario.files import dumps_scenario, load_scenario, scenario_from_dict, scenario_to_dict
 
@@ -201,6 +202,7 @@ def plan_sweep(scenario: str | Path, grid: Sequence[str] = (), variants: Sequenc
         point_id = f"p{index:0{width}d}"
         try:
             resolved = load_scenario(scenario, [*overrides, *point_overrides])
+            make_policy(resolved)  # a user algorithm imports and takes its options here, not in a run
         except ScenarioError as error:
             where = ", ".join(label_parts) or "the base scenario"
             raise ScenarioError(error.path, f"{error.detail.replace('(from --set ', '(from --grid/--variant ')} [point {point_id}: {where}]") from None

@@ -42,6 +42,7 @@ from .workers import SERVER, Sampler, WorkerState, build_workers, stream
 __all__ = ["TimingEngine", "TimingResult", "simulate_timing", "DEFAULT_PARAM_BYTES"]
 
 DEFAULT_PARAM_BYTES = 340_000.0  # ~85k float32 parameters, a small MLP
+_RESTARTED = object()  # what a stopped worker's process receives when the server serves it anew
 _INF = math.inf
 
 
@@ -151,12 +152,17 @@ class TimingEngine:
                     start = now if w.has_params else now + w.latency()
                     w.has_params = False
                     arrive = self._compute(w, gids, start) + w.latency()
-                    yield _Timeout(env, arrive - now, w.priority, at=arrive)
+                    w.computing = True  # (a stop now detaches it from this timeout: `_stop`)
+                    outcome = yield _Timeout(env, arrive - now, w.priority, at=arrive)
+                    w.computing = False
+                    if outcome is _RESTARTED:  # stopped, then served anew: its next read is set
+                        continue
                     for gid in gids:
                         tr.t_arrive[gid] = arrive
                 else:
                     yield from self._network_iteration(w, gids)
             except simpy.Interrupt as interrupt:
+                w.computing = False
                 self._abandon(w)
                 if interrupt.cause == "fail":
                     yield from self._down(w)
@@ -312,6 +318,7 @@ class TimingEngine:
         """The update lands: bump the shard's version and record it in the trace."""
         before = shard.version
         shard.version = before + 1
+        self.server.versions_changed()
         self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
         logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
         if logical > self.updates:
@@ -385,7 +392,7 @@ class TimingEngine:
                         self._piggyback(other, other.arrived if decision.pull == "arrival" else None)
                         if other is not w:
                             other.waiting = False
-                            other.wake.succeed()  # type: ignore[union-attr]
+                            other.wake.succeed(_RESTARTED)  # type: ignore[union-attr]
             elif kind is Read:
                 for wid in decision.workers:
                     other = self.workers[wid]
@@ -415,11 +422,29 @@ class TimingEngine:
                 for wid in decision.workers:
                     other = self.workers[wid]
                     if other.alive and other.interruptible:
-                        other.wake = self.env.event()
-                        other.waiting = True
-                        other.process.interrupt("cancel")  # type: ignore[union-attr]
+                        self._stop(other)
             else:
                 raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
+
+    def _stop(self, w: WorkerState) -> None:
+        """Stop ``w``'s computation in progress; it resumes once the server serves it.
+
+        A worker waiting on its compute timeout (no network transfers in flight: the common case,
+        and rounds that restart thousands of workers) is detached from the timeout and re-attached
+        to its wake event, with no SimPy interrupt (an exception and an extra event per worker);
+        the stale timeout later fires with no one listening. Any other worker is interrupted.
+        """
+        w.wake = self.env.event()
+        w.waiting = True
+        process = w.process
+        if w.computing:
+            w.computing = False
+            process._target.callbacks.remove(process._resume)  # type: ignore[union-attr]
+            w.wake.callbacks.append(process._resume)  # type: ignore[union-attr]
+            process._target = w.wake  # type: ignore[union-attr]  (a later failure interrupt detaches from it)
+            self._abandon(w)
+        else:
+            process.interrupt("cancel")  # type: ignore[union-attr]
 
     def _read_for(self, w: WorkerState, pull: str) -> Generator:
         """``w`` reads for itself: a request served as it arrives (rw: after a write in progress)."""

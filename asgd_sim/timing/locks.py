@@ -78,9 +78,16 @@ class ParameterServer:
             for s in range(shards)
         ]
         self.locks: list[Mutex] = [global_lock] if global_lock is not None else [sh.lock for sh in self.shards if sh.lock is not None]
+        self._versions: list[int] | None = None
 
     def versions(self) -> list[int]:
-        return [shard.version for shard in self.shards]
+        """Each shard's version now (one list shared until the next commit: callers never change it)."""
+        if self._versions is None:
+            self._versions = [shard.version for shard in self.shards]
+        return self._versions
+
+    def versions_changed(self) -> None:
+        self._versions = None
 
     def begin_write(self, shard: Shard) -> None:
         if self.lock_policy == "rw":

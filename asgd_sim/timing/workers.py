@@ -118,6 +118,7 @@ class WorkerState:
     k: int = 0
     alive: bool = True
     interruptible: bool = False
+    computing: bool = False  # waiting on its compute timeout (fast network path)
     pending_failure: bool = False
     next_read: tuple[float, float, list[int]] | None = None  # (t_pull, t_read, versions)
     has_params: bool = False  # k_batch_sync: keeps computing on the parameters it holds
