@@ -27,13 +27,13 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from heapq import heappush
 
 import simpy
-from simpy.events import Timeout
 
 from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
 from ..scenario.config import Scenario
+from .events import RESTARTED, Timeout
+from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
 from .network import Network
 from .locks import ParameterServer, Shard, find_wait_cycle
 from ..trace import CANCELLED, Trace, TraceBuilder, trace_meta
@@ -42,28 +42,7 @@ from .workers import SERVER, Sampler, WorkerState, build_workers, stream
 __all__ = ["TimingEngine", "TimingResult", "simulate_timing", "DEFAULT_PARAM_BYTES"]
 
 DEFAULT_PARAM_BYTES = 340_000.0  # ~85k float32 parameters, a small MLP
-_RESTARTED = object()  # what a stopped worker's process receives when the server serves it anew
 _INF = math.inf
-
-
-class _Timeout(Timeout):
-    """A timeout whose ties at equal time are broken by ``priority`` (the worker id).
-
-    ``at`` fires it at exactly that absolute time: ``now + (at - now)`` can miss ``at`` by one
-    ulp, and a time precomputed for the trace (a compute end, an arrival) must equal the clock
-    when the event happens, or the trace's times fall out of order (t_arrive < t_compute_end).
-    """
-
-    def __init__(self, env: simpy.Environment, delay: float, priority: int, at: float | None = None) -> None:
-        self.env = env
-        self.callbacks = []
-        self._value = None
-        self._delay = delay
-        self._ok = True
-        if at is None:
-            env.schedule(self, priority, delay)  # type: ignore[arg-type]
-        else:  # what Environment.schedule does, with the absolute time given
-            heappush(env._queue, (at, priority, next(env._eid), self))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -84,7 +63,7 @@ class TimingEngine:
     engine asks it what to do and carries out its decisions on the simulated clock (`_carry_out`).
     """
 
-    def __init__(self, scenario: Scenario, param_bytes: float | None = None) -> None:
+    def __init__(self, scenario: Scenario, param_bytes: float | None = None, loop: str = "auto") -> None:
         self.scenario = sc = scenario
         self.env = env = simpy.Environment()
         self.policy: ServerPolicy = make_policy(sc)
@@ -115,158 +94,20 @@ class TimingEngine:
         self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
         self.stopped = ""
         self.deadlock: list[str] = []
-        for w in self.workers:
-            w.process = env.process(self._worker(w))
-            if w.failure_times or w.mtbf:
-                env.process(self._failures(w))
-
-    # ---- the worker process ------------------------------------------------------------------
-
-    def _timeout(self, delay: float, w: WorkerState) -> _Timeout:
-        return _Timeout(self.env, delay, w.priority)
-
-    def _worker(self, w: WorkerState) -> Generator:
-        env, tr = self.env, self.trace
-        if w.start > 0:
-            yield self._timeout(w.start, w)
-        while True:
-            try:
-                w.interruptible = True
-                if w.next_read is None:  # explicit pull: the request travels to the server
-                    t_pull = env.now
-                    yield self._timeout(w.latency(), w)
-                    w.interruptible = False
-                    versions = yield from self._read()
-                    w.interruptible = True
-                    w.next_read = (t_pull, env.now, versions)
-                    self.policy.read(w.wid)
-                t_pull, t_read, versions = w.next_read
-                gids = []
-                for step in range(self.local_steps):
-                    gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
-                    w.k += 1
-                w.unpushed = gids
-                if self.fast_network:
-                    # No transfer time: response latency, compute and push latency are one timeout.
-                    now = env.now
-                    start = now if w.has_params else now + w.latency()
-                    w.has_params = False
-                    arrive = self._compute(w, gids, start) + w.latency()
-                    w.computing = True  # (a stop now detaches it from this timeout: `_stop`)
-                    outcome = yield _Timeout(env, arrive - now, w.priority, at=arrive)
-                    w.computing = False
-                    if outcome is _RESTARTED:  # stopped, then served anew: its next read is set
-                        continue
-                    for gid in gids:
-                        tr.t_arrive[gid] = arrive
-                else:
-                    yield from self._network_iteration(w, gids)
-            except simpy.Interrupt as interrupt:
-                w.computing = False
-                self._abandon(w)
-                if interrupt.cause == "fail":
-                    yield from self._down(w)
-                    if not w.alive:
-                        return
-                else:  # cancelled: the round closed without us; wait for its broadcast
-                    w.interruptible = False
-                    yield w.wake
-                continue
-            w.interruptible = False
-            w.unpushed = []
-            yield from self._carry_out(w, gids, self.policy.push(w.wid, gids), env.now)
-            if w.pending_failure:
-                yield from self._down(w)
-                if not w.alive:
-                    return
-
-    def _compute(self, w: WorkerState, gids: list[int], start: float) -> float:
-        """Record the compute of ``gids`` starting at ``start``; return when it ends."""
-        tr, t = self.trace, start
-        for gid in gids:
-            end = w.slowdowns.finish(t, w.step_time(w.compute(), self.bandwidth))
-            tr.t_compute_start[gid] = t
-            tr.t_compute_end[gid] = end
-            w.busy += end - t
-            t = end
-        return t
-
-    def _network_iteration(self, w: WorkerState, gids: list[int]) -> Generator:
-        env = self.env
-        if not w.has_params:
-            yield self._timeout(w.latency(), w)
-            yield from self._transfer(w, self.pull_links[w.wid])
-        w.has_params = False
-        end = self._compute(w, gids, env.now)
-        yield _Timeout(env, end - env.now, w.priority, at=end)
-        yield self._timeout(w.latency(), w)
-        yield from self._transfer(w, self.push_links[w.wid])
-        for gid in gids:
-            self.trace.t_arrive[gid] = env.now
-
-    def _transfer(self, w: WorkerState, links: list[tuple[int, int]]) -> Generator:
-        w.transfers = [self.network.transfer(self.msg_bytes, pair) for pair in links]
-        yield self.env.all_of(w.transfers)
-        w.transfers = []
-
-    def _abandon(self, w: WorkerState) -> None:
-        tr, now = self.trace, self.env.now
-        for gid in w.unpushed:
-            tr.fate[gid] = CANCELLED
-            # The compute was recorded when scheduled (in full, possibly starting after a response
-            # latency still under way): cut it at the cancellation so the trace never shows a
-            # cancelled compute overlapping the worker's next one, and busy time counts only the
-            # work actually done. (Fix: tests/test_engine_exact.py::test_backup_worker_round.)
-            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
-            if end > now:
-                w.busy -= end - max(start, now)
-                if start > now:  # never started: no compute span at all
-                    tr.t_compute_start[gid] = tr.t_compute_end[gid] = math.nan
-                else:
-                    tr.t_compute_end[gid] = now
-        w.unpushed = []
-        for done in w.transfers:
-            self.network.cancel(done)
-        w.transfers = []
-        w.has_params = False
-
-    def _down(self, w: WorkerState) -> Generator:
-        w.pending_failure = False
-        w.alive = False
-        self.policy.failed(w.wid)
-        w.next_read = None
-        down = w.down_time()
-        if down is None:
-            return
-        yield self._timeout(down, w)
-        w.alive = True
-        self.policy.restarted(w.wid)
-        if w.restarted is not None and not w.restarted.triggered:
-            w.restarted.succeed()
-
-    def _failures(self, w: WorkerState) -> Generator:
-        """Crash the worker at its failure times (fixed list, or exponential gaps from restart)."""
-        env = self.env
-        times = iter(w.failure_times)
-        while True:
-            at = env.now + float(w.failure_rng.exponential(w.mtbf)) if w.mtbf is not None else next(times, None)
-            if at is None:
-                return
-            if at > env.now:
-                yield self._timeout(at - env.now, w)
-            if not w.alive or w.pending_failure:
-                continue  # already down: a listed failure time that falls in a down period is moot
-            w.restarted = env.event()
-            if w.interruptible:
-                w.process.interrupt("fail")  # type: ignore[union-attr]
-            else:
-                w.pending_failure = True
-            if w.mtbf is not None:
-                yield w.restarted  # the next gap is counted from the restart
+        if loop == "callbacks" or (loop == "auto" and callbacks_suffice(sc, self.workers)):
+            self.loop: ProcessLoop | CallbackLoop = CallbackLoop(self, self.workers)
+        else:
+            links = (self.push_links, self.pull_links) if not self.fast_network else (None, None)
+            self.loop = ProcessLoop(self, self.workers, self.network, self.msg_bytes, *links)
+        self.loop.start()
 
     # ---- server: reads and applies -----------------------------------------------------------
 
-    def _read(self) -> Generator:
+    def serve(self, w: WorkerState, gids: list[int]) -> Generator:
+        """The server's answer to ``w``'s push of ``gids``: the policy's decisions, carried out."""
+        return self._carry_out(w, gids, self.policy.push(w.wid, gids), self.env.now)
+
+    def read(self) -> Generator:
         """Serve a read of every shard (with an rw lock, after any write in progress)."""
         if self.server.lock_policy == "rw":
             for shard in self.server.shards:
@@ -289,7 +130,7 @@ class TimingEngine:
             self.server.begin_write(shard)
             hold = self.apply_time()
             if hold > 0:
-                yield _Timeout(self.env, hold, 1)
+                yield Timeout(self.env, hold, 1)
             self._commit(shard, members, weights, t_request, t_lock)
             self.server.end_write(shard)
         if lock is not None:
@@ -299,7 +140,7 @@ class TimingEngine:
         """A lock was handed to a waiting request: it starts ``server.lock_handoff`` later."""
         handoff = self.lock_handoff()
         if handoff > 0:
-            yield _Timeout(self.env, handoff, 1)
+            yield Timeout(self.env, handoff, 1)
 
     def _drop_stale(self, shard: Shard, members: list[int], weights: list[float], t_lock: float) -> tuple[list[int], list[float]]:
         """Drop the gradients the policy does not keep at this staleness on this shard."""
@@ -355,7 +196,7 @@ class TimingEngine:
                 self.server.begin_write(shard)
                 hold = self.apply_time()
                 if hold > 0:
-                    yield _Timeout(self.env, hold, 1)
+                    yield Timeout(self.env, hold, 1)
                 self._commit(shard, kept, kept_weights, t_request, t_lock)
                 self.server.end_write(shard)
         for shard in shards:
@@ -392,7 +233,7 @@ class TimingEngine:
                         self._piggyback(other, other.arrived if decision.pull == "arrival" else None)
                         if other is not w:
                             other.waiting = False
-                            other.wake.succeed(_RESTARTED)  # type: ignore[union-attr]
+                            other.wake.succeed(RESTARTED)  # type: ignore[union-attr]
             elif kind is Read:
                 for wid in decision.workers:
                     other = self.workers[wid]
@@ -422,34 +263,14 @@ class TimingEngine:
                 for wid in decision.workers:
                     other = self.workers[wid]
                     if other.alive and other.interruptible:
-                        self._stop(other)
+                        self.loop.stop(other)
             else:
                 raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
-
-    def _stop(self, w: WorkerState) -> None:
-        """Stop ``w``'s computation in progress; it resumes once the server serves it.
-
-        A worker waiting on its compute timeout (no network transfers in flight: the common case,
-        and rounds that restart thousands of workers) is detached from the timeout and re-attached
-        to its wake event, with no SimPy interrupt (an exception and an extra event per worker);
-        the stale timeout later fires with no one listening. Any other worker is interrupted.
-        """
-        w.wake = self.env.event()
-        w.waiting = True
-        process = w.process
-        if w.computing:
-            w.computing = False
-            process._target.callbacks.remove(process._resume)  # type: ignore[union-attr]
-            w.wake.callbacks.append(process._resume)  # type: ignore[union-attr]
-            process._target = w.wake  # type: ignore[union-attr]  (a later failure interrupt detaches from it)
-            self._abandon(w)
-        else:
-            process.interrupt("cancel")  # type: ignore[union-attr]
 
     def _read_for(self, w: WorkerState, pull: str) -> Generator:
         """``w`` reads for itself: a request served as it arrives (rw: after a write in progress)."""
         t_pull = w.arrived if pull == "arrival" else w.held_since
-        versions = yield from self._read()
+        versions = yield from self.read()
         w.next_read = (t_pull, self.env.now, versions)
         self.policy.read(w.wid)
 

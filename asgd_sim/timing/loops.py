@@ -1,0 +1,338 @@
+"""The workers' side of the timing engine: how each worker pulls, computes and pushes, in time.
+
+Two implementations of one loop (pull -> compute -> push -> the server's answer), which create
+the same SimPy events in the same order, so a scenario gives the same trace with either:
+
+- `ProcessLoop`: each worker is a SimPy process (a plain generator, docs/STYLE.md 1). It models
+  everything: network transfers over fairly shared links, failures and restarts.
+- `CallbackLoop`: each worker is a chain of callbacks on its own timeouts, with no process and no
+  generator to resume, for clusters whose messages take no transfer time, whose workers never
+  fail and whose locks are not readers-writer (a read there may wait). Thousands of workers, and
+  rounds that restart all of them, cost a few microseconds per computation instead of a process
+  resumption or an interrupt each.
+
+Both reach the engine through the small `Server` protocol: its clock, trace and policy, its
+answer to a push (a generator: it may wait for locks, apply times, or the policy's hold) and its
+reads. A stop of a worker's computation (`stop`) and the server's resuming it (its ``wake`` event,
+succeeded with `RESTARTED`) follow the same protocol in both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from functools import partial
+from typing import Any, Protocol
+
+import simpy
+
+from ..trace import CANCELLED, TraceBuilder
+from .events import RESTARTED, Timeout
+from .network import Network
+from .workers import WorkerState
+
+__all__ = ["Server", "ProcessLoop", "CallbackLoop", "callbacks_suffice"]
+
+
+class Server(Protocol):
+    """What a worker loop needs of the engine."""
+
+    env: simpy.Environment
+    trace: TraceBuilder
+    policy: Any
+    local_steps: int
+    bandwidth: float
+
+    def serve(self, w: WorkerState, gids: list[int]) -> Generator:
+        """The server's answer to ``w``'s push of ``gids`` (runs in the worker's turn; may wait)."""
+
+    def read(self) -> Generator:
+        """Serve an explicit read; returns the versions read (may wait for a write in progress)."""
+
+
+def callbacks_suffice(scenario: Any, workers: list[WorkerState]) -> bool:
+    """Whether `CallbackLoop` models the scenario: no transfer time, no failures, no rw lock."""
+    return (not scenario.has_transfer_time and scenario.server.lock != "rw"
+            and not any(w.failure_times or w.mtbf is not None for w in workers))
+
+
+def compute(w: WorkerState, gids: list[int], start: float, trace: TraceBuilder, bandwidth: float) -> float:
+    """Record the compute of ``gids`` (one after the other) starting at ``start``; when it ends."""
+    t = start
+    for gid in gids:
+        end = w.slowdowns.finish(t, w.step_time(w.compute(), bandwidth))
+        trace.t_compute_start[gid] = t
+        trace.t_compute_end[gid] = end
+        w.busy += end - t
+        t = end
+    return t
+
+
+def abandon(w: WorkerState, trace: TraceBuilder, now: float, network: Network | None = None) -> None:
+    """The worker's unpushed gradients are cancelled at ``now`` (a failure, or a stop)."""
+    for gid in w.unpushed:
+        trace.fate[gid] = CANCELLED
+        # The compute was recorded when scheduled (in full, possibly starting after a response
+        # latency still under way): cut it at the cancellation so the trace never shows a
+        # cancelled compute overlapping the worker's next one, and busy time counts only the
+        # work actually done. (Fix: tests/test_engine_exact.py::test_backup_worker_round.)
+        start, end = trace.t_compute_start[gid], trace.t_compute_end[gid]
+        if end > now:
+            w.busy -= end - max(start, now)
+            if start > now:  # never started: no compute span at all
+                trace.t_compute_start[gid] = trace.t_compute_end[gid] = math.nan
+            else:
+                trace.t_compute_end[gid] = now
+    w.unpushed = []
+    if network is not None:
+        for done in w.transfers:
+            network.cancel(done)
+    w.transfers = []
+    w.has_params = False
+
+
+def _new_gradients(server: Server, w: WorkerState) -> list[int]:
+    """Trace rows for the worker's next push, at the read it holds."""
+    tr, (t_pull, t_read, versions) = server.trace, w.next_read  # type: ignore[misc]
+    gids = []
+    for step in range(server.local_steps):
+        gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+        w.k += 1
+    w.unpushed = gids
+    return gids
+
+
+class ProcessLoop:
+    """Each worker a SimPy process (see the module docstring)."""
+
+    def __init__(self, server: Server, workers: list[WorkerState], network: Network, msg_bytes: float,
+                 push_links: list | None, pull_links: list | None) -> None:
+        self.server, self.env, self.workers = server, server.env, workers
+        self.network, self.msg_bytes, self.push_links, self.pull_links = network, msg_bytes, push_links, pull_links
+        self.fast = push_links is None  # no transfer time: latency, compute and latency are one timeout
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.process = self.env.process(self._worker(w))
+            if w.failure_times or w.mtbf:
+                self.env.process(self._failures(w))
+
+    def _timeout(self, delay: float, w: WorkerState) -> Timeout:
+        return Timeout(self.env, delay, w.priority)
+
+    def _worker(self, w: WorkerState) -> Generator:
+        env, server = self.env, self.server
+        tr = server.trace
+        if w.start > 0:
+            yield self._timeout(w.start, w)
+        while True:
+            try:
+                w.interruptible = True
+                if w.next_read is None:  # explicit pull: the request travels to the server
+                    t_pull = env.now
+                    yield self._timeout(w.latency(), w)
+                    w.interruptible = False
+                    versions = yield from server.read()
+                    w.interruptible = True
+                    w.next_read = (t_pull, env.now, versions)
+                    server.policy.read(w.wid)
+                gids = _new_gradients(server, w)
+                if self.fast:
+                    now = env.now
+                    start = now if w.has_params else now + w.latency()
+                    w.has_params = False
+                    arrive = compute(w, gids, start, tr, server.bandwidth) + w.latency()
+                    w.computing = True  # (a stop now detaches it from this timeout: `stop`)
+                    outcome = yield Timeout(env, arrive - now, w.priority, at=arrive)
+                    w.computing = False
+                    if outcome is RESTARTED:  # stopped, then served anew: its next read is set
+                        continue
+                    for gid in gids:
+                        tr.t_arrive[gid] = arrive
+                else:
+                    yield from self._network_iteration(w, gids)
+            except simpy.Interrupt as interrupt:
+                w.computing = False
+                abandon(w, tr, env.now, self.network)
+                if interrupt.cause == "fail":
+                    yield from self._down(w)
+                    if not w.alive:
+                        return
+                else:  # stopped: the server serves it anew (its round's broadcast)
+                    w.interruptible = False
+                    yield w.wake
+                continue
+            w.interruptible = False
+            w.unpushed = []
+            yield from server.serve(w, gids)
+            if w.pending_failure:
+                yield from self._down(w)
+                if not w.alive:
+                    return
+
+    def _network_iteration(self, w: WorkerState, gids: list[int]) -> Generator:
+        env, tr = self.env, self.server.trace
+        if not w.has_params:
+            yield self._timeout(w.latency(), w)
+            yield from self._transfer(w, self.pull_links[w.wid])  # type: ignore[index]
+        w.has_params = False
+        end = compute(w, gids, env.now, tr, self.server.bandwidth)
+        yield Timeout(env, end - env.now, w.priority, at=end)
+        yield self._timeout(w.latency(), w)
+        yield from self._transfer(w, self.push_links[w.wid])  # type: ignore[index]
+        for gid in gids:
+            tr.t_arrive[gid] = env.now
+
+    def _transfer(self, w: WorkerState, links: list[tuple[int, int]]) -> Generator:
+        w.transfers = [self.network.transfer(self.msg_bytes, pair) for pair in links]
+        yield self.env.all_of(w.transfers)
+        w.transfers = []
+
+    def stop(self, w: WorkerState) -> None:
+        """Stop ``w``'s computation in progress; it resumes once the server serves it.
+
+        A worker waiting on its compute timeout (no network transfers in flight: the common case,
+        and rounds that restart thousands of workers) is detached from the timeout and re-attached
+        to its wake event, with no SimPy interrupt (an exception and an extra event per worker);
+        the stale timeout later fires with no one listening. Any other worker is interrupted.
+        """
+        w.wake = self.env.event()
+        w.waiting = True
+        process = w.process
+        if w.computing:
+            w.computing = False
+            process._target.callbacks.remove(process._resume)  # type: ignore[union-attr]
+            w.wake.callbacks.append(process._resume)  # type: ignore[union-attr]
+            process._target = w.wake  # type: ignore[union-attr]  (a later failure interrupt detaches from it)
+            abandon(w, self.server.trace, self.env.now, self.network)
+        else:
+            process.interrupt("cancel")  # type: ignore[union-attr]
+
+    def _down(self, w: WorkerState) -> Generator:
+        w.pending_failure = False
+        w.alive = False
+        self.server.policy.failed(w.wid)
+        w.next_read = None
+        down = w.down_time()
+        if down is None:
+            return
+        yield self._timeout(down, w)
+        w.alive = True
+        self.server.policy.restarted(w.wid)
+        if w.restarted is not None and not w.restarted.triggered:
+            w.restarted.succeed()
+
+    def _failures(self, w: WorkerState) -> Generator:
+        """Crash the worker at its failure times (fixed list, or exponential gaps from restart)."""
+        env = self.env
+        times = iter(w.failure_times)
+        while True:
+            at = env.now + float(w.failure_rng.exponential(w.mtbf)) if w.mtbf is not None else next(times, None)
+            if at is None:
+                return
+            if at > env.now:
+                yield self._timeout(at - env.now, w)
+            if not w.alive or w.pending_failure:
+                continue  # already down: a listed failure time that falls in a down period is moot
+            w.restarted = env.event()
+            if w.interruptible:
+                w.process.interrupt("fail")  # type: ignore[union-attr]
+            else:
+                w.pending_failure = True
+            if w.mtbf is not None:
+                yield w.restarted  # the next gap is counted from the restart
+
+
+class CallbackLoop:
+    """Each worker a chain of callbacks on its own timeouts (see the module docstring).
+
+    A worker's pending timeout carries the worker's ``serial`` when it was scheduled; a stop bumps
+    the serial, so the stale timeout fires into nothing. The server's answer to a push runs at
+    once in the arrival's callback; only when it has to wait (a lock, an apply time, a hold) does
+    it continue in a SimPy process of its own.
+    """
+
+    def __init__(self, server: Server, workers: list[WorkerState]) -> None:
+        self.server, self.env, self.workers = server, server.env, workers
+        self.serial = [0] * len(workers)
+
+    def start(self) -> None:
+        for w in self.workers:
+            if w.start > 0:
+                self._after(w.start, w, self._iterate)
+            else:
+                self._iterate(w)
+
+    def _after(self, delay: float, w: WorkerState, then: Any, *args: Any, at: float | None = None) -> None:
+        """Call ``then(w, *args)`` after ``delay`` (at ``at``), unless the worker is stopped first."""
+        timeout = Timeout(self.env, delay, w.priority, at=at)
+        timeout.callbacks.append(partial(self._fire, w, self.serial[w.wid], then, args))
+
+    def _fire(self, w: WorkerState, serial: int, then: Any, args: tuple, event: Any) -> None:
+        if serial == self.serial[w.wid]:
+            then(w, *args)
+
+    def _iterate(self, w: WorkerState, event: Any = None) -> None:
+        """The top of the worker's loop: pull explicitly, or compute on the read it holds."""
+        w.interruptible = True
+        if w.next_read is None:  # explicit pull: the request travels to the server
+            self._after(w.latency(), w, self._pulled, self.env.now)
+        else:
+            self._compute(w)
+
+    def _pulled(self, w: WorkerState, t_pull: float) -> None:
+        reader = self.server.read()
+        try:
+            next(reader)
+            raise AssertionError("a read waited: no readers-writer lock runs with callbacks")
+        except StopIteration as done:
+            versions = done.value
+        w.next_read = (t_pull, self.env.now, versions)
+        self.server.policy.read(w.wid)
+        self._compute(w)
+
+    def _compute(self, w: WorkerState) -> None:
+        gids = _new_gradients(self.server, w)
+        now = self.env.now
+        start = now if w.has_params else now + w.latency()
+        w.has_params = False
+        arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
+        w.computing = True
+        self._after(arrive - now, w, self._arrived, gids, arrive, at=arrive)
+
+    def _arrived(self, w: WorkerState, gids: list[int], arrive: float) -> None:
+        w.computing = False
+        tr = self.server.trace
+        for gid in gids:
+            tr.t_arrive[gid] = arrive
+        w.interruptible = False
+        w.unpushed = []
+        answer = self.server.serve(w, gids)
+        try:
+            waits_for = next(answer)
+        except StopIteration:
+            self._iterate(w)
+            return
+        self.env.process(self._continue(w, answer, waits_for))  # it waits: go on in a process
+
+    def _continue(self, w: WorkerState, answer: Generator, waits_for: Any) -> Generator:
+        while True:
+            value = yield waits_for
+            try:
+                waits_for = answer.send(value)
+            except StopIteration:
+                break
+        self._iterate(w)
+
+    def stop(self, w: WorkerState) -> None:
+        """Stop ``w``'s computation (or explicit pull) in progress: its pending timeout goes stale,
+        and the server's serving it (succeeding its wake event) starts its next iteration."""
+        self.serial[w.wid] += 1
+        w.computing = False
+        w.wake = self.env.event()
+        w.wake.callbacks.append(partial(self._restarted, w))
+        w.waiting = True
+        abandon(w, self.server.trace, self.env.now)
+
+    def _restarted(self, w: WorkerState, event: Any) -> None:
+        self._iterate(w)
