@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from functools import partial
+from heapq import heappop, heappush
 from typing import Any, Protocol
 
 import simpy
@@ -208,6 +209,16 @@ class ProcessLoop:
         else:
             process.interrupt("cancel")  # type: ignore[union-attr]
 
+    def resumes(self, w: WorkerState) -> bool:
+        """(Serving a stopped worker succeeds its wake event: its process resumes.)"""
+        return False
+
+    def resume(self, w: WorkerState) -> None:
+        raise AssertionError("a process resumes through its wake event")
+
+    def served_other(self) -> None:
+        """(Nothing to order here: every wake-up is an event of its own.)"""
+
     def _down(self, w: WorkerState) -> Generator:
         w.pending_failure = False
         w.alive = False
@@ -244,17 +255,25 @@ class ProcessLoop:
 
 
 class CallbackLoop:
-    """Each worker a chain of callbacks on its own timeouts (see the module docstring).
+    """Each worker a chain of callbacks (see the module docstring).
 
-    A worker's pending timeout carries the worker's ``serial`` when it was scheduled; a stop bumps
-    the serial, so the stale timeout fires into nothing. The server's answer to a push runs at
+    Arrivals: every computation in progress is an entry (arrival time, worker, serial) of one heap,
+    and a single SimPy event (the pump) waits for the earliest, at the priority the worker's own
+    timeout would have had; a stop bumps the worker's serial, so its entry is skipped when it comes
+    up. Pulls and start delays are timeouts of their own. The server's answer to a push runs at
     once in the arrival's callback; only when it has to wait (a lock, an apply time, a hold) does
-    it continue in a SimPy process of its own.
+    it continue in a SimPy process of its own. Workers the server stops and serves anew at one
+    instant restart together in one event, in the order they were served.
     """
 
     def __init__(self, server: Server, workers: list[WorkerState]) -> None:
         self.server, self.env, self.workers = server, server.env, workers
         self.serial = [0] * len(workers)
+        self.arrivals: list[tuple[float, int, int, list[int]]] = []  # (arrive, worker, serial, gids)
+        self.pump_key: tuple[float, int] | None = None  # (time, worker) the pending pump fires for
+        self.pump_serial = 0
+        self.restarting: list[WorkerState] | None = None  # workers served anew, restarting at this instant
+        self.stopped = [False] * len(workers)
 
     def start(self) -> None:
         for w in self.workers:
@@ -263,9 +282,9 @@ class CallbackLoop:
             else:
                 self._iterate(w)
 
-    def _after(self, delay: float, w: WorkerState, then: Any, *args: Any, at: float | None = None) -> None:
-        """Call ``then(w, *args)`` after ``delay`` (at ``at``), unless the worker is stopped first."""
-        timeout = Timeout(self.env, delay, w.priority, at=at)
+    def _after(self, delay: float, w: WorkerState, then: Any, *args: Any) -> None:
+        """Call ``then(w, *args)`` after ``delay``, unless the worker is stopped first."""
+        timeout = Timeout(self.env, delay, w.priority)
         timeout.callbacks.append(partial(self._fire, w, self.serial[w.wid], then, args))
 
     def _fire(self, w: WorkerState, serial: int, then: Any, args: tuple, event: Any) -> None:
@@ -279,6 +298,7 @@ class CallbackLoop:
             self._after(w.latency(), w, self._pulled, self.env.now)
         else:
             self._compute(w)
+            self._pump()
 
     def _pulled(self, w: WorkerState, t_pull: float) -> None:
         reader = self.server.read()
@@ -290,15 +310,42 @@ class CallbackLoop:
         w.next_read = (t_pull, self.env.now, versions)
         self.server.policy.read(w.wid)
         self._compute(w)
+        self._pump()
 
     def _compute(self, w: WorkerState) -> None:
+        """Start the worker's computation on the read it holds; its arrival goes on the heap."""
         gids = _new_gradients(self.server, w)
         now = self.env.now
         start = now if w.has_params else now + w.latency()
         w.has_params = False
         arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
         w.computing = True
-        self._after(arrive - now, w, self._arrived, gids, arrive, at=arrive)
+        heappush(self.arrivals, (arrive, w.wid, self.serial[w.wid], gids))
+
+    def _pump(self) -> None:
+        """Make the pending pump event the earliest live arrival's (skipping stopped entries)."""
+        heap, serial = self.arrivals, self.serial
+        while heap and heap[0][2] != serial[heap[0][1]]:
+            heappop(heap)
+        if not heap or self.pump_key == (heap[0][0], heap[0][1]):
+            return
+        arrive, wid = heap[0][0], heap[0][1]
+        self.pump_serial += 1
+        self.pump_key = (arrive, wid)
+        event = Timeout(self.env, arrive - self.env.now, self.workers[wid].priority, at=arrive)
+        event.callbacks.append(partial(self._pumped, self.pump_serial))
+
+    def _pumped(self, pump_serial: int, event: Any) -> None:
+        if pump_serial != self.pump_serial:
+            return  # superseded by an earlier arrival
+        self.pump_key = None
+        heap, serial = self.arrivals, self.serial
+        while heap and heap[0][2] != serial[heap[0][1]]:
+            heappop(heap)
+        if heap and heap[0][0] == self.env.now:
+            arrive, wid, _, gids = heappop(heap)
+            self._arrived(self.workers[wid], gids, arrive)
+        self._pump()
 
     def _arrived(self, w: WorkerState, gids: list[int], arrive: float) -> None:
         w.computing = False
@@ -325,14 +372,40 @@ class CallbackLoop:
         self._iterate(w)
 
     def stop(self, w: WorkerState) -> None:
-        """Stop ``w``'s computation (or explicit pull) in progress: its pending timeout goes stale,
-        and the server's serving it (succeeding its wake event) starts its next iteration."""
+        """Stop ``w``'s computation (or explicit pull) in progress: its pending arrival or pull goes
+        stale, and it restarts once the server serves it (`resume`)."""
         self.serial[w.wid] += 1
+        self.stopped[w.wid] = True
         w.computing = False
-        w.wake = self.env.event()
-        w.wake.callbacks.append(partial(self._restarted, w))
         w.waiting = True
         abandon(w, self.server.trace, self.env.now)
 
-    def _restarted(self, w: WorkerState, event: Any) -> None:
-        self._iterate(w)
+    def resumes(self, w: WorkerState) -> bool:
+        """Whether serving ``w`` restarts it here (it was stopped), instead of waking its process."""
+        return self.stopped[w.wid]
+
+    def resume(self, w: WorkerState) -> None:
+        """The server served stopped worker ``w`` anew: it restarts at this instant, with the other
+        stopped workers served in a row (one event, the place the first one's wake-up had)."""
+        self.stopped[w.wid] = False
+        if self.restarting is None:
+            self.restarting = []
+            event = self.env.event()
+            event.callbacks.append(partial(self._restart, self.restarting))
+            event.succeed()
+        self.restarting.append(w)
+
+    def served_other(self) -> None:
+        """Another worker's wake-up was scheduled: later restarts go after it (a new event)."""
+        self.restarting = None
+
+    def _restart(self, batch: list[WorkerState], event: Any) -> None:
+        if batch is self.restarting:
+            self.restarting = None
+        for w in batch:
+            w.interruptible = True
+            if w.next_read is None:
+                self._after(w.latency(), w, self._pulled, self.env.now)
+            else:
+                self._compute(w)
+        self._pump()
