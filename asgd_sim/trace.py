@@ -95,6 +95,31 @@ class TraceBuilder:
         self.t_applied.append(NAN)
         return gid
 
+    def new_gradients(self, workers: np.ndarray, ks: np.ndarray, t_pull: float, t_read: float, versions: list[int],
+                      starts: np.ndarray, ends: np.ndarray) -> int:
+        """Many gradients at once, each its worker's one-step push at the same read and computed
+        over [starts, ends) (what many `new_gradient` calls and compute stamps would write, in one
+        append per column); returns the first gid (the others follow in order)."""
+        first, n = len(self.worker), len(workers)
+
+        def append(column: array, values: Any) -> None:
+            column.frombytes(np.ascontiguousarray(values, dtype=np.dtype(column.typecode)).tobytes())
+
+        append(self.worker, workers)
+        append(self.k, ks)
+        append(self.local_step, np.zeros(n))
+        append(self.read_version, np.tile(np.asarray(versions, np.int64), n))
+        append(self.staleness, np.full(n, -1))
+        append(self.fate, np.full(n, PENDING))
+        append(self.resolved, np.zeros(n))
+        append(self.t_pull, np.full(n, t_pull))
+        append(self.t_read, np.full(n, t_read))
+        append(self.t_compute_start, starts)
+        append(self.t_compute_end, ends)
+        for column in (self.t_arrive, self.t_lock, self.t_applied):
+            append(column, np.full(n, NAN))
+        return first
+
     def add_update(self, shard: int, version: int, t_request: float, t_lock: float, t_applied: float,
                    gids: list[int], weights: list[float]) -> None:
         self.u_shard.append(shard)

@@ -32,6 +32,10 @@ CLUSTERS = {
         "workers": [{"count": 6, "compute": EXP1}],
         "server": {"shards": 3, "lock": "global", "apply_time": {"dist": "exponential", "mean": 0.05}}},
     "ties: constant times": {"workers": [{"count": 5, "compute": 1.0}], "server": {"apply_time": 0.0}},
+    # Enough workers that rounds and stops restart them in bulk (one trace append, sorted runs).
+    "24 workers, sqrt(i) and noise": {"workers": [{"count": 24, "compute": {"dist": "half_normal", "shift": "1 + sqrt(i)",
+                                                                           "scale": "0.5"}}],
+                                      "network": {"latency": {"dist": "exponential", "mean": 0.02}}},
 }
 
 

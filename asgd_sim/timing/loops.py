@@ -25,6 +25,7 @@ from functools import partial
 from heapq import heappop, heappush
 from typing import Any, Protocol
 
+import numpy as np
 import simpy
 
 from ..trace import CANCELLED, TraceBuilder
@@ -268,8 +269,11 @@ class CallbackLoop:
 
     def __init__(self, server: Server, workers: list[WorkerState]) -> None:
         self.server, self.env, self.workers = server, server.env, workers
-        self.serial = [0] * len(workers)
+        self.serial = np.zeros(len(workers), np.int64)
         self.arrivals: list[tuple[float, int, int, list[int]]] = []  # (arrive, worker, serial, gids)
+        self.runs: list[_Run] = []  # the arrivals of workers restarted together, in (arrive, worker) order
+        # Workers whose computations take plain draws (no slowdown window, no pipeline) restart in bulk.
+        self.plain = [w.slowdowns.empty and w.pipeline is None for w in workers]
         self.pump_key: tuple[float, int] | None = None  # (time, worker) the pending pump fires for
         self.pump_serial = 0
         self.restarting: list[WorkerState] | None = None  # workers served anew, restarting at this instant
@@ -322,14 +326,27 @@ class CallbackLoop:
         w.computing = True
         heappush(self.arrivals, (arrive, w.wid, self.serial[w.wid], gids))
 
-    def _pump(self) -> None:
-        """Make the pending pump event the earliest live arrival's (skipping stopped entries)."""
+    def _earliest(self) -> tuple[float, int, _Run | None] | None:
+        """The earliest live arrival (time, worker, its run or None for the heap), skipping stopped
+        entries; None when no computation is in progress."""
         heap, serial = self.arrivals, self.serial
         while heap and heap[0][2] != serial[heap[0][1]]:
             heappop(heap)
-        if not heap or self.pump_key == (heap[0][0], heap[0][1]):
+        best = (heap[0][0], heap[0][1], None) if heap else None
+        for run in list(self.runs):
+            head = run.head(serial)
+            if head is None:
+                self.runs.remove(run)
+            elif best is None or head < best[:2]:
+                best = (head[0], head[1], run)
+        return best
+
+    def _pump(self) -> None:
+        """Make the pending pump event the earliest live arrival's."""
+        earliest = self._earliest()
+        if earliest is None or self.pump_key == earliest[:2]:
             return
-        arrive, wid = heap[0][0], heap[0][1]
+        arrive, wid = earliest[0], earliest[1]
         self.pump_serial += 1
         self.pump_key = (arrive, wid)
         event = Timeout(self.env, arrive - self.env.now, self.workers[wid].priority, at=arrive)
@@ -339,11 +356,10 @@ class CallbackLoop:
         if pump_serial != self.pump_serial:
             return  # superseded by an earlier arrival
         self.pump_key = None
-        heap, serial = self.arrivals, self.serial
-        while heap and heap[0][2] != serial[heap[0][1]]:
-            heappop(heap)
-        if heap and heap[0][0] == self.env.now:
-            arrive, wid, _, gids = heappop(heap)
+        earliest = self._earliest()
+        if earliest is not None and earliest[0] == self.env.now:
+            arrive, wid, run = earliest
+            gids = heappop(self.arrivals)[3] if run is None else run.pop()
             self._arrived(self.workers[wid], gids, arrive)
         self._pump()
 
@@ -402,10 +418,72 @@ class CallbackLoop:
     def _restart(self, batch: list[WorkerState], event: Any) -> None:
         if batch is self.restarting:
             self.restarting = None
+        bulk = self._bulk(batch)
         for w in batch:
             w.interruptible = True
             if w.next_read is None:
                 self._after(w.latency(), w, self._pulled, self.env.now)
-            else:
+            elif bulk is None:
                 self._compute(w)
+        if bulk is not None:
+            self._compute_bulk(bulk)
         self._pump()
+
+    def _bulk(self, batch: list[WorkerState]) -> list[WorkerState] | None:
+        """The batch, if it can restart with one append per trace column: one-step pushes of plain
+        workers all holding the same read (a round's broadcast); else None (one at a time)."""
+        if len(batch) < 8 or self.server.local_steps != 1:
+            return None
+        first = batch[0].next_read
+        if first is None:
+            return None
+        for w in batch:
+            read = w.next_read
+            if read is None or read[2] is not first[2] or read[0] != first[0] or read[1] != first[1] or not self.plain[w.wid]:
+                return None
+        return batch
+
+    def _compute_bulk(self, batch: list[WorkerState]) -> None:
+        """`_compute` for many workers: the same draws from each worker's streams, in the same order
+        (response latency, compute, push latency), the same floating-point sums, one trace append."""
+        now, n = self.env.now, len(batch)
+        t_pull, t_read, versions = batch[0].next_read  # type: ignore[misc]
+        wids = np.fromiter((w.wid for w in batch), np.int64, n)
+        ks = np.fromiter((w.k for w in batch), np.int64, n)
+        starts = np.fromiter((now if w.has_params else now + w.latency() for w in batch), np.float64, n)
+        ends = starts + np.fromiter((w.compute() for w in batch), np.float64, n)
+        arrives = ends + np.fromiter((w.latency() for w in batch), np.float64, n)
+        first = self.server.trace.new_gradients(wids, ks, t_pull, t_read, versions, starts, ends)
+        for i, (w, duration) in enumerate(zip(batch, (ends - starts).tolist())):
+            w.k += 1
+            w.unpushed = [first + i]
+            w.has_params = False
+            w.busy += duration
+            w.computing = True
+        order = np.lexsort((wids, arrives))
+        self.runs.append(_Run(arrives[order], wids[order], self.serial[wids[order]], first + order))
+
+
+class _Run:
+    """The arrivals of workers restarted together, sorted by (arrival time, worker); a cursor
+    walks them as they fire, skipping the stopped ones."""
+
+    __slots__ = ("arrive", "wid", "serial", "gid", "cursor")
+
+    def __init__(self, arrive: np.ndarray, wid: np.ndarray, serial: np.ndarray, gid: np.ndarray) -> None:
+        self.arrive, self.wid, self.serial, self.gid = arrive.tolist(), wid.tolist(), serial, gid.tolist()
+        self.cursor = 0
+
+    def head(self, serial: np.ndarray) -> tuple[float, int] | None:
+        """The earliest live entry, or None once the run is spent."""
+        i, n = self.cursor, len(self.wid)
+        if i < n and self.serial[i] != serial[self.wid[i]]:  # stopped: skip every stale entry at once
+            live = np.flatnonzero(self.serial[i:] == serial[self.wid[i:]])
+            i = i + int(live[0]) if live.size else n
+            self.cursor = i
+        return (self.arrive[i], self.wid[i]) if i < n else None
+
+    def pop(self) -> list[int]:
+        i = self.cursor
+        self.cursor = i + 1
+        return [self.gid[i]]

@@ -29,11 +29,15 @@ def stream(seed: int, kind: int, index: int) -> np.random.Generator:
 
 
 class Sampler:
-    """Draws from a distribution in blocks of 1024: one numpy call instead of one per draw."""
+    """Draws from a distribution in blocks of 1024: one numpy call instead of one per draw.
+
+    ``rng`` is a generator, or the (seed, kind, index) of its stream, created at the first draw: a
+    constant never draws, and thousands of workers need not build thousands of generators up front.
+    """
 
     __slots__ = ("dist", "rng", "const", "buffer", "index")
 
-    def __init__(self, dist: Distribution, rng: np.random.Generator) -> None:
+    def __init__(self, dist: Distribution, rng: np.random.Generator | tuple[int, int, int]) -> None:
         self.dist = dist
         self.rng = rng
         self.const: float | None = dist.mean if dist.is_constant else None
@@ -44,6 +48,8 @@ class Sampler:
         if self.const is not None:
             return self.const
         if self.index == len(self.buffer):
+            if isinstance(self.rng, tuple):
+                self.rng = stream(*self.rng)
             self.buffer = self.dist.sample(self.rng, 1024).tolist()
             self.index = 0
         value = self.buffer[self.index]
@@ -113,7 +119,7 @@ class WorkerState:
     failure_times: list[float]
     mtbf: float | None
     down_time: Any  # callable() -> float | None (None: stays down)
-    failure_rng: np.random.Generator
+    failure_rng: np.random.Generator | None  # (None: the worker never fails)
     priority: int
     k: int = 0
     alive: bool = True
@@ -145,8 +151,9 @@ def build_workers(scenario: Scenario, latency: Distribution) -> list[WorkerState
         windows = group.slowdowns + (racks[group.rack].slowdowns if group.rack in racks else ())
         for j in range(group.count):
             wid = len(workers)
-            fail_rng = stream(seed, FAILURE, wid)
             failures = group.failures
+            fails = bool(failures.at) or failures.mtbf is not None
+            fail_rng = stream(seed, FAILURE, wid) if fails else None  # (most workers never fail)
             if failures.restart_after is not None:
                 down = (lambda value=failures.restart_after: value)
             elif failures.mttr is not None:
@@ -155,8 +162,8 @@ def build_workers(scenario: Scenario, latency: Distribution) -> list[WorkerState
                 down = (lambda: None)
             workers.append(WorkerState(
                 wid=wid, group=g, group_name=group.name, start=j * group.stagger,
-                compute=Sampler(group.compute.for_worker(j), stream(seed, COMPUTE, wid)),
-                latency=Sampler(latency, stream(seed, LINK, wid)),
+                compute=Sampler(group.compute.for_worker(j), (seed, COMPUTE, wid)),
+                latency=Sampler(latency, (seed, LINK, wid)),
                 slowdowns=SlowdownProfile(windows), pipeline=group.pipeline if group.pipeline and (group.pipeline.stages > 1 or group.pipeline.microbatches > 1) else None,
                 failure_times=list(failures.at), mtbf=failures.mtbf, down_time=down, failure_rng=fail_rng,
                 priority=2 + wid,
