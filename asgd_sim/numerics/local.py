@@ -153,6 +153,7 @@ class LocalModels:
         self._exchange = jax.jit(self._exchange_impl)
         self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
+        self._stepped: dict[int, int] = {}  # EASGD: per worker, the push whose local steps its model holds
 
     def _steps_impl(self, start: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``ks.shape[1]`` local SGD steps for each worker from ``start[w]`` (vmapped over workers)."""
@@ -209,17 +210,24 @@ class LocalModels:
             key = int(gids.min())
             if self._cache is None or self._cache[0] != key:
                 heads, workers, ks = self._pushes(tr, gids)
-                origin = self._origins(tr, heads, workers, planner, out.history)
-                final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
-                losses = np.asarray(losses)
-                out.computed += len(gids)
-                if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
-                    planner.row = r  # rows before r were applied; this one and the rest never will be
-                    out.ok = False
-                    return out
-                self._cache = (key, (workers, final, origin, heads))
-                if self.elastic:  # the worker's model after its local steps, before the exchange
-                    self.models = self.models.at[int(workers[0])].set(final[0])
+                if self.elastic and self._stepped.get(int(workers[0])) == key:
+                    # Its rows interleave with another push's (shards updated in parallel): the
+                    # worker's model took these local steps already, and its rows not exchanged
+                    # yet still hold their result (taking them again would step twice).
+                    self._cache = (key, (workers, None, None, heads))
+                else:
+                    origin = self._origins(tr, heads, workers, planner, out.history)
+                    final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
+                    losses = np.asarray(losses)
+                    out.computed += len(gids)
+                    if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
+                        planner.row = r  # rows before r were applied; this one and the rest never will be
+                        out.ok = False
+                        return out
+                    self._cache = (key, (workers, final, origin, heads))
+                    if self.elastic:  # the worker's model after its local steps, before the exchange
+                        self.models = self.models.at[int(workers[0])].set(final[0])
+                        self._stepped[int(workers[0])] = key
             workers, final, origin, heads = self._cache[1]
             if self.elastic:
                 out.params, self.models = self._exchange(out.params, self.models, jnp.int32(workers[0]), jnp.int32(shard))
