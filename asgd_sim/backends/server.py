@@ -287,7 +287,8 @@ class RealServer(ShardWrites):
     # ---- push: the policy's decisions, carried out ---------------------------------------------
 
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Read) -> Read | None:
-        """A worker's gradients (per gid, a tuple of shard rows on the server device) arrive.
+        """A worker's gradients (per gid, a tuple of shard rows on the server device; for local
+        steps, one payload for the push) arrive.
 
         Returns the worker's next read, or None when it must pull explicitly (its gradients were
         cancelled by a round that closed without them) or the run is over.
@@ -296,8 +297,9 @@ class RealServer(ShardWrites):
             return None
         with self.state_lock:
             now = self.clock.now()
-            for gid, g in zip(gids, grads):
+            for gid in gids:
                 self.trace.t_arrive[gid] = now
+            for gid, g in zip(gids, grads):  # (local steps: one payload, under the push's first row)
                 self.grads[gid] = g
                 self.uses[gid] = self.S
                 if reads is not None:
