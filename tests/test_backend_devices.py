@@ -83,13 +83,15 @@ ALGORITHMS = {
     "local_sgd": ["algorithm.kind=local_sgd", "algorithm.local_steps=3", "server.shards=2", "optimizer.name=adam",
                   "optimizer.learning_rate=0.01", "algorithm.local_learning_rate=0.1"],
     "easgd": ["algorithm.kind=easgd", "algorithm.local_steps=2", "server.shards=2", "algorithm.elastic_alpha=0.3"],
+    # (a push dropped on one shard only still leaves its worker the local steps there, as simulated)
+    "easgd_drop_stale": ["algorithm.kind=easgd", "algorithm.local_steps=2", "server.shards=2", "algorithm.drop_staleness_above=1"],
     "fedbuff": ["algorithm.kind=fedbuff", "algorithm.k=2", "algorithm.local_steps=2"],
     "fedasync": ["algorithm.kind=fedasync", "algorithm.local_steps=2", "server.shards=2", "algorithm.mixing_decay=polynomial"],
     "rennala": ["algorithm.kind=rennala", "algorithm.k=3"],
     "ringmaster": ["algorithm.kind=ringmaster", "algorithm.delay_threshold=2"],
     "ringmaster_stops": ["algorithm.kind=ringmaster", "algorithm.delay_threshold=2", "algorithm.stops=true"],
 }
-LOCAL_STEPS = {"local_sgd": 3, "easgd": 2, "fedbuff": 2, "fedasync": 2}
+LOCAL_STEPS = {"local_sgd": 3, "easgd": 2, "easgd_drop_stale": 2, "fedbuff": 2, "fedasync": 2}
 
 
 @pytest.mark.slow
@@ -135,8 +137,10 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
         check_local_steps(trace, LOCAL_STEPS.get(name, 1))
         if name == "local_sgd":  # every worker's push of 3 local steps, from the round's version
             assert np.all(members == 4 * 3) and np.all(trace.staleness[applied] == 0)
-        if name in ("easgd", "fedasync"):  # one push per update, alone
+        if name in ("easgd", "easgd_drop_stale", "fedasync"):  # one push per update, alone
             assert np.all(members == 2)
+        if name == "easgd_drop_stale":
+            assert trace.staleness[applied].max() <= 1 and (trace.fate == DROPPED).any()
         if name == "fedbuff":  # 2 pushes of 2 steps; a push weighs 1/sqrt(1 + staleness) / 2 (the policy
             # hears the server's versions: a stale push weighs less)
             assert np.all(members == 4) and trace.member_weight.max() <= 0.5 and trace.member_weight.min() < 0.49
