@@ -18,7 +18,7 @@ import pytest
 
 from asgd_sim.cli import main
 from asgd_sim.scenario.files import scenario_from_dict
-from asgd_sim.trace import APPLIED, DROPPED, Trace
+from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, Trace
 
 from helpers import FORCED_DEVICES, ROOT, check_trace, forced_env, replay_max_diff
 
@@ -79,7 +79,19 @@ ALGORITHMS = {
     "drop_stale_shards": ["server.shards=2", "server.lock=global", "algorithm.drop_staleness_above=1"],
     "rw_atomic_adam": ["server.shards=2", "server.lock=rw", "server.atomic=true", "optimizer.name=adam", "optimizer.learning_rate=0.01"],
     "lock_free_shards": ["server.shards=3", "server.lock=none"],
+    # Workers that take local steps, and the modern methods (algorithms.modern).
+    "local_sgd": ["algorithm.kind=local_sgd", "algorithm.local_steps=3", "server.shards=2", "optimizer.name=adam",
+                  "optimizer.learning_rate=0.01", "algorithm.local_learning_rate=0.1"],
+    "easgd": ["algorithm.kind=easgd", "algorithm.local_steps=2", "server.shards=2", "algorithm.elastic_alpha=0.3"],
+    # (a push dropped on one shard only still leaves its worker the local steps there, as simulated)
+    "easgd_drop_stale": ["algorithm.kind=easgd", "algorithm.local_steps=2", "server.shards=2", "algorithm.drop_staleness_above=1"],
+    "fedbuff": ["algorithm.kind=fedbuff", "algorithm.k=2", "algorithm.local_steps=2"],
+    "fedasync": ["algorithm.kind=fedasync", "algorithm.local_steps=2", "server.shards=2", "algorithm.mixing_decay=polynomial"],
+    "rennala": ["algorithm.kind=rennala", "algorithm.k=3"],
+    "ringmaster": ["algorithm.kind=ringmaster", "algorithm.delay_threshold=2"],
+    "ringmaster_stops": ["algorithm.kind=ringmaster", "algorithm.delay_threshold=2", "algorithm.stops=true"],
 }
+LOCAL_STEPS = {"local_sgd": 3, "easgd": 2, "easgd_drop_stale": 2, "fedbuff": 2, "fedasync": 2}
 
 
 @pytest.mark.slow
@@ -122,6 +134,37 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
             assert np.all(members == 3) and np.all(trace.staleness[applied] == 0)
         if name == "drop_stale_shards":
             assert trace.staleness[applied].max() <= 1 and (trace.fate == DROPPED).any()
+        check_local_steps(trace, LOCAL_STEPS.get(name, 1))
+        if name == "local_sgd":  # every worker's push of 3 local steps, from the round's version
+            assert np.all(members == 4 * 3) and np.all(trace.staleness[applied] == 0)
+        if name in ("easgd", "easgd_drop_stale", "fedasync"):  # one push per update, alone
+            assert np.all(members == 2)
+        if name == "easgd_drop_stale":
+            assert trace.staleness[applied].max() <= 1 and (trace.fate == DROPPED).any()
+        if name == "fedbuff":  # 2 pushes of 2 steps; a push weighs 1/sqrt(1 + staleness) / 2 (the policy
+            # hears the server's versions: a stale push weighs less)
+            assert np.all(members == 4) and trace.member_weight.max() <= 0.5 and trace.member_weight.min() < 0.49
+        if name == "rennala":
+            assert np.all(members == 3) and np.all(trace.staleness[applied] == 0)
+        if name.startswith("ringmaster"):  # a gradient of delay >= R = 2 is never applied
+            assert trace.staleness[applied].max() <= 1 and trace.staleness[applied].max() >= 1
+        if name == "ringmaster_stops":  # computations that saw R updates were stopped (and restarted)
+            assert (trace.fate == CANCELLED).sum() > 5
+
+
+def check_local_steps(trace: Trace, steps: int) -> None:
+    """Each push is ``steps`` gradient rows of one worker, consecutive local steps from one read,
+    each with its own compute times, one after the other."""
+    assert np.all(trace.local_step == trace.k % steps)
+    pushed = ~np.isnan(trace.t_arrive)
+    for w in np.unique(trace.worker):
+        mine = np.flatnonzero((trace.worker == w) & pushed)
+        assert len(mine) % steps == 0
+        for push in mine.reshape(-1, steps):
+            assert np.all(trace.read_version[push] == trace.read_version[push[0]])
+            assert np.all(trace.t_arrive[push] == trace.t_arrive[push[0]])
+            assert np.all(np.diff(trace.t_compute_start[push]) > 0)
+            assert np.all(trace.t_compute_end[push][:-1] <= trace.t_compute_start[push][1:])
 
 
 def test_emulated_timing_follows_the_scenario(tmp_path: Path) -> None:
@@ -175,7 +218,8 @@ def test_emulated_timing_follows_the_scenario(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--backend", "devices", "--set", "algorithm.kind=local_sgd"], "algorithm.kind"),
+    (["--backend", "devices", "--set", "server.shards=2", "--set", "server.atomic=true", "--set", "server.lock_order=random"],
+     "server.lock_order"),
     (["--emulate"], "--emulate"),
     (["--backend", "devices", "--resume"], "--resume"),
     (["--backend", "devices", "--ray-address", "127.0.0.1:6379"], "--ray-address"),
@@ -186,3 +230,42 @@ def test_real_run_errors_are_one_line(argv: list[str], message: str, tmp_path: P
     assert main(["run", str(scenario), "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+USER_ALGORITHM = """
+[run]
+until_updates = 60
+eval_every = 20
+[[workers]]
+count = 4
+compute = 0.01
+[server]
+apply_time = 0.004
+[model]
+name = "logreg"
+[algorithm]
+kind = "examples.user_algorithm:GroupCommitSGD"
+options = { max_batch = 3 }
+"""
+
+
+@pytest.mark.slow
+def test_the_user_algorithm_example_runs_simulated_and_for_real_and_replays_exactly(tmp_path: Path) -> None:
+    # examples/user_algorithm.py (group commit): pushes that arrive while an update is applied wait
+    # and are averaged into the next one, at most max_batch of them, in the simulator and for real.
+    scenario = tmp_path / "user.toml"
+    scenario.write_text(USER_ALGORITHM)
+    runs = {"sim": [], "devices": ["--backend", "devices", "--emulate"]}
+    for name, argv in runs.items():
+        assert main(["run", str(scenario), "--quiet", "--out", str(tmp_path / name), *argv]) == 0, name
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["stopped"] == "until_updates" and summary["updates"] == 60, name
+        trace = Trace.load(tmp_path / name)
+        check_trace(trace)
+        members = np.diff(trace.member_offsets)
+        assert members.max() > 1 and members.max() <= 3, (name, np.bincount(members))  # groups formed, capped
+        for row in range(len(members)):  # a group's update is the average of its gradients
+            np.testing.assert_allclose(trace.members(row)[1], 1.0 / members[row])
+    assert Trace.load(tmp_path / "devices").meta["backend"] == "devices"
+    diff, _ = replay_max_diff(tmp_path / "devices")
+    assert diff <= 1e-6, diff

@@ -148,6 +148,39 @@ def test_ray_dc_asgd_shard_actors_use_the_rows_each_gradient_read(local_ray, tmp
 
 
 @pytest.mark.slow
+def test_ray_workers_take_local_steps_and_shard_actors_keep_easgd_models(local_ray, tmp_path: Path) -> None:
+    # FedBuff (model deltas through the server rule) and EASGD (each worker's own model, per shard in
+    # the shard actors; a worker reads its own) on two shard actors, with exact replays; EASGD's
+    # models are checkpointed, so a resumed run still replays exactly.
+    from asgd_sim.backends.checkpoint import load_checkpoint
+    from asgd_sim.runner import run_scenario
+
+    base = {"model": {"name": "logreg"}, "run": {"until_updates": 50, "eval_every": 25},
+            "workers": [{"count": 3, "compute": 0.005}], "server": {"shards": 2, "lock": "shard", "checkpoint_every": 40}}
+    cases = {"fedbuff": {"kind": "fedbuff", "k": 2, "local_steps": 2},
+             "easgd": {"kind": "easgd", "local_steps": 2, "elastic_alpha": 0.3}}
+    for name, algorithm in cases.items():
+        sc = scenario_from_dict({**base, "algorithm": algorithm}, name=f"ray-{name}")
+        out = tmp_path / name
+        result = run_scenario(sc, out, backend="ray")
+        assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 50, name
+        trace = Trace.load(out)
+        check_trace(trace)
+        assert np.all(trace.local_step == trace.k % 2), name
+        assert np.all(np.diff(trace.member_offsets) == (4 if name == "fedbuff" else 2)), name
+        diff, _ = replay_max_diff(out)
+        assert diff <= 1e-6, (name, diff)
+    assert trace.staleness[trace.fate == APPLIED].max() > 0  # EASGD: the center moved while workers stepped
+    ckpt = load_checkpoint(tmp_path / "easgd")
+    assert ckpt.updates == 40 and ckpt.models is not None and len(ckpt.models) == 3 and len(ckpt.models[0]) == 2
+    resumed = run_scenario(sc, tmp_path / "easgd", backend="ray", resume=True)
+    assert resumed.summary["backend"]["resumed_from"]["updates"] == 40 and resumed.summary["updates"] == 50
+    check_trace(Trace.load(tmp_path / "easgd"))
+    diff, _ = replay_max_diff(tmp_path / "easgd")
+    assert diff <= 1e-6, diff
+
+
+@pytest.mark.slow
 def test_sweep_runs_its_points_as_ray_tasks(local_ray, tmp_path: Path) -> None:
     # The same timing sweep through Ray tasks and through local processes gives the same rows
     # (each run is a pure function of its scenario and seed); a rerun finds everything done.

@@ -296,17 +296,40 @@ def test_c11_easgd_exchange_conserves_the_sum() -> None:
         np.testing.assert_allclose(new_center, want_center, rtol=1e-6, atol=1e-6)
     assert max(np.abs(c - x).max() for c, x, _, _ in exchanges) > 0.1  # the exchanges did something
 
-    # Whole-run accounting from the trace: every local step of every applied push.
-    tr = engine.trace.freeze()
-    used = tr.member_gid[: tr.member_offsets[numerics.row]]
+    total, expected, x0 = easgd_sums(numerics, engine.trace.freeze(), M, lr)
+    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-5)  # measured 5e-7
+    assert np.abs(expected - (M + 1) * x0).max() > 0.5  # the local steps moved the sum
+
+
+def easgd_sums(numerics: NumericsEngine, tr: Any, M: int, lr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whole-run accounting from the trace: sum_i x_i + x_center, what every local step of every
+    applied push (each once) makes of (M + 1) x0, and x0."""
+    used = np.unique(tr.member_gid[: tr.member_offsets[numerics.row]])
     noise = jax.vmap(numerics.problem.make_batch)(jnp.asarray(tr.worker[used], jnp.int32), jnp.asarray(tr.k[used], jnp.int32))
     x0 = flat(numerics.problem.init(jax.random.PRNGKey(0)))
     expected = (M + 1) * x0.astype(np.float64) - lr * np.asarray(noise, np.float64).sum(axis=0)
     P = numerics.P
     workers_sum = np.asarray(numerics.local.models, np.float64).reshape(M, -1)[:, :P].sum(axis=0)
-    total = workers_sum + np.asarray(numerics.params, np.float64).reshape(-1)[:P]
-    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-5)  # measured 5e-7
-    assert np.abs(expected - (M + 1) * x0).max() > 0.5  # the local steps moved the sum
+    return workers_sum + np.asarray(numerics.params, np.float64).reshape(-1)[:P], expected, x0
+
+
+def test_c11_easgd_with_shards_takes_each_push_s_local_steps_once() -> None:
+    # Two shards updated in parallel with random apply times: one push's shard rows interleave with
+    # another's in the trace. The sum sum_i x_i + x_center still moves only by the local steps, each
+    # taken once (a push whose steps were taken again at its second row would break it).
+    M, lr = 4, 0.1
+    sc = scenario(quadratic([1e-12] * 6, noise=1.0), run={"until_updates": 80, "eval_every": 40, "seed": 3},
+                  workers=[{"count": M, "compute": EXP1}], algorithm={"kind": "easgd", "local_steps": 2, "elastic_alpha": 0.3},
+                  optimizer={"name": "sgd", "learning_rate": lr},
+                  server={"shards": 2, "apply_time": {"dist": "exponential", "mean": 0.3}})
+    numerics = NumericsEngine(sc)
+    engine = TimingEngine(sc, param_bytes=numerics.problem.param_bytes)
+    assert drive(engine, numerics, Metrics()) == "until_updates"
+    tr = engine.trace.freeze()
+    keys = [int(tr.members(r)[0].min()) for r in range(numerics.row)]
+    assert any(keys[i] != keys[i + 1] and keys[i] in keys[i + 2:] for i in range(len(keys) - 1)), "no rows interleaved"
+    total, expected, _ = easgd_sums(numerics, tr, M, lr)
+    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-5)
 
 
 def test_c11_local_sgd_one_step_is_minibatch_sgd() -> None:

@@ -16,19 +16,14 @@ from typing import Any
 from ..errors import ScenarioError
 from ..scenario.config import Scenario
 
-__all__ = ["BACKENDS", "REAL_ALGORITHMS", "run_backend", "check_supported"]
+__all__ = ["BACKENDS", "run_backend", "check_supported"]
 
 BACKENDS = ("sim", "devices", "ray")
-# The algorithms the real backends run (local SGD and EASGD keep per-worker models: simulator only).
-REAL_ALGORITHMS = ("async", "sync", "k_sync", "k_async", "k_batch_sync", "k_batch_async", "ssp")
 
 
 def check_supported(scenario: Scenario, backend: str) -> None:
-    """Reject what the real backends cannot run, naming the key and the alternative."""
-    kind = scenario.algorithm.kind
-    if kind not in REAL_ALGORITHMS:
-        raise ScenarioError("algorithm.kind", f"= {kind!r}: the {backend} backend runs {', '.join(REAL_ALGORITHMS)}; "
-                            "simulate local_sgd / easgd with --backend sim")
+    """Reject what the real backends cannot run, naming the key and the alternative (every
+    algorithm runs: the real server drives the same policies as the simulator)."""
     if scenario.server.atomic and scenario.server.lock_order == "random" and scenario.server.lock in ("shard", "rw"):
         raise ScenarioError("server.lock_order", "= 'random': a real server taking locks in random order can deadlock "
                             "for good; use 'sorted' on a real backend (or --backend sim to study the deadlock)")

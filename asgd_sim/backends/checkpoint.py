@@ -2,7 +2,8 @@
 
 Every ``server.checkpoint_every`` logical updates the real server takes a consistent cut (under
 its state lock, at the commit of that update): the shard rows, each shard's optimizer state, the
-versions, each worker's next local iteration k, the clock, and the trace so far. A background
+versions, each worker's next local iteration k (EASGD: each worker's own model), the clock, and the
+trace so far. A background
 thread writes it to ``RUN_DIR/checkpoints/<updates>/`` (``state.npz``, ``meta.json`` and the
 trace as ``gradients.parquet`` / ``updates.parquet``) and then, atomically, points
 ``RUN_DIR/checkpoints/latest.json`` at it: a process killed at any instant (kill -9 included)
@@ -47,6 +48,7 @@ class Checkpoint:
     trace: Trace
     failures: list[dict[str, Any]]
     folder: Path
+    models: list[list[np.ndarray]] | None = None  # EASGD: per worker, its own model's shard rows
 
     def resumed_trace(self) -> TraceBuilder:
         """The trace to continue from: gradients in flight at the checkpoint died with the
@@ -122,11 +124,16 @@ def write_checkpoint(root: Path, snapshot: dict[str, Any]) -> Path:
         arrays[f"row_{s}"] = np.asarray(row)
         for i, leaf in enumerate(jax.tree.leaves(state)):
             arrays[f"state_{s}_{i}"] = np.asarray(leaf)
+    models = snapshot.get("models") or []
+    for w, rows in enumerate(models):
+        for s, row in enumerate(rows):
+            arrays[f"model_{w}_{s}"] = np.asarray(row)
     np.savez(tmp / "state.npz", **arrays)
     snapshot["trace"].save(tmp)
     meta = {"updates": int(snapshot["updates"]), "t": float(snapshot["t"]), "versions": [int(v) for v in snapshot["versions"]],
             "next_k": [int(k) for k in snapshot["next_k"]], "shards": len(snapshot["rows"]),
-            "state_leaves": len(jax.tree.leaves(snapshot["states"][0])), "failures": snapshot.get("failures", [])}
+            "state_leaves": len(jax.tree.leaves(snapshot["states"][0])), "failures": snapshot.get("failures", []),
+            "models": len(models)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     for name in ("state.npz", "meta.json", "gradients.parquet", "updates.parquet"):
         with open(tmp / name, "rb") as handle:
@@ -153,5 +160,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     with np.load(folder / "state.npz") as data:
         rows = [data[f"row_{s}"] for s in range(meta["shards"])]
         leaves = [[data[f"state_{s}_{i}"] for i in range(meta["state_leaves"])] for s in range(meta["shards"])]
+        models = [[data[f"model_{w}_{s}"] for s in range(meta["shards"])] for w in range(meta.get("models", 0))]
     return Checkpoint(updates=meta["updates"], t=meta["t"], versions=meta["versions"], rows=rows, state_leaves=leaves,
-                      next_k=meta["next_k"], trace=Trace.load(folder), failures=meta.get("failures", []), folder=folder)
+                      next_k=meta["next_k"], trace=Trace.load(folder), failures=meta.get("failures", []), folder=folder,
+                      models=models or None)

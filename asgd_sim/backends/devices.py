@@ -36,7 +36,7 @@ from .finish import finish_real_run
 from ..numerics.layout import Layout
 from . import check_supported
 from .server import Clock, RealServer
-from .worker import WorkerHooks, run_worker
+from .worker import WorkerHooks, run_worker, step_functions
 
 __all__ = ["run_devices"]
 
@@ -71,10 +71,13 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
     writer = CheckpointWriter(out) if (sc.server.checkpoint_every and out is not None) else None
     clock = Clock(ckpt.t if ckpt is not None else 0.0)
     server = RealServer(sc, layout, device=devices[0], emulate=emulate, clock=clock, resume=ckpt, on_checkpoint=writer)
-    grad = layout.grad_fn()
+    grad, payload = step_functions(sc, layout, server.model_update)
     worker_device = [devices[w % len(devices)] for w in range(M)]
     for dev in dict.fromkeys(worker_device):  # compile once per device before the clock starts
-        jax.block_until_ready(grad(jax.device_put(tuple(layout.initial), dev), np.int32(0), np.int32(0)))
+        rows = jax.device_put(tuple(layout.initial), dev)
+        jax.block_until_ready(grad(rows, np.int32(0), np.int32(0)))
+        if payload is not None:
+            jax.block_until_ready(payload(rows, rows))
     server.warm_up()
     if out is not None:
         start_run_folder(sc, out)
@@ -91,10 +94,11 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
             fetch=lambda rows, dev=dev: jax.block_until_ready(jax.device_put(rows, dev)),
             compute=lambda rows, wid, k: jax.block_until_ready(grad(rows, np.int32(wid), np.int32(k))),
             ship=lambda gid, g, rows: jax.block_until_ready(jax.device_put(g, server.device)),
-            cancelled=slot.cancel.is_set, inject=inject, needs_read=server.needs_read,
+            cancelled=slot.cancel.is_set, inject=inject, needs_read=server.needs_read, payload=payload,
         )
         thread = threading.Thread(target=run_worker, args=(server, state, hooks),
-                                  kwargs={"emulate": emulate, "clock": clock, "transfer": transfer},
+                                  kwargs={"emulate": emulate, "clock": clock, "transfer": transfer,
+                                          "local_steps": server.policy.local_steps},
                                   name=f"worker-{w}", daemon=True)
         threads.append(thread)
     for thread in threads:

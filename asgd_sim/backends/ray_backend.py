@@ -262,15 +262,23 @@ class _WorkerHost:
     def __init__(self, tree: dict[str, Any], name: str, wid: int, emulate: bool, server: Any, shards: list[Any]) -> None:
         import jax
 
+        from ..algorithms import make_policy
         from ..numerics.problems import build_problem
         from ..numerics.layout import Layout
+        from .updates import RULE_UPDATES
+        from .worker import step_functions
 
         self.sc = sc = _load(tree, name)
         self.wid, self.emulate, self.server, self.shards = wid, emulate, server, shards
-        self.dc = sc.optimizer.dc_lambda > 0  # DC-ASGD needs the rows each gradient was computed at
         self.layout = Layout(build_problem(sc, sc.num_workers), sc.server.shards, sc.run.seed)
-        self.grad = self.layout.grad_fn()
-        jax.block_until_ready(self.grad(tuple(jax.numpy.asarray(r) for r in self.layout.initial), np.int32(0), np.int32(0)))
+        self.policy = make_policy(sc)
+        self.grad, self.payload = step_functions(sc, self.layout, self.policy.model_update)
+        # DC-ASGD needs the rows each gradient (or pseudo-gradient) was computed at
+        self.dc = sc.optimizer.dc_lambda > 0 and self.policy.model_update in RULE_UPDATES
+        rows = tuple(jax.numpy.asarray(r) for r in self.layout.initial)
+        jax.block_until_ready(self.grad(rows, np.int32(0), np.int32(0)))
+        if self.payload is not None:
+            jax.block_until_ready(self.payload(rows, rows))
 
     def ready(self) -> bool:
         return True
@@ -302,10 +310,11 @@ class _WorkerHost:
         hooks = WorkerHooks(
             fetch=lambda rows: jax.block_until_ready(tuple(jax.numpy.asarray(r) for r in ray.get(list(rows)))),
             compute=lambda rows, wid, k: jax.block_until_ready(self.grad(rows, np.int32(wid), np.int32(k))),
-            ship=self._stage, cancelled=proxy.cancelled, needs_read=False,
+            ship=self._stage, cancelled=proxy.cancelled, needs_read=False, payload=self.payload,
         )
         transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or self.layout.problem.param_bytes) * sc.server.shards / sc.network.bandwidth
-        run_worker(proxy, state, hooks, emulate=self.emulate, clock=clock, transfer=transfer)
+        run_worker(proxy, state, hooks, emulate=self.emulate, clock=clock, transfer=transfer,
+                   local_steps=self.policy.local_steps)
         return self.wid
 
 

@@ -8,10 +8,17 @@ same server policy (`asgd_sim.algorithms`): this server holds no algorithm of it
 out the policy's decisions with threads, mutexes and device work (`_carry_out`).
 
 Parameters use the numerics engine's layout (`asgd_sim.numerics.layout.Layout`), each shard row
-with its own version and optimizer state. An update of shard s is one jitted call of the numerics
-engine's server rule on that row, its gradients padded to the policy's fixed width, so a replay of
-the real trace recomputes the real parameters. Where the rows live and where that call runs is a
-shard store's business (`backends.shards`: this process, or one Ray actor per shard).
+with its own version and optimizer state. An update of shard s is one jitted call on that row of
+the numerics engine's own arithmetic for the policy's kind of model update (`backends.updates`:
+the server rule over gradients or one pseudo-gradient per push, FedAsync's mix, EASGD's elastic
+exchange), so a replay of the real trace recomputes the real parameters. The write path (locks,
+drop-stale, commit) is `backends.writes`; where the rows live and where that call runs is a shard
+store's business (`backends.shards`: this process, or one Ray actor per shard).
+
+Workers that take local steps (local SGD, EASGD, FedBuff, FedAsync) push once per ``local_steps``
+gradient rows, shipping under the push's first row what the update needs (`backends.worker`).
+EASGD's workers keep their own models x_i here (per worker and shard): a worker's read returns its
+x_i, while the trace records the center's versions, as the simulator does.
 
 Pinned semantics, as in the simulator (docs/DESIGN.md "Semantics"):
 - A read is recorded when the server serves it; its versions are those of the rows it returns
@@ -33,11 +40,17 @@ Threads: the policy is called under one condition variable (it is not thread-saf
 what its decisions register (a held worker's wake event, a stopped worker's cancel flag) is
 registered under that same acquisition, so a decision from another thread never misses it. Shard
 locks are taken without it; the state lock (trace rows, shard rows and versions) is the innermost
-and is held only for pointer swaps and trace writes.
+and is held only for pointer swaps and trace writes. After each commit that raises the logical
+version the committing thread tells the policy (`ServerPolicy.updated`, every version once and in
+order, under the condition variable and outside the state lock, once the shard's write is over)
+and carries out what it decides: Ringmaster's stops, whose workers notice their cancel flag and
+take the read served with the stop. A stopped worker's push that arrives before it noticed is
+discarded (the check and the policy's push event are one step under the condition variable).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -49,6 +62,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..errors import ScenarioError
 from ..algorithms import Apply, Cancel, Decision, Hold, Keep, Pull, Read as ReadFor, Serve, Stop, make_policy
 from ..numerics.layout import Layout
 from ..numerics.rules import make_server_rule
@@ -56,7 +70,9 @@ from ..scenario.config import Scenario
 from ..timing.workers import SERVER, Sampler, stream
 from ..trace import CANCELLED, PENDING, Trace, TraceBuilder, trace_meta
 from . import check_supported
-from .shards import LocalShards, ShardMath, ShardStore
+from .shards import LocalShards, ShardStore
+from .updates import RULE_UPDATES, ShardMath
+from .writes import ShardSlot, ShardWrites, Stopped
 
 __all__ = ["Clock", "Read", "RealServer"]
 
@@ -86,17 +102,6 @@ class Read:
 
 
 @dataclass(eq=False)
-class _Shard:
-    index: int
-    row: Any  # handles from the shard store (see `backends.shards`)
-    state: Any
-    lock: threading.Lock | None  # the modelled lock (None: lock-free)
-    mutex: threading.Lock = field(default_factory=threading.Lock)  # atomic arithmetic of one update
-    version: int = 0
-    writing: int = 0  # rw: writes in progress
-
-
-@dataclass(eq=False)
 class _Slot:
     """The server's view of one worker."""
 
@@ -111,11 +116,7 @@ class _Slot:
     held_since: float = 0.0  # when the policy last held it
 
 
-class _Stopped(Exception):
-    """The run is over: nothing more commits."""
-
-
-class RealServer:
+class RealServer(ShardWrites):
     """Shards, locks, algorithm and trace of a real run (see the module docstring).
 
     `store` holds the shard rows and runs the updates (default: `LocalShards` on `device`).
@@ -134,6 +135,7 @@ class RealServer:
         self.policy = make_policy(sc)
         self.M, self.S = sc.num_workers, sc.server.shards
         self.G = self.policy.gradients_per_update
+        self.model_update = self.policy.model_update
         self.may_drop = self.policy.may_drop
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else math.inf
         self.until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
@@ -147,13 +149,18 @@ class RealServer:
         policy = sc.server.lock
         self.lock_policy = policy
         global_lock = threading.Lock() if policy == "global" else None
-        self.store: ShardStore = store if store is not None else LocalShards(ShardMath(self.rule, self.G), self.device)
+        self.store: ShardStore = store if store is not None else LocalShards(
+            ShardMath(self.rule, self.G, self.model_update, sc.algorithm), self.device)
         # DC-ASGD: the server holds the rows each gradient was computed at, unless the store takes
         # them from the workers (shard actors: the rows travel with the gradient chunks).
-        self.needs_read = self.rule.needs_read_params and not self.store.reads_from_workers
-        self.shards = [_Shard(s, row, state,
-                              global_lock if policy == "global" else (threading.Lock() if policy in ("shard", "rw") else None))
+        self.needs_read = self.rule.needs_read_params and not self.store.reads_from_workers \
+            and self.model_update in RULE_UPDATES
+        self.shards = [ShardSlot(s, row, state,
+                                 global_lock if policy == "global" else (threading.Lock() if policy in ("shard", "rw") else None))
                        for s, (row, state) in enumerate(self.store.init(layout.initial))]
+        # EASGD: each worker's own model x_i, per shard (row handles; a worker's reads return it).
+        self.models = [[sh.row for sh in self.shards] for _ in range(self.M)] if self.model_update == "elastic" else None
+        self.unsettled: dict[int, dict[int, Any]] = {}  # EASGD: a push dropped as too stale on some shards
         self.trace = TraceBuilder(self.S)
         self.slots = [_Slot(w) for w in range(self.M)]
         self.next_k = [0] * self.M
@@ -162,6 +169,7 @@ class RealServer:
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
         self.uses: dict[int, int] = {}  # shards that have still to apply (or drop) each pushed gradient
         self.updates = 0
+        self.delivered = 0  # the logical versions the policy has been told of (`_deliver_updates`)
         self.stopped = ""
         self.stop_time = math.nan
         self.done = threading.Event()
@@ -179,15 +187,9 @@ class RealServer:
                                tuple(sh.row for sh in self.shards), self.trace.num_update_rows))
         self.last_checkpoint = self.updates
 
-    # ---- arithmetic ---------------------------------------------------------------------------
-
     def warm_up(self) -> None:
         """Compile the update before the clock starts (the first real update must not pay for it)."""
         self.store.warm_up()
-
-    def _sample_apply_time(self) -> float:
-        with self._sample_lock:
-            return self.apply_time()
 
     # ---- reads and gradient rows ----------------------------------------------------------------
 
@@ -211,7 +213,14 @@ class RealServer:
             return None
         with self.cond:
             self.policy.read(wid)
-        return self._snapshot(t_pull)
+        return self._own(wid, self._snapshot(t_pull))
+
+    def _own(self, wid: int, read: Read) -> Read:
+        """EASGD: a worker reads its own model x_i (the trace records the center's versions). Its
+        x_i changes only while its push is at the server (its exchange), never while it is served."""
+        if self.models is None:
+            return read
+        return dataclasses.replace(read, rows=tuple(self.models[wid]))
 
     def new_gradients(self, wid: int, count: int, read: Read) -> list[tuple[int, int]]:
         """Trace rows for the worker's next ``count`` gradients at ``read``: [(gid, k)]."""
@@ -278,7 +287,8 @@ class RealServer:
     # ---- push: the policy's decisions, carried out ---------------------------------------------
 
     def push(self, wid: int, gids: list[int], grads: list[tuple], reads: tuple | None, read: Read) -> Read | None:
-        """A worker's gradients (per gid, a tuple of shard rows on the server device) arrive.
+        """A worker's gradients (per gid, a tuple of shard rows on the server device; for local
+        steps, one payload for the push) arrive.
 
         Returns the worker's next read, or None when it must pull explicitly (its gradients were
         cancelled by a round that closed without them) or the run is over.
@@ -287,20 +297,24 @@ class RealServer:
             return None
         with self.state_lock:
             now = self.clock.now()
-            for gid, g in zip(gids, grads):
+            for gid in gids:
                 self.trace.t_arrive[gid] = now
+            for gid, g in zip(gids, grads):  # (local steps: one payload, under the push's first row)
                 self.grads[gid] = g
                 self.uses[gid] = self.S
                 if reads is not None:
                     self.reads[gid] = reads
         slot = self.slots[wid]
         slot.arrived = now
-        if slot.cancel.is_set():  # stopped while it finished (a stop lands at once only in the simulator):
+        with self.cond:  # (one step with the check: a stop decided meanwhile cannot slip between them)
+            stopped = slot.cancel.is_set()
+            decisions = [] if stopped else self._register(slot, self.policy.push(wid, gids))
+        if stopped:  # stopped while it finished (a stop lands at once only in the simulator):
             self._cancel_gradients(gids)  # the computation is discarded; the policy already serves it anew
             return self.await_broadcast(wid)
         try:
-            return self._carry_out(slot, read, self._decide(slot, self.policy.push, gids))
-        except _Stopped:
+            return self._carry_out(slot, read, decisions)
+        except Stopped:
             return None
 
     def _decide(self, slot: _Slot, event: Any, *args: Any) -> list[Decision]:
@@ -308,34 +322,59 @@ class RealServer:
         (under the condition variable): a held worker's wake event, a stopped worker's cancel flag.
         Another thread's Serve or Read can then never miss them."""
         with self.cond:
-            decisions = event(slot.wid, *args)
-            for decision in decisions:
-                if type(decision) is Hold:
-                    slot.wake, slot.waiting, slot.read_on_wake = threading.Event(), True, ""
-                    slot.held_since = self.clock.now()
-                elif type(decision) is Stop:
-                    for wid in decision.workers:
-                        other = self.slots[wid]
-                        if other.alive:  # it notices the flag and waits for the round's broadcast
-                            other.wake, other.waiting = threading.Event(), True
-                            other.cancel.set()
+            return self._register(slot, event(slot.wid, *args))
+
+    def _register(self, slot: _Slot | None, decisions: list[Decision]) -> list[Decision]:
+        """(Under the condition variable.) What ``decisions`` promise: ``slot`` held, workers stopped."""
+        for decision in decisions:
+            if type(decision) is Hold and slot is not None:
+                slot.wake, slot.waiting, slot.read_on_wake = threading.Event(), True, ""
+                slot.held_since = self.clock.now()
+            elif type(decision) is Stop:
+                for wid in decision.workers:
+                    other = self.slots[wid]
+                    if other.alive:  # it notices the flag and waits for the broadcast
+                        other.wake, other.waiting = threading.Event(), True
+                        other.cancel.set()
         return decisions
 
-    def _carry_out(self, slot: _Slot, read: Read, decisions: list[Decision]) -> Read | None:
+    def _deliver_updates(self, version: int) -> None:
+        """The logical version reached ``version``: tell the policy of every version it has not
+        seen, in order (`ServerPolicy.updated`), and carry out what it decides about the workers
+        (Ringmaster's stops: Stop, then Serve at the current point). Called by the committing
+        thread once its shard's write is over: it may hold that shard's modelled lock, no other."""
+        decisions: list[Decision] = []
+        with self.cond:
+            while self.delivered < version and not self.stopped:
+                self.delivered += 1
+                decisions += self._register(None, self.policy.updated(self.delivered))
+        if decisions:
+            try:
+                self._carry_out(None, None, decisions)
+            except Stopped:
+                pass
+
+    def _carry_out(self, slot: _Slot | None, read: Read | None, decisions: list[Decision]) -> Read | None:
         """Carry out the decisions about ``slot``'s push in its thread; its next read (None: it
-        pulls explicitly). ``read`` is what the push's gradients were computed at."""
+        pulls explicitly). ``read`` is what the push's gradients were computed at. Without a slot
+        (an update landed: `_deliver_updates`), only decisions about other workers are allowed."""
         mine: Read | None = None
         for decision in decisions:
             kind = type(decision)
+            if slot is None and kind not in (Serve, ReadFor, Stop, Cancel):
+                raise TypeError(f"{type(self.policy).__name__}.on_update may decide Serve, Read, Stop or Cancel only")
             if kind is Apply:
+                assert slot is not None
                 self._apply_all(decision.gids, decision.weights)
+                if self.unsettled:
+                    self._settle(decision.gids)
                 mine = self._carry_out(slot, read, self._decide(slot, self.policy.applied)) or mine
             elif kind is Serve:
                 snapshot = self._snapshot(None)
                 with self.cond:
                     for wid in decision.workers:
                         other = self.slots[wid]
-                        served = snapshot if decision.pull == "read" else _pulled_at(snapshot, other.arrived)
+                        served = self._own(wid, snapshot if decision.pull == "read" else _pulled_at(snapshot, other.arrived))
                         if other is slot:
                             mine = served
                         elif other.waiting:
@@ -346,7 +385,7 @@ class RealServer:
                         self.policy.read(wid)
             elif kind is ReadFor:
                 for wid in decision.workers:
-                    if wid == slot.wid:
+                    if slot is not None and wid == slot.wid:
                         mine = self._read_for(slot, decision.pull)
                     else:
                         with self.cond:
@@ -355,15 +394,18 @@ class RealServer:
                                 other.read_on_wake, other.waiting = decision.pull, False
                                 other.wake.set()
             elif kind is Hold:
+                assert slot is not None
                 self._wait(slot.wake)
                 if slot.read_on_wake:
                     mine = self._read_for(slot, slot.read_on_wake)
                 else:
                     mine = slot.next_read
             elif kind is Pull:  # (a worker a closing round stopped too gets that round's broadcast instead)
+                assert slot is not None
                 mine = self.await_broadcast(slot.wid) if slot.cancel.is_set() else None
             elif kind is Keep:
-                mine = Read(read.t_pull, read.t_read, read.versions, read.rows, has_params=True)
+                assert read is not None
+                mine = dataclasses.replace(read, has_params=True)
             elif kind is Cancel:
                 self._cancel_gradients(decision.gids)
             elif kind is not Stop:  # (Stop was registered by `_decide`)
@@ -372,7 +414,7 @@ class RealServer:
 
     def _read_for(self, slot: _Slot, pull: str) -> Read:
         """The worker reads for itself: its pull was issued when it arrived, or when it was held."""
-        served = self._snapshot(slot.arrived if pull == "arrival" else slot.held_since)
+        served = self._own(slot.wid, self._snapshot(slot.arrived if pull == "arrival" else slot.held_since))
         with self.cond:
             self.policy.read(slot.wid)
         return served
@@ -394,144 +436,19 @@ class RealServer:
             wake = slot.wake
         try:
             self._wait(wake)
-        except _Stopped:
+        except Stopped:
             return None
         with self.cond:
             slot.cancel.clear()
         return slot.next_read if not self.stopped else None
 
     def _wait(self, wake: threading.Event) -> None:
-        """Wait for ``wake``; raise `_Stopped` once the run is over."""
+        """Wait for ``wake``; raise `Stopped` once the run is over."""
         while not wake.wait(0.1):
             if self.stopped:
-                raise _Stopped
+                raise Stopped
         if self.stopped:
-            raise _Stopped
-
-    # ---- updates ------------------------------------------------------------------------------
-
-    def _apply_all(self, members: list[int], weights: list[float]) -> None:
-        """Apply one update to every shard: in parallel (a thread per shard) or atomically."""
-        if self.S == 1:
-            self._apply_shard(self.shards[0], members, weights)
-        elif self.scenario.server.atomic and self.lock_policy in ("shard", "rw"):
-            self._apply_atomic(members, weights)
-        else:
-            assert self._pool is not None
-            futures = [self._pool.submit(self._apply_shard, sh, members, weights) for sh in self.shards]
-            for f in futures:
-                f.result()
-        if self.stopped:
-            raise _Stopped
-
-    def _apply_atomic(self, members: list[int], weights: list[float]) -> None:
-        t_request = self.clock.now()
-        locks = [sh.lock for sh in self.shards]
-        for lock in locks:
-            lock.acquire()  # type: ignore[union-attr]
-        try:
-            t_lock = self.clock.now()
-            for sh in self.shards:
-                self._update(sh, members, weights, t_request, t_lock)
-        finally:
-            for lock in locks:
-                lock.release()  # type: ignore[union-attr]
-
-    def _apply_shard(self, sh: _Shard, members: list[int], weights: list[float]) -> None:
-        t_request = self.clock.now()
-        if sh.lock is None:
-            self._update(sh, members, weights, t_request, t_request)
-            return
-        with sh.lock:
-            self._update(sh, members, weights, t_request, self.clock.now())
-
-    def _update(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
-        """One update of shard ``sh`` (its modelled lock, if any, is held): drop-stale, apply, commit."""
-        if self.stopped:
-            return
-        try:
-            self._update_row(sh, members, weights, t_request, t_lock)
-        finally:
-            with self.state_lock:
-                for g in members:
-                    left = self.uses.get(g, 1) - 1
-                    if left <= 0:
-                        self.uses.pop(g, None)
-                        self.grads.pop(g, None)
-                        self.reads.pop(g, None)
-                    else:
-                        self.uses[g] = left
-
-    def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
-        hold_until = t_lock + self._sample_apply_time() if self.emulate else None
-        if sh.lock is None and hold_until is not None:
-            self.clock.sleep_until(hold_until)  # lock-free: the holds of concurrent updates overlap
-        with sh.mutex:
-            s, S, tr = sh.index, self.S, self.trace
-            dropped: list[Any] = []
-            with self.state_lock:
-                before = sh.version
-                if self.may_drop:
-                    kept = []
-                    for g, w in zip(members, weights):
-                        stale = before - tr.read_version[g * S + s]
-                        if not self.policy.keep(stale):
-                            tr.record_drop(g, stale, t_lock)
-                            dropped.append(self.grads[g][s])
-                        else:
-                            kept.append((g, w))
-                    members, weights = [g for g, _ in kept], [w for _, w in kept]
-                grads = [self.grads[g][s] for g in members]
-                reads = [self.reads[g][s] for g in members] if self.needs_read else None
-                stale_of = [before - tr.read_version[g * S + s] for g in members]
-                worker_of = [int(tr.worker[g]) for g in members]
-                row, state = sh.row, sh.state
-            if not members:
-                self.store.discard(dropped)
-                return
-            if self.lock_policy == "rw":
-                with self.gate:
-                    sh.writing += 1
-            try:
-                new, state = self.store.update(s, before, row, state, grads, reads, weights, stale_of, worker_of, dropped)
-                if sh.lock is not None and hold_until is not None:
-                    self.clock.sleep_until(hold_until)
-                self._commit(sh, members, weights, new, state, t_request, t_lock)
-            finally:
-                if self.lock_policy == "rw":
-                    with self.gate:
-                        sh.writing -= 1
-                        self.gate.notify_all()
-
-    def _commit(self, sh: _Shard, members: list[int], weights: list[float], new: Any, state: Any,
-                t_request: float, t_lock: float) -> None:
-        """The update lands: swap the row, bump the version, record it (one atomic step)."""
-        snapshot = None
-        with self.state_lock:
-            if self.stopped:
-                return
-            now = self.clock.now()
-            S = self.S
-            before = sh.version
-            sh.row, sh.state, sh.version = new, state, before + 1
-            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights)
-            logical = before + 1 if S == 1 else min(x.version for x in self.shards)
-            self.last_update_time = now
-            if logical > self.updates:
-                self.updates = logical
-                rows = tuple(x.row for x in self.shards)
-                if logical % self.eval_every == 0:
-                    self.snapshots.append((logical, now, rows, self.trace.num_update_rows))
-                if self.checkpoint_every and logical % self.checkpoint_every == 0 and logical > self.last_checkpoint \
-                        and logical < self.until_updates:
-                    self.last_checkpoint = logical
-                    snapshot = self._checkpoint_state(now)
-                if logical >= self.until_updates:
-                    self._stop_locked("until_updates", now)
-        if snapshot is not None and self.on_checkpoint is not None:
-            snapshot["rows"] = self.store.fetch(snapshot["rows"])
-            snapshot["states"] = self.store.fetch(snapshot["states"])
-            self.on_checkpoint(snapshot)
+            raise Stopped
 
     # ---- stopping, checkpoints, results ------------------------------------------------------
 
@@ -552,10 +469,12 @@ class RealServer:
         self.done.set()
 
     def _checkpoint_state(self, now: float) -> dict[str, Any]:
-        """(Under the state lock.) A consistent cut: rows, optimizer states, versions, trace, k."""
+        """(Under the state lock.) A consistent cut: rows, optimizer states, versions, trace, k
+        (EASGD: the workers' own models)."""
         return {
             "updates": self.updates, "t": now, "versions": [sh.version for sh in self.shards],
             "rows": [sh.row for sh in self.shards], "states": [sh.state for sh in self.shards],
+            "models": [list(rows) for rows in self.models] if self.models is not None else None,
             "next_k": list(self.next_k), "trace": self.trace.freeze(trace_meta(self.scenario, "checkpoint", now)),
             "failures": [dict(f) for f in self.failures], "snapshots": [(u, t) for u, t, _, _ in self.snapshots],
         }
@@ -568,9 +487,13 @@ class RealServer:
         for sh in self.shards:
             sh.version = int(ckpt.versions[sh.index])
             sh.row, sh.state = self.store.restore(sh.index, sh.version, ckpt.rows[sh.index], ckpt.state_leaves[sh.index])
+        if self.models is not None:
+            if ckpt.models is None:
+                raise ScenarioError("--resume", "the checkpoint holds no worker models (EASGD needs them); start the run afresh")
+            self.models = [[self.store.place(s, row) for s, row in enumerate(rows)] for rows in ckpt.models]
         self.trace = ckpt.resumed_trace()
         self.next_k = [int(k) for k in ckpt.next_k]
-        self.updates = int(ckpt.updates)
+        self.updates = self.delivered = self.policy.version = int(ckpt.updates)
         self.failures = list(ckpt.failures)
         self.resumed_from = {"updates": int(ckpt.updates), "t": float(ckpt.t)}
 

@@ -3,7 +3,8 @@
 `backends.server.RealServer` decides everything about an update (which gradients, their weights
 and staleness, when it may run, which lock it holds, what the trace records); a *shard store*
 holds each shard's row and optimizer state and computes the update. Both stores run the same
-arithmetic (`ShardMath`, the numerics engine's compiled rule), so a replay of either matches:
+arithmetic (`backends.updates.ShardMath`: the numerics engine's compiled rule, or its mix and
+elastic exchange), so a replay of either matches:
 
 - `LocalShards`: the rows are JAX arrays on the server's device, in the server's process (the
   devices backend).
@@ -29,47 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ActorShards", "LocalShards", "ShardHost", "ShardMath", "ShardStore"]
+from .updates import ShardMath
 
-
-class ShardMath:
-    """One update of one shard row: the update's gradients padded to the numerics engine's width
-    G (weight-0 rows, so one compiled call serves every update), then `ServerRule.apply`."""
-
-    def __init__(self, rule: Any, width: int) -> None:
-        self.rule, self.G = rule, width
-        self.needs_read = bool(rule.needs_read_params)
-        self._init = jax.jit(rule.init)
-        self._apply = jax.jit(self._apply_impl)
-        self._zeros: Any = None
-
-    def _apply_impl(self, row: jax.Array, state: Any, grads: tuple, weights: jax.Array, staleness: jax.Array,
-                    workers: jax.Array, reads: tuple | None) -> tuple:
-        read = jnp.stack(reads) if reads is not None else None
-        return self.rule.apply(row, state, jnp.stack(grads), weights=weights, staleness=staleness, workers=workers,
-                               read_params=read)
-
-    def init(self, row: jax.Array) -> Any:
-        return self._init(row)
-
-    def apply(self, row: jax.Array, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
-              weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int]) -> tuple[Any, Any]:
-        """The new (row, state), computed (blocks until ready: the caller times the update)."""
-        pad = self.G - len(grads)
-        if pad < 0:
-            raise RuntimeError(f"an update of {len(grads)} gradients exceeds the width {self.G}")
-        if self._zeros is None:
-            self._zeros = jnp.zeros_like(row)
-        zeros = (self._zeros,) * pad
-        new, state = self._apply(row, state, tuple(grads) + zeros, np.asarray(list(weights) + [0.0] * pad, np.float32),
-                                 np.asarray(list(staleness) + [0] * pad, np.int32),
-                                 np.asarray(list(workers) + [0] * pad, np.int32),
-                                 tuple(reads) + zeros if reads is not None else None)
-        return jax.block_until_ready((new, state))
-
-    def warm_up(self, row: jax.Array, state: Any) -> None:
-        """Compile the update (an all-padding one, whose result is thrown away)."""
-        self.apply(row, state, [], [] if self.needs_read else None, [], [], [])
+__all__ = ["ActorShards", "LocalShards", "ShardHost", "ShardStore"]
 
 
 class ShardStore(Protocol):
@@ -92,10 +55,18 @@ class ShardStore(Protocol):
 
     def update(self, shard: int, version: int, row: Any, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
                weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int],
-               dropped: Sequence[Any]) -> tuple[Any, Any]:
+               dropped: Sequence[Any]) -> tuple[Any, Any, Any]:
         """Apply one update to ``shard`` at ``version`` (its current row/state handles given);
         ``grads`` are what the workers' ``ship`` gave for this shard, ``dropped`` those the
-        update leaves out. Returns the new (row, state) handles once computed."""
+        update leaves out. Returns the new (row, state, model) handles once computed (``model``:
+        EASGD's new x_i row of the pushing worker, else None)."""
+
+    def adopt(self, shard: int, shipped: Any) -> Any:
+        """EASGD: what a worker shipped for ``shard`` (its model after local steps) becomes its own
+        model there, unexchanged; the handle of that row."""
+
+    def place(self, shard: int, row: np.ndarray) -> Any:
+        """A handle of ``row`` (a checkpointed worker model) where ``shard``'s readers find it."""
 
     def discard(self, gids: Sequence[int]) -> None:
         """Gradients that will never be applied (cancelled): free whatever holds them."""
@@ -131,8 +102,14 @@ class LocalShards:
 
     def update(self, shard: int, version: int, row: Any, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
                weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int],
-               dropped: Sequence[Any]) -> tuple[Any, Any]:
+               dropped: Sequence[Any]) -> tuple[Any, Any, Any]:
         return self.math.apply(row, state, grads, reads, weights, staleness, workers)
+
+    def adopt(self, shard: int, shipped: Any) -> Any:
+        return shipped
+
+    def place(self, shard: int, row: np.ndarray) -> Any:
+        return jax.device_put(np.asarray(row, np.float32), self.device)
 
     def discard(self, gids: Sequence[int]) -> None:
         """(Nothing to free: the server's references were the only ones.)"""
@@ -153,7 +130,9 @@ class ShardHost:
 
         sc = scenario_from_dict(tree, name=name)
         self.index, self.keep_states = index, keep_states
-        self.math = ShardMath(make_server_rule(sc.optimizer, sc.num_workers), make_policy(sc).gradients_per_update)
+        policy = make_policy(sc)
+        self.math = ShardMath(make_server_rule(sc.optimizer, sc.num_workers), policy.gradients_per_update,
+                              policy.model_update, sc.algorithm)
         self.staged: dict[int, np.ndarray] = {}
         self.staged_reads: dict[int, np.ndarray] = {}  # DC-ASGD: this shard's row each gradient was computed at
         self.row: Any = None
@@ -186,8 +165,9 @@ class ShardHost:
             self.staged_reads.pop(gid, None)
 
     def apply(self, version: int, gids: Sequence[int], weights: Sequence[float], staleness: Sequence[int],
-              workers: Sequence[int], dropped: Sequence[int]) -> tuple[Any, Any]:
-        """Update the row at ``version`` with the staged gradients ``gids``; publish the result."""
+              workers: Sequence[int], dropped: Sequence[int]) -> tuple[Any, Any, Any]:
+        """Update the row at ``version`` with the staged gradients ``gids`` (for local steps: what
+        each push shipped, under its head); publish the result (EASGD: and the worker's model)."""
         if version != self.version:  # the server serialises a shard's updates: anything else is a bug
             raise RuntimeError(f"shard {self.index}: asked to update version {version}, holds version {self.version}")
         self.discard(dropped)
@@ -196,10 +176,20 @@ class ShardHost:
             raise RuntimeError(f"shard {self.index}: gradients {missing} were never staged here")
         grads = [jnp.asarray(self.staged.pop(g)) for g in gids]
         reads = [jnp.asarray(self.staged_reads.pop(g)) for g in gids] if self.math.needs_read else None
-        self.row, self.state = self.math.apply(self.row, self.state, grads, reads, weights, staleness, workers)
+        self.row, self.state, model = self.math.apply(self.row, self.state, grads, reads, weights, staleness, workers)
         self.version += 1
         self.applied += 1
-        return self._publish()
+        return (*self._publish(), self.place(model) if model is not None else None)
+
+    def adopt(self, gid: int) -> Any:
+        """EASGD: the staged chunk of ``gid`` (a worker's model after its local steps), published."""
+        return self.place(self.staged.pop(gid))
+
+    def place(self, row: Any) -> Any:
+        """Publish ``row`` in the object store (owned by this actor)."""
+        import ray
+
+        return ray.put(np.asarray(row, np.float32))
 
     def _publish(self) -> tuple[Any, Any]:
         import ray
@@ -229,6 +219,12 @@ class ActorShards:
     def init(self, rows: np.ndarray) -> list[tuple[Any, Any]]:
         return self.ray.get([actor.load.remote(0, rows[s], None) for s, actor in enumerate(self.actors)])
 
+    def adopt(self, shard: int, shipped: Any) -> Any:
+        return self.ray.get(self.actors[shard].adopt.remote(shipped))  # (shipped: the gradient id it was staged under)
+
+    def place(self, shard: int, row: np.ndarray) -> Any:
+        return self.ray.get(self.actors[shard].place.remote(np.asarray(row, np.float32)))
+
     def restore(self, shard: int, version: int, row: np.ndarray, state_leaves: Sequence[np.ndarray]) -> tuple[Any, Any]:
         return self.ray.get(self.actors[shard].load.remote(version, row, [np.asarray(x) for x in state_leaves]))
 
@@ -237,7 +233,7 @@ class ActorShards:
 
     def update(self, shard: int, version: int, row: Any, state: Any, grads: Sequence[Any], reads: Sequence[Any] | None,
                weights: Sequence[float], staleness: Sequence[int], workers: Sequence[int],
-               dropped: Sequence[Any]) -> tuple[Any, Any]:
+               dropped: Sequence[Any]) -> tuple[Any, Any, Any]:
         # `grads` are gradient ids (what the workers staged their chunks, and for DC-ASGD their
         # read rows, under); the server passes no `reads` (reads_from_workers).
         return self.ray.get(self.actors[shard].apply.remote(version, list(grads), list(weights), list(staleness),

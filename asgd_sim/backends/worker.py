@@ -27,7 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WorkerCrash", "WorkerHooks", "run_worker"]
+__all__ = ["WorkerCrash", "WorkerHooks", "run_worker", "step_functions"]
+
+
+def step_functions(scenario: Any, layout: Any, update: str) -> tuple[Callable[[tuple, Any, Any], tuple],
+                                                                     Callable[[tuple, tuple], tuple] | None]:
+    """What a worker computes for a policy whose pushes are ``update`` (its ``model_update``): the
+    jitted (shard rows, worker, k) -> a gradient's shard rows, and no payload; or, for local steps,
+    -> the rows after one local SGD step, and the payload (start rows, final rows) -> per shard,
+    what the push ships (`asgd_sim.numerics.local`, the simulator's own arithmetic)."""
+    if update == "gradient":
+        return layout.grad_fn(), None
+    from ..numerics.local import local_rate, local_step_fn, push_payload
+
+    lr = local_rate(scenario)
+    return local_step_fn(layout, lr), lambda origin, final: tuple(push_payload(update, o, f, lr) for o, f in zip(origin, final))
 
 
 class WorkerCrash(RuntimeError):
@@ -49,7 +63,10 @@ class WorkerHooks:
     fetch(rows) -> rows on the worker's device (blocks until there); compute(rows, worker, k) ->
     the gradient's shard rows (blocks until computed); ship(gid, grads, rows) -> per shard, what the
     server's push takes for gradient ``gid``, computed at ``rows`` (blocks until the bytes are where
-    the shard lives). cancelled() says whether the worker's round closed without it (the
+    the shard lives). With ``payload`` the worker takes local steps (local SGD, EASGD, FedBuff,
+    FedAsync): compute(rows, worker, k) is one local SGD step (the new shard rows), and a push
+    ships once, under its first gradient id, payload(start rows, final rows): what the server's
+    update needs (`asgd_sim.numerics.local.push_payload`). cancelled() says whether the worker's round closed without it (the
     devices backend checks it while it sleeps; None: noticed at the push). inject(worker, k) runs
     before each gradient (tests raise from it to crash a worker).
     """
@@ -60,6 +77,7 @@ class WorkerHooks:
     cancelled: Callable[[], bool] | None = None
     inject: Callable[[int, int], None] | None = None
     needs_read: bool = False
+    payload: Callable[[Any, Any], Any] | None = None
 
 
 class _Schedule:
@@ -146,18 +164,23 @@ def run_worker(server: Any, state: Any, hooks: WorkerHooks, *, emulate: bool, cl
                 if not read.has_params or local is None:
                     sched.message()  # the parameters travel back
                     local = hooks.fetch(read.rows)
-                grads = []
+                grads, point = [], local
                 for gid, k in pairs:
                     start = clock.now()
                     if hooks.inject is not None:
                         hooks.inject(wid, k)
-                    grad = hooks.compute(local, wid, k)
+                    out = hooks.compute(point, wid, k)
                     if emulate:
                         sched.nap_until(sched.compute_until(start))
                     else:
                         sched.check()
                     server.record_compute(gid, start, clock.now())
-                    grads.append(hooks.ship(gid, grad, local))
+                    if hooks.payload is None:
+                        grads.append(hooks.ship(gid, out, local))
+                    else:  # a local step: the next one starts where it ended
+                        point = out
+                if hooks.payload is not None:
+                    grads.append(hooks.ship(gids[0], hooks.payload(local, point), local))
                 sched.message()  # the push travels to the server
                 sched.check()
                 next_read = server.push(wid, gids, grads, read.rows if hooks.needs_read else None, read)

@@ -25,6 +25,11 @@ sum_i x_i + x_center exactly.
 
 `LocalModels.run_rows` applies update rows of the trace and returns the new server arrays; the
 numerics engine keeps them. The workers' own models (EASGD's x_i) are this object's state.
+
+The module's functions are the arithmetic a real run shares (`asgd_sim.backends`): a real worker
+takes the same local steps (`local_step_fn`) and ships the same payload (`push_payload`); a real
+server combines the same pushes (`push_heads`) and mixes and exchanges with the same formulas
+(`mix_rows`, `mixing_weight`, `elastic_exchange`), so a replay of a real trace reproduces it.
 """
 
 from __future__ import annotations
@@ -37,12 +42,80 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..scenario.config import Scenario
+from ..scenario.config import AlgorithmConfig, Scenario
 from ..trace import TraceBuilder
 from .layout import Layout
 from .planner import WavePlanner, column
 
-__all__ = ["LocalModels", "LocalOutcome"]
+__all__ = ["LocalModels", "LocalOutcome", "local_rate", "local_step", "local_step_fn", "push_payload", "push_heads",
+           "mix_rows", "mixing_weight", "elastic_exchange"]
+
+
+def local_rate(scenario: Scenario) -> float:
+    """The local steps' rate: ``algorithm.local_learning_rate``, default ``optimizer.learning_rate``."""
+    algo = scenario.algorithm
+    return float(algo.local_learning_rate if algo.local_learning_rate is not None else scenario.optimizer.learning_rate)
+
+
+def local_step(layout: Layout, lr: float) -> Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """One plain SGD step on gradient (worker, k)'s mini-batch: (x [S, chunk], worker, k) -> (x - lr g, loss)."""
+    grad = jax.value_and_grad(layout.flat_loss)
+
+    def step(x: jax.Array, worker: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        loss, g = grad(x, worker, k)
+        return x - lr * g, loss
+
+    return step
+
+
+def local_step_fn(layout: Layout, lr: float) -> Callable[[tuple, Any, Any], tuple]:
+    """jit: (shard rows, worker, k) -> the shard rows after one `local_step` (a real worker's step)."""
+    step = local_step(layout, lr)
+
+    def rows_step(rows: tuple, worker: jax.Array, k: jax.Array) -> tuple:
+        x, _ = step(jnp.stack(rows), worker, k)
+        return tuple(x[s] for s in range(layout.S))
+
+    return jax.jit(rows_step)
+
+
+def push_payload(update: str, origin: Any, final: Any, lr: float) -> Any:
+    """What a push of local steps gives the server (elementwise, so per shard row or whole):
+    local_average (origin - final) / lr, delta origin - final, mix and elastic the final model."""
+    if update == "local_average":
+        return (origin - final) / lr
+    if update == "delta":
+        return origin - final
+    return final
+
+
+def push_heads(workers: np.ndarray, ks: np.ndarray, local_step_of: np.ndarray) -> tuple[np.ndarray, int]:
+    """The pushes an update combines, in (worker, iteration) order: the order of its gradient rows
+    (``workers``, ``ks``, ``local_step_of`` per row) and the rows per push; a push's first row (its
+    head) is every ``steps``-th of that order."""
+    order = np.lexsort((ks, workers))  # a push's rows are consecutive iterations of one worker
+    return order, int(local_step_of.max()) + 1
+
+
+def mix_rows(row: jax.Array, final: jax.Array, weight: jax.Array) -> jax.Array:
+    """FedAsync's mix x <- (1 - a) x + a x_worker (Xie et al. 2019)."""
+    return (1.0 - weight) * row + weight * final
+
+
+def mixing_weight(algo: AlgorithmConfig, staleness: int) -> float:
+    """FedAsync's a = alpha * s(staleness) (Xie et al. 2019, section 5.2)."""
+    alpha, decay, a, b = float(algo.mixing), algo.mixing_decay, float(algo.mixing_a), int(algo.mixing_b)
+    if decay == "polynomial":
+        return alpha * (1.0 + staleness) ** (-a)
+    if decay == "hinge":
+        return alpha * (1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0))
+    return alpha
+
+
+def elastic_exchange(center: jax.Array, model: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+    """EASGD's exchange (Zhang et al. 2015): d = alpha (x_i - x_center); (x_center + d, x_i - d)."""
+    diff = alpha * (model - center)
+    return center + diff, model + -diff
 
 
 @dataclass
@@ -70,10 +143,8 @@ class LocalModels:
                  *, members_max: int) -> None:
         self.scenario, self.update, self.elastic, self.layout = scenario, update, update == "elastic", layout
         self.S, self.M, self.members_max = layout.S, scenario.num_workers, members_max
-        algo = scenario.algorithm
-        self.lr = float(algo.local_learning_rate if algo.local_learning_rate is not None else scenario.optimizer.learning_rate)
-        self.alpha = float(algo.elastic_alpha)
-        self.mixing = (float(algo.mixing), algo.mixing_decay, float(algo.mixing_a), int(algo.mixing_b))
+        self.lr = local_rate(scenario)
+        self.alpha = float(scenario.algorithm.elastic_alpha)
         self.max_loss = scenario.run.max_loss
         self.apply = apply
         self.models = jnp.broadcast_to(params, (self.M, *params.shape))  # EASGD's x_i
@@ -82,49 +153,36 @@ class LocalModels:
         self._exchange = jax.jit(self._exchange_impl)
         self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
+        self._stepped: dict[int, int] = {}  # EASGD: per worker, the push whose local steps its model holds
 
     def _steps_impl(self, start: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``ks.shape[1]`` local SGD steps for each worker from ``start[w]`` (vmapped over workers)."""
         self.traces += 1
-        grad = jax.value_and_grad(self.layout.flat_loss)
+        step = local_step(self.layout, self.lr)
 
         def one(x: jax.Array, worker: jax.Array, kk: jax.Array) -> tuple[jax.Array, jax.Array]:
-            def step(x: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-                loss, g = grad(x, worker, k)
-                return x - self.lr * g, loss
-
-            return jax.lax.scan(step, x, kk)
+            return jax.lax.scan(lambda x, k: step(x, worker, k), x, kk)
 
         return jax.vmap(one)(start, workers, ks)
 
     def _exchange_impl(self, center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The elastic exchange of one shard: d = alpha (x_i - x_center); x_i -= d; x_center += d."""
         self.traces += 1
-        diff = self.alpha * (models[worker, shard] - center[shard])
-        return center.at[shard].add(diff), models.at[worker, shard].add(-diff)
+        new_center, new_model = elastic_exchange(center[shard], models[worker, shard], self.alpha)
+        return center.at[shard].set(new_center), models.at[worker, shard].set(new_model)
 
     def _mix_impl(self, params: jax.Array, history: jax.Array, final: jax.Array, weight: jax.Array, shard: jax.Array,
                   slot: jax.Array) -> tuple[jax.Array, jax.Array]:
         """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker, written to the new version's slot."""
         self.traces += 1
-        new = (1.0 - weight) * params[shard] + weight * final[shard]
+        new = mix_rows(params[shard], final[shard], weight)
         return params.at[shard].set(new), history.at[slot, shard].set(new)
-
-    def mixing_weight(self, staleness: int) -> float:
-        """FedAsync's a = alpha * s(staleness) (Xie et al. 2019, section 5.2)."""
-        alpha, decay, a, b = self.mixing
-        if decay == "polynomial":
-            return alpha * (1.0 + staleness) ** (-a)
-        if decay == "hinge":
-            return alpha * (1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0))
-        return alpha
 
     def _pushes(self, tr: TraceBuilder, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pushes an update combines, in (worker, iteration) order: (heads, workers, ks [pushes, H])."""
         workers_all = column(tr.worker, np.int32)[gids]
         ks_all = column(tr.k, np.int64)[gids]
-        order = np.lexsort((ks_all, workers_all))  # a push's rows are consecutive iterations of one worker
-        steps = int(column(tr.local_step, np.int32)[gids].max()) + 1
+        order, steps = push_heads(workers_all, ks_all, column(tr.local_step, np.int32)[gids])
         gids, workers_all, ks_all = gids[order], workers_all[order], ks_all[order]
         heads = gids[::steps]
         return heads, workers_all[::steps], ks_all.reshape(len(heads), steps)
@@ -152,17 +210,24 @@ class LocalModels:
             key = int(gids.min())
             if self._cache is None or self._cache[0] != key:
                 heads, workers, ks = self._pushes(tr, gids)
-                origin = self._origins(tr, heads, workers, planner, out.history)
-                final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
-                losses = np.asarray(losses)
-                out.computed += len(gids)
-                if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
-                    planner.row = r  # rows before r were applied; this one and the rest never will be
-                    out.ok = False
-                    return out
-                self._cache = (key, (workers, final, origin, heads))
-                if self.elastic:  # the worker's model after its local steps, before the exchange
-                    self.models = self.models.at[int(workers[0])].set(final[0])
+                if self.elastic and self._stepped.get(int(workers[0])) == key:
+                    # Its rows interleave with another push's (shards updated in parallel): the
+                    # worker's model took these local steps already, and its rows not exchanged
+                    # yet still hold their result (taking them again would step twice).
+                    self._cache = (key, (workers, None, None, heads))
+                else:
+                    origin = self._origins(tr, heads, workers, planner, out.history)
+                    final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
+                    losses = np.asarray(losses)
+                    out.computed += len(gids)
+                    if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
+                        planner.row = r  # rows before r were applied; this one and the rest never will be
+                        out.ok = False
+                        return out
+                    self._cache = (key, (workers, final, origin, heads))
+                    if self.elastic:  # the worker's model after its local steps, before the exchange
+                        self.models = self.models.at[int(workers[0])].set(final[0])
+                        self._stepped[int(workers[0])] = key
             workers, final, origin, heads = self._cache[1]
             if self.elastic:
                 out.params, self.models = self._exchange(out.params, self.models, jnp.int32(workers[0]), jnp.int32(shard))
@@ -172,10 +237,10 @@ class LocalModels:
                     out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
                 version = int(column(tr.u_version, np.int64)[r])
                 stale = version - 1 - int(column(tr.read_version, np.int64).reshape(-1, self.S)[heads[0], shard])
-                out.params, out.history = self._mix(out.params, out.history, final[0], jnp.float32(self.mixing_weight(stale)),
-                                                    jnp.int32(shard), jnp.int32(slot))
+                weight = jnp.float32(mixing_weight(self.scenario.algorithm, stale))
+                out.params, out.history = self._mix(out.params, out.history, final[0], weight, jnp.int32(shard), jnp.int32(slot))
             else:
-                pseudo = (origin - final) / self.lr if self.update == "local_average" else origin - final
+                pseudo = push_payload(self.update, origin, final, self.lr)
                 member_weight = dict(zip(gids.tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
                 grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
                 if grow:
