@@ -60,10 +60,11 @@ def test_run_folder_has_metrics_and_plots(run: tuple[Result, Path]) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
     with (out / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["update", "sim_time", "train_loss", "test_accuracy", "staleness_mean"]
+    assert list(rows[0]) == ["update", "sim_time", "train_loss", "test_accuracy", "grad_norm_sq", "suboptimality", "staleness_mean"]
     assert [int(row["update"]) for row in rows] == list(range(0, UPDATES + 1, EVAL_EVERY))
-    for key in ("sim_time", "train_loss", "test_accuracy", "staleness_mean"):
+    for key in ("sim_time", "train_loss", "test_accuracy", "grad_norm_sq", "staleness_mean"):
         np.testing.assert_allclose([float(row[key]) for row in rows], result.metrics[key], rtol=1e-8, err_msg=key)
+    assert all(row["suboptimality"] == "nan" for row in rows)  # an MLP's optimum is unknown
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_accuracy"] == pytest.approx(result.summary["final_accuracy"])
     assert summary["updates"] == UPDATES
