@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from asgd_sim.cli import main
+from asgd_sim.results.summary import summarize_trace
 from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.trace import APPLIED, DROPPED, Trace
 
-from helpers import FORCED_DEVICES, ROOT, check_trace, forced_env, replay_max_diff
+from helpers import FORCED_DEVICES, ROOT, check_trace, forced_env, lock_waits_per_push, replay_max_diff
 
 
 def run_python(code: str, timeout: float = 300) -> str:
@@ -122,6 +123,9 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
             assert np.all(members == 3) and np.all(trace.staleness[applied] == 0)
         if name == "drop_stale_shards":
             assert trace.staleness[applied].max() <= 1 and (trace.fate == DROPPED).any()
+        # The real server's lock wait is per push too (request to holding every lock it needs).
+        waits = lock_waits_per_push(trace, global_lock="server.lock=global" in overrides)
+        assert summarize_trace(trace, 1.0)["lock_wait_mean"] == pytest.approx(float(np.mean(waits)), rel=1e-12, abs=1e-15)
 
 
 def test_emulated_timing_follows_the_scenario(tmp_path: Path) -> None:

@@ -19,10 +19,11 @@ from asgd_sim.scenario.config import ALGORITHMS, Failures, Pipeline, Rack, Slowd
 from asgd_sim.scenario.distributions import Constant, Exponential, Gamma, LogNormal, Pareto, ShiftedExponential, Uniform
 from asgd_sim.timing.engine import TimingEngine, simulate_timing
 from asgd_sim.runner import run_timing
+from asgd_sim.results.summary import summarize_trace
 from asgd_sim.results.timeline import SERVER_PID, WORKERS_PID, write_timeline
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-from helpers import INF, group, make_scenario
+from helpers import INF, group, lock_waits_per_push, make_scenario, rows_by_push
 
 EXACT = dict(abs=1e-12)
 
@@ -96,6 +97,51 @@ def test_global_lock_serialises_all_shards() -> None:
     assert all(b[0] >= a[1] - 1e-12 for a, b in zip(spans, spans[1:]))
     assert len(set(np.round(shard.u_lock, 9))) == 2  # 4 shards at once, twice
     assert _row_waits(glob).mean() > _row_waits(shard).mean()
+    # Per push (request to holding every lock it needs): the global lock is free for w0 (its
+    # later rows queue behind their own siblings, which is not contention) and w1 waits for w0's
+    # 0.4 s: (0 + 0.4) / 2. Per-shard locks: w0 takes all four at once; w1 has all four after
+    # 0.1 s: (0 + 0.1) / 2. The per-row figures stay under their own name.
+    g, s = summarize_trace(glob, 2.0), summarize_trace(shard, 2.0)
+    assert g["lock_wait_mean"] == pytest.approx(0.2, **EXACT) and g["lock_wait_row_mean"] == pytest.approx(0.35, **EXACT)
+    assert s["lock_wait_mean"] == pytest.approx(0.05, **EXACT) and s["lock_wait_row_mean"] == pytest.approx(0.05, **EXACT)
+    assert sorted(glob.u_push.tolist()) == [0] * 4 + [1] * 4 and sorted(shard.u_push.tolist()) == [0] * 4 + [1] * 4
+
+
+def test_global_lock_wait_per_push_does_not_count_sibling_shard_rows() -> None:
+    # One global lock, apply time A in all: as 1 shard (apply A) or 8 shards (apply A/8 each), a
+    # push holds the lock for A either way, so the schedule of pushes, the throughput and the wait
+    # of each push for the lock are the same. Only the per-row figure counts each row's wait for
+    # its own siblings (row i of a push waits i A/8 more).
+    runs = {}
+    for shards in (1, 8):
+        sc = make_scenario(group(Exponential(0.01), 8), shards=shards, lock="global", apply=0.004 / shards, updates=4000, seed=2)
+        result = simulate_timing(sc)
+        runs[shards] = (result.trace, summarize_trace(result.trace, result.sim_time))
+    (one, s1), (eight, s8) = runs[1], runs[8]
+    assert s8["updates_per_s"] == pytest.approx(s1["updates_per_s"], rel=1e-9)
+    assert s8["lock_wait_mean"] == pytest.approx(s1["lock_wait_mean"], rel=1e-9) and s1["lock_wait_mean"] > 0.005
+    assert s1["lock_wait_row_mean"] == s1["lock_wait_mean"]
+    # Independently, push by push: the wait is its first row's lock minus its request, and row i
+    # (0..7) of a push locks exactly i A/8 after its first.
+    assert s8["lock_wait_mean"] == pytest.approx(np.mean(lock_waits_per_push(eight, global_lock=True)), rel=1e-12)
+    rows_of = rows_by_push(eight)
+    for rows in rows_of.values():
+        if len(rows) == 8:
+            assert sorted(eight.u_lock[rows] - min(eight.u_lock[rows])) == pytest.approx([0.0005 * i for i in range(8)], abs=1e-12)
+    assert s8["lock_wait_row_mean"] > s8["lock_wait_mean"] + 0.9 * np.mean([0.0005 * i for i in range(8)])
+
+
+def test_a_trace_saved_without_push_numbers_loads_with_per_row_lock_waits(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    tr = simulate_timing(make_scenario(group(1.0, 2), shards=4, lock="global", apply=0.1, updates=2)).trace
+    tr.save(tmp_path)
+    table = pq.read_table(tmp_path / "updates.parquet")
+    pq.write_table(table.drop(["push"]), tmp_path / "updates.parquet")  # as written before the column existed
+    old = Trace.load(tmp_path)
+    assert (old.u_push == -1).all() and np.array_equal(old.u_lock, tr.u_lock)
+    summary = summarize_trace(old, 2.0)
+    assert summary["lock_wait_mean"] == summary["lock_wait_row_mean"] == pytest.approx(0.35, **EXACT)
 
 
 def _parse_deadlock(lines: list[str]) -> list[tuple[int, set[int], set[int]]]:

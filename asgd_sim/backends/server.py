@@ -162,6 +162,7 @@ class RealServer:
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
         self.uses: dict[int, int] = {}  # shards that have still to apply (or drop) each pushed gradient
         self.updates = 0
+        self.pushes = 0  # server requests so far (the trace's push numbers)
         self.stopped = ""
         self.stop_time = math.nan
         self.done = threading.Event()
@@ -411,20 +412,25 @@ class RealServer:
     # ---- updates ------------------------------------------------------------------------------
 
     def _apply_all(self, members: list[int], weights: list[float]) -> None:
-        """Apply one update to every shard: in parallel (a thread per shard) or atomically."""
+        """Apply one update to every shard: in parallel (a thread per shard) or atomically.
+
+        The request gets the next push number, which its shard rows carry in the trace (lock
+        waits per push, as in the simulator)."""
+        with self.state_lock:
+            push, self.pushes = self.pushes, self.pushes + 1
         if self.S == 1:
-            self._apply_shard(self.shards[0], members, weights)
+            self._apply_shard(self.shards[0], members, weights, push)
         elif self.scenario.server.atomic and self.lock_policy in ("shard", "rw"):
-            self._apply_atomic(members, weights)
+            self._apply_atomic(members, weights, push)
         else:
             assert self._pool is not None
-            futures = [self._pool.submit(self._apply_shard, sh, members, weights) for sh in self.shards]
+            futures = [self._pool.submit(self._apply_shard, sh, members, weights, push) for sh in self.shards]
             for f in futures:
                 f.result()
         if self.stopped:
             raise _Stopped
 
-    def _apply_atomic(self, members: list[int], weights: list[float]) -> None:
+    def _apply_atomic(self, members: list[int], weights: list[float], push: int) -> None:
         t_request = self.clock.now()
         locks = [sh.lock for sh in self.shards]
         for lock in locks:
@@ -432,25 +438,25 @@ class RealServer:
         try:
             t_lock = self.clock.now()
             for sh in self.shards:
-                self._update(sh, members, weights, t_request, t_lock)
+                self._update(sh, members, weights, t_request, t_lock, push)
         finally:
             for lock in locks:
                 lock.release()  # type: ignore[union-attr]
 
-    def _apply_shard(self, sh: _Shard, members: list[int], weights: list[float]) -> None:
+    def _apply_shard(self, sh: _Shard, members: list[int], weights: list[float], push: int) -> None:
         t_request = self.clock.now()
         if sh.lock is None:
-            self._update(sh, members, weights, t_request, t_request)
+            self._update(sh, members, weights, t_request, t_request, push)
             return
         with sh.lock:
-            self._update(sh, members, weights, t_request, self.clock.now())
+            self._update(sh, members, weights, t_request, self.clock.now(), push)
 
-    def _update(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _update(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float, push: int) -> None:
         """One update of shard ``sh`` (its modelled lock, if any, is held): drop-stale, apply, commit."""
         if self.stopped:
             return
         try:
-            self._update_row(sh, members, weights, t_request, t_lock)
+            self._update_row(sh, members, weights, t_request, t_lock, push)
         finally:
             with self.state_lock:
                 for g in members:
@@ -462,7 +468,8 @@ class RealServer:
                     else:
                         self.uses[g] = left
 
-    def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float,
+                    push: int) -> None:
         hold_until = t_lock + self._sample_apply_time() if self.emulate else None
         if sh.lock is None and hold_until is not None:
             self.clock.sleep_until(hold_until)  # lock-free: the holds of concurrent updates overlap
@@ -496,7 +503,7 @@ class RealServer:
                 new, state = self.store.update(s, before, row, state, grads, reads, weights, stale_of, worker_of, dropped)
                 if sh.lock is not None and hold_until is not None:
                     self.clock.sleep_until(hold_until)
-                self._commit(sh, members, weights, new, state, t_request, t_lock)
+                self._commit(sh, members, weights, new, state, t_request, t_lock, push)
             finally:
                 if self.lock_policy == "rw":
                     with self.gate:
@@ -504,7 +511,7 @@ class RealServer:
                         self.gate.notify_all()
 
     def _commit(self, sh: _Shard, members: list[int], weights: list[float], new: Any, state: Any,
-                t_request: float, t_lock: float) -> None:
+                t_request: float, t_lock: float, push: int) -> None:
         """The update lands: swap the row, bump the version, record it (one atomic step)."""
         snapshot = None
         with self.state_lock:
@@ -514,7 +521,7 @@ class RealServer:
             S = self.S
             before = sh.version
             sh.row, sh.state, sh.version = new, state, before + 1
-            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights)
+            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights, push)
             logical = before + 1 if S == 1 else min(x.version for x in self.shards)
             self.last_update_time = now
             if logical > self.updates:
@@ -569,6 +576,7 @@ class RealServer:
             sh.version = int(ckpt.versions[sh.index])
             sh.row, sh.state = self.store.restore(sh.index, sh.version, ckpt.rows[sh.index], ckpt.state_leaves[sh.index])
         self.trace = ckpt.resumed_trace()
+        self.pushes = max(self.trace.u_push, default=-1) + 1
         self.next_k = [int(k) for k in ckpt.next_k]
         self.updates = int(ckpt.updates)
         self.failures = list(ckpt.failures)

@@ -13,7 +13,7 @@ import numpy as np
 from ..scenario.config import Scenario
 from ..trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-__all__ = ["run_summary", "summarize_trace", "staleness_histogram", "busy_from_trace", "learning_summary"]
+__all__ = ["run_summary", "summarize_trace", "staleness_histogram", "busy_from_trace", "learning_summary", "push_lock_waits"]
 
 
 def run_summary(scenario: Scenario, trace: Trace, *, sim_time: float, stopped: str, wall_time_s: float,
@@ -50,9 +50,11 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
     # Logical updates: the slowest shard's version (a faster shard may be one update ahead).
     updates = min(int(trace.u_version[trace.u_shard == s].max(initial=0)) for s in range(trace.shards))
     horizon = sim_time if sim_time > 0 else float("nan")
-    # Lock wait per update (request to lock), and per gradient the whole wait at the server
-    # (arrival to lock: for sync kinds it includes the barrier).
-    lock_waits = trace.u_lock - trace.u_request
+    # Lock wait per push (request to holding every lock it needs) and per shard row (request to
+    # that row's lock), and per gradient the whole wait at the server (arrival to lock: for sync
+    # kinds it includes the barrier).
+    lock_waits = push_lock_waits(trace)
+    row_waits = trace.u_lock - trace.u_request
     server_waits = (trace.t_lock - trace.t_arrive)[applied]
     workers = int(trace.meta.get("workers", int(trace.worker.max()) + 1 if trace.num_gradients else 0))
     # Per-worker figures by bincount: one pass over the trace, not one per worker.
@@ -89,9 +91,30 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
         },
         "lock_wait_mean": _mean(lock_waits),
         "lock_wait_p95": _quantile(lock_waits, 0.95),
+        "lock_wait_row_mean": _mean(row_waits),
         "server_wait_mean": _mean(server_waits),
         "per_worker": per_worker,
     }
+
+
+def push_lock_waits(trace: Trace) -> np.ndarray:
+    """Per push (one server request: a push, or a round closing), the time from the request to
+    holding every lock it needs.
+
+    A push becomes one update row per shard. Under per-shard locks (``shard``, ``rw``) it needs
+    every shard's lock: its wait ends when its last row gets its lock. Under ``global`` the S rows
+    take the one lock in turn, one behind the other: the push holds the lock it needs from its
+    first row on, and its later rows wait only for their own siblings, which is not contention.
+    Lock-free rows never wait; atomic rows all lock at once. A trace without push numbers (written
+    before they existed) gives the per-row waits.
+    """
+    push, request, lock = trace.u_push, trace.u_request, trace.u_lock
+    if push.size == 0 or (push < 0).any():
+        return lock - request
+    order = np.argsort(push, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(push[order]) != 0])
+    locked = np.minimum if trace.meta.get("lock") == "global" else np.maximum
+    return locked.reduceat(lock[order], starts) - np.minimum.reduceat(request[order], starts)
 
 
 def _mean(values: np.ndarray) -> float:
