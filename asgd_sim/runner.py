@@ -157,7 +157,10 @@ def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stop
     summary = run_summary(scenario, trace, sim_time=sim_time, stopped=stopped, wall_time_s=wall,
                           busy=busy_from_trace(trace, sim_time, scenario.num_workers), deadlock=getattr(schedule, "deadlock", []))
     arrays = metrics.as_arrays()
-    summary.update(learning_summary(arrays, scenario.run.target_accuracy))
+    summary.update(learning_summary(arrays, scenario.run.target_accuracy, diverged=stopped == "diverged",
+                                    exact=stopped == "target_accuracy"))
+    if metrics.search:
+        summary["target_search"] = dict(metrics.search)
     summary.update({
         "diverged": stopped == "diverged",
         "diverged_at_update": numerics.diverged_at if stopped == "diverged" else None,

@@ -190,3 +190,24 @@ def test_real_run_errors_are_one_line(argv: list[str], message: str, tmp_path: P
     assert main(["run", str(scenario), "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_real_runs_time_to_target_is_located_by_a_replay_of_its_trace(tmp_path: Path) -> None:
+    # A real run evaluates its parameters every 20 updates; where it crossed the target between two
+    # evaluations is found by replaying its trace (which reproduces the real parameters). The
+    # reference: the replay of the same trace evaluated after every update, with an unreachable target.
+    from asgd_sim.runner import replay, run_scenario
+
+    sc = scenario_from_dict({"model": {"name": "logreg"}, "workers": [{"count": 3, "compute": 0.0}],
+                             "run": {"until_updates": 120, "eval_every": 20, "target_accuracy": 0.75},
+                             "optimizer": {"learning_rate": 0.1}}, name="real-target")
+    result = run_scenario(sc, tmp_path / "run", backend="devices")
+    summary = result.summary
+    curve = replay(tmp_path / "run", ["run.eval_every=1", "run.target_accuracy=1.0"]).metrics
+    acc = curve["test_accuracy"]
+    seen = next(u for u in range(0, len(acc), 20) if acc[u] >= 0.75)
+    first = next(u for u in range(max(seen - 19, 0), seen + 1) if acc[u] >= 0.75)
+    assert summary["updates_to_target"] == first and summary["time_to_target"] == curve["sim_time"][first]
+    assert summary["time_to_target_exact"] and first in result.metrics["update"]
+    if first % 20:  # (the run's own evaluations stay; the located one is added between them)
+        assert summary["target_search"]["between"] == [seen - 20, seen] and list(result.metrics["update"]).count(first) == 1

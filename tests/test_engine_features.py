@@ -47,6 +47,20 @@ def test_summary_counts_logical_updates_the_slowest_shards_version() -> None:
     assert summary["updates_per_s"] == pytest.approx(2.0)
 
 
+def test_steady_throughput_leaves_out_the_start_up() -> None:
+    # Two workers of 1 s; the second starts at t = 5 (stagger): updates at 1, 2, ... and 6, 7, ...
+    # 25 updates take until t = 15 (15 + 10). Whole run: 25 / 15. Second half (7.5, 15]: 25 - 9
+    # updates (7 + 2 by t = 7.5) in 7.5 s, near the 2 / s both workers make once both run.
+    summary = run_timing(make_scenario(group(1.0, 2, stagger=5.0), updates=25)).summary
+    assert summary["sim_time"] == pytest.approx(15.0, **EXACT)
+    assert summary["updates_per_s"] == pytest.approx(25 / 15, **EXACT)
+    assert summary["steady_updates_per_s"] == pytest.approx(16 / 7.5, **EXACT) == summary["steady_gradients_per_s"]
+    # K-batch-async: every update applies K gradients, so gradients/s is K x updates/s.
+    kbatch = run_timing(make_scenario(group(Exponential(1.0), 8), kind="k_batch_async", k=4, updates=400, seed=1)).summary
+    assert kbatch["steady_gradients_per_s"] == pytest.approx(4 * kbatch["steady_updates_per_s"], rel=1e-12)
+    assert kbatch["gradients_per_s"] == pytest.approx(4 * kbatch["updates_per_s"], rel=1e-12)
+
+
 # --- locks ------------------------------------------------------------------------------------
 
 def test_rw_lock_read_waits_for_write_in_progress() -> None:

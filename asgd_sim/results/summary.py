@@ -13,7 +13,13 @@ import numpy as np
 from ..scenario.config import Scenario
 from ..trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-__all__ = ["run_summary", "summarize_trace", "staleness_histogram", "busy_from_trace", "learning_summary", "push_lock_waits"]
+__all__ = ["run_summary", "summarize_trace", "staleness_histogram", "busy_from_trace", "learning_summary", "push_lock_waits",
+           "stalled", "steady_rates", "STALL_WINDOW", "STALL_LOSS", "STALL_ACCURACY"]
+
+# A run has stalled when, over the last STALL_WINDOW of its updates, its train loss never fell
+# below STALL_LOSS x its value at update 0 and its test accuracy (where the problem has one) never
+# rose STALL_ACCURACY above its value at update 0 (a random initialisation's: chance).
+STALL_WINDOW, STALL_LOSS, STALL_ACCURACY = 0.5, 0.9, 0.05
 
 
 def run_summary(scenario: Scenario, trace: Trace, *, sim_time: float, stopped: str, wall_time_s: float,
@@ -82,6 +88,7 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
         "sim_time": float(sim_time),
         "updates_per_s": updates / horizon if sim_time > 0 else 0.0,
         "gradients_per_s": int(applied.sum()) / horizon if sim_time > 0 else 0.0,
+        **steady_rates(trace, sim_time),
         "staleness": {
             "mean": _mean(stale),
             "p50": _quantile(stale, 0.5),
@@ -95,6 +102,22 @@ def summarize_trace(trace: Trace, sim_time: float, group_names: list[str] | None
         "server_wait_mean": _mean(server_waits),
         "per_worker": per_worker,
     }
+
+
+def steady_rates(trace: Trace, sim_time: float) -> dict[str, float]:
+    """Updates and gradients per simulated second over the second half of the run (sim_time / 2
+    to sim_time): the steady state, without the start-up (first pulls, a pipeline filling, the
+    first round), which weighs most in short runs such as those stopped at a target."""
+    if sim_time <= 0:
+        return {"steady_updates_per_s": 0.0, "steady_gradients_per_s": 0.0}
+    half = sim_time / 2
+
+    def logical(t: float) -> int:  # logical updates applied by time t: the slowest shard's count
+        return min(int(np.count_nonzero(trace.u_applied[trace.u_shard == s] <= t)) for s in range(trace.shards))
+
+    done = trace.times["t_applied"][trace.fate == APPLIED]
+    grads = int(np.count_nonzero((done > half) & (done <= sim_time)))
+    return {"steady_updates_per_s": (logical(sim_time) - logical(half)) / half, "steady_gradients_per_s": grads / half}
 
 
 def push_lock_waits(trace: Trace) -> np.ndarray:
@@ -131,8 +154,29 @@ def busy_from_trace(trace: Trace, sim_time: float, workers: int) -> list[float]:
     return [float(v) for v in np.bincount(trace.worker, weights=spans, minlength=workers)]
 
 
-def learning_summary(metrics: dict[str, np.ndarray], target: float | None) -> dict[str, Any]:
-    """The summary fields of a learning curve: final values and the first evaluation at the target."""
+def stalled(metrics: dict[str, np.ndarray]) -> bool:
+    """No progress beyond the initial loss or chance accuracy over the last half of the run
+    (`STALL_WINDOW`, `STALL_LOSS`, `STALL_ACCURACY`): a run stuck at chance, or back there."""
+    update = np.asarray(metrics["update"], float)
+    loss, acc = np.asarray(metrics["train_loss"], float), np.asarray(metrics["test_accuracy"], float)
+    if update.size < 2 or update[0] != 0 or update[-1] <= 0 or not np.isfinite(loss[0]) or loss[0] <= 0:
+        return False  # no evaluation at update 0 to measure progress from, or nothing ran
+    window = update >= (1 - STALL_WINDOW) * update[-1]
+    progress = np.any(loss[window] < STALL_LOSS * loss[0])
+    if np.isfinite(acc[0]):
+        progress = progress or bool(np.any(acc[window] > acc[0] + STALL_ACCURACY))
+    return not progress
+
+
+def learning_summary(metrics: dict[str, np.ndarray], target: float | None, *, diverged: bool = False,
+                     exact: bool = False) -> dict[str, Any]:
+    """The summary fields of a learning curve: final values, the first evaluation at the target
+    and whether the run stalled (`stalled`).
+
+    ``exact``: the evaluation at the target was located to the update where it was crossed (a
+    simulated run that stopped at its target, or a real run located by a replay of its trace);
+    otherwise ``time_to_target`` is the first evaluation at it, up to ``run.eval_every`` late.
+    """
     final_loss, final_acc = float(metrics["train_loss"][-1]), float(metrics["test_accuracy"][-1])
     reached = np.flatnonzero(metrics["test_accuracy"] >= target) if target is not None else np.zeros(0, int)
     return {
@@ -140,4 +184,6 @@ def learning_summary(metrics: dict[str, np.ndarray], target: float | None) -> di
         "final_accuracy": final_acc if np.isfinite(final_acc) else None,
         "time_to_target": float(metrics["sim_time"][reached[0]]) if reached.size else None,
         "updates_to_target": int(metrics["update"][reached[0]]) if reached.size else None,
+        "time_to_target_exact": bool(exact and reached.size),
+        "stalled": not diverged and not reached.size and stalled(metrics),
     }
