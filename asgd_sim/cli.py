@@ -197,19 +197,30 @@ def _add_study_commands(sub: Any) -> None:
     sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
     sw.set_defaults(handler=_cmd_sweep)
 
-    cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with the winner")
+    cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with outcomes and the winner")
     cmp.add_argument("dirs", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders and sweep folders")
-    cmp.add_argument("--metric", choices=("test_accuracy", "train_loss", "staleness_mean", "throughput"),
-                     help="curve to overlay (default: test_accuracy, or throughput for timing-only runs)")
+    cmp.add_argument("--metric", metavar="METRIC",
+                     help="curve to overlay: test_accuracy, train_loss, staleness_mean, throughput or any metrics.csv column "
+                     "(default: test_accuracy, or throughput for timing-only runs)")
     cmp.add_argument("--x", choices=("sim_time", "updates"), default="sim_time", help="x axis (default: sim_time)")
-    cmp.add_argument("--target", type=float, metavar="ACC",
-                     help="test accuracy for the time-to-target column (default: the scenario's run.target_accuracy)")
+    cmp.add_argument("--logx", action="store_true", help="a log x axis for the curves")
+    _add_target_options(cmp)
+    cmp.add_argument("--tuned", choices=("best", "all"), default="best",
+                     help="a sweep run with --tune: each point at its chosen value (best, default) or every value as a series (all)")
     cmp.add_argument("--out", type=Path, help="folder for compare.png and compare.csv (default: the first folder given)")
     cmp.set_defaults(handler=_cmd_compare)
 
     rpt = sub.add_parser("report", help="write report.html (self-contained, works offline) and report.md for a run or sweep folder")
     rpt.add_argument("dir", type=Path, metavar="DIR", help="a run folder or a sweep folder")
+    _add_target_options(rpt)
     rpt.set_defaults(handler=_cmd_report)
+
+
+def _add_target_options(parser: Any) -> None:
+    parser.add_argument("--target", metavar="TARGET",
+                        help="for the time-to-target column: a test accuracy (0.9) or METRIC<=VALUE / METRIC>=VALUE on any "
+                        "metrics.csv column, e.g. train_loss<=0.1 (default: the scenario's run.target_accuracy)")
+    parser.add_argument("--baseline", metavar="LABEL", help="add each series' paired difference to the series with this label")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -248,7 +259,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .studies.compare import compare, format_table
 
-    comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out)
+    comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out, baseline=args.baseline,
+                         logx=args.logx, tuned=args.tuned)
     print(format_table(comparison))
     print(f"figure     {comparison.figure}\ntable      {comparison.table_file}")
     return 0
@@ -257,7 +269,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .studies.report import write_report
 
-    html_path, md_path = write_report(args.dir)
+    html_path, md_path = write_report(args.dir, target=args.target, baseline=args.baseline)
     print(f"report     {html_path} (self-contained: open it in a browser, works offline)\nmarkdown   {md_path}")
     return 0
 

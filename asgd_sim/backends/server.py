@@ -161,8 +161,7 @@ class RealServer:
         self.grads: dict[int, tuple] = {}  # pushed gradients not yet applied or dropped
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
         self.uses: dict[int, int] = {}  # shards that have still to apply (or drop) each pushed gradient
-        self.updates = 0
-        self.pushes = 0  # server requests so far (the trace's push numbers)
+        self.updates, self.pushes = 0, 0  # logical updates; server requests so far (the trace's push numbers)
         self.stopped = ""
         self.stop_time = math.nan
         self.done = threading.Event()
@@ -412,10 +411,7 @@ class RealServer:
     # ---- updates ------------------------------------------------------------------------------
 
     def _apply_all(self, members: list[int], weights: list[float]) -> None:
-        """Apply one update to every shard: in parallel (a thread per shard) or atomically.
-
-        The request gets the next push number, which its shard rows carry in the trace (lock
-        waits per push, as in the simulator)."""
+        """Apply one update to every shard, in parallel (a thread per shard) or atomically; its rows carry one push number."""
         with self.state_lock:
             push, self.pushes = self.pushes, self.pushes + 1
         if self.S == 1:
@@ -468,8 +464,7 @@ class RealServer:
                     else:
                         self.uses[g] = left
 
-    def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float,
-                    push: int) -> None:
+    def _update_row(self, sh: _Shard, members: list[int], weights: list[float], t_request: float, t_lock: float, push: int) -> None:
         hold_until = t_lock + self._sample_apply_time() if self.emulate else None
         if sh.lock is None and hold_until is not None:
             self.clock.sleep_until(hold_until)  # lock-free: the holds of concurrent updates overlap
@@ -510,8 +505,8 @@ class RealServer:
                         sh.writing -= 1
                         self.gate.notify_all()
 
-    def _commit(self, sh: _Shard, members: list[int], weights: list[float], new: Any, state: Any,
-                t_request: float, t_lock: float, push: int) -> None:
+    def _commit(self, sh: _Shard, members: list[int], weights: list[float], new: Any, state: Any, t_request: float, t_lock: float,
+                push: int) -> None:
         """The update lands: swap the row, bump the version, record it (one atomic step)."""
         snapshot = None
         with self.state_lock:

@@ -56,7 +56,8 @@ def load_run(path: str | Path, table: str = "metrics") -> pd.DataFrame:
     """A run folder as a frame: ``metrics`` (default), ``gradients`` or ``updates``.
 
     ``metrics`` has columns update, sim_time, train_loss, test_accuracy, staleness_mean (so far)
-    and throughput (updates per simulated second since the previous row). The frame's ``attrs``
+    and throughput (updates per simulated second since the previous row), then any other column
+    of the run's metrics.csv. The frame's ``attrs``
     hold ``summary`` (summary.json as a dict), ``scenario`` (scenario.toml as a dict) and ``path``.
     """
     folder = Path(path)
@@ -87,7 +88,9 @@ def _metrics_frame(folder: Path) -> pd.DataFrame:
     else:
         frame = _metrics_from_trace(folder)
     frame["throughput"] = _rate(frame["update"].to_numpy(float), frame["sim_time"].to_numpy(float))
-    return frame[list(METRIC_COLUMNS)]
+    # The known columns first (NaN where an older run folder lacks one), then any other column
+    # the run's metrics.csv has (a target or a curve may be on any of them).
+    return frame.reindex(columns=list(dict.fromkeys([*METRIC_COLUMNS, *frame.columns])))
 
 
 def _rate(updates: np.ndarray, times: np.ndarray) -> np.ndarray:
