@@ -185,13 +185,16 @@ def _add_study_commands(sub: Any) -> None:
                     help="a labelled set of overrides; the variants form one axis, e.g. --variant 'backup:algorithm.kind=sync;algorithm.backup=1'")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the base scenario for every run")
+    sw.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="run every point at each value and keep, per point, the best (time to target, else final loss), "
+                    "e.g. --tune optimizer.learning_rate=0.01,0.03,0.1,0.3 or a log range --tune optimizer.learning_rate=log:0.001:1:7")
     sw.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per point, with run.seed = 0..N-1 (default 1)")
     sw.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="J",
                     help="runs in parallel, each in its own process (default: half the CPU cores)")
     sw.add_argument("--out", type=Path, required=True, help="sweep folder (rerun the same command with it to resume)")
     sw.add_argument("--timing-only", action="store_true", help="simulate schedules only: no JAX gradients (timing questions)")
     sw.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
-    sw.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines, only failures and the summary")
+    sw.add_argument("--quiet", action="store_true", help="no header, progress bar or per-run lines: only failures and the summary")
     sw.add_argument("--executor", choices=("processes", "ray"), default="processes",
                     help="run the points in local processes (default) or as Ray tasks (pip install 'asgd-sim[ray]')")
     sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
@@ -226,13 +229,15 @@ def _add_target_options(parser: Any) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .studies.sweep import main_progress, plan_sweep, run_sweep
 
-    sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only)
+    sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only,
+                       tune=args.tune)
     state: dict[str, Any] = {}
 
     def on_start(todo: int, total: int) -> None:
         if not args.quiet:
             done = total - todo
-            print(f"sweep      {sweep.name}: {len(sweep.points)} points x {sweep.seeds} seed{'' if sweep.seeds == 1 else 's'} = {total} runs"
+            tuned = f" x {len(sweep.candidates)} tuned values" if sweep.candidates else ""
+            print(f"sweep      {sweep.name}: {len(sweep.points)} points{tuned} x {sweep.seeds} seed{'' if sweep.seeds == 1 else 's'} = {total} runs"
                   + (f" ({done} already done, {todo} to run)" if done else "") + f", {min(args.jobs, max(todo, 1))} at a time",
                   file=sys.stderr, flush=True)
         state["progress"], state["close"] = main_progress(todo, args.quiet)
@@ -244,10 +249,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         if "close" in state:
             state["close"]()
-    if not args.quiet:
-        print(f"ran        {outcome.ran} runs ({outcome.skipped} were already done)")
-        print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
-        print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
+    # (--quiet drops the progress lines, never this summary)
+    print(f"ran        {outcome.ran} runs ({outcome.skipped} were already done)")
+    if sweep.candidates:
+        from .results.load import load_sweep
+        from .results.tuning import RULES, tuning_lines
+
+        lines = tuning_lines(load_sweep(args.out))
+        criterion = next((c for c in RULES if lines and f" by {c} [" in lines[0]), "")
+        print(f"tuned      {', '.join(k for k, _ in sweep.tune)} per point" + (f" ({RULES[criterion]}; * chosen)" if criterion else ""))
+        for line in lines:
+            print(f"           {line}")
+    print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
+    print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
     if outcome.failed:
         first = outcome.failed[0]
         print(f"error: {len(outcome.failed)} of {outcome.total} runs failed (first: {first['run']}: {first['error']}); each error is in "

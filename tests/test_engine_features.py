@@ -131,7 +131,7 @@ def test_global_lock_wait_per_push_does_not_count_sibling_shard_rows() -> None:
         sc = make_scenario(group(Exponential(0.01), 8), shards=shards, lock="global", apply=0.004 / shards, updates=4000, seed=2)
         result = simulate_timing(sc)
         runs[shards] = (result.trace, summarize_trace(result.trace, result.sim_time))
-    (one, s1), (eight, s8) = runs[1], runs[8]
+    (_, s1), (eight, s8) = runs[1], runs[8]
     assert s8["updates_per_s"] == pytest.approx(s1["updates_per_s"], rel=1e-9)
     assert s8["lock_wait_mean"] == pytest.approx(s1["lock_wait_mean"], rel=1e-9) and s1["lock_wait_mean"] > 0.005
     assert s1["lock_wait_row_mean"] == s1["lock_wait_mean"]

@@ -8,9 +8,11 @@ import functools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from asgd_sim.results.summary import learning_summary, stalled
+from asgd_sim.results.tuning import mark_chosen, tuning_rows
 from asgd_sim.runner import simulate
 
 from helpers import EXP1, MLP32, ideal_scenario
@@ -57,3 +59,38 @@ def test_a_run_whose_step_is_too_small_stalls_and_a_good_one_does_not() -> None:
     assert simulate(base, ["optimizer.learning_rate=1e-7"]).summary["stalled"] is True
     good = simulate(base, ["optimizer.learning_rate=0.1"]).summary
     assert good["stalled"] is False and good["final_accuracy"] > 0.5
+
+
+# ---------------------------------------------------------------------------------- tuning
+
+
+def _tuned(point: str, index: int, seed: int, **summary) -> dict:
+    return {"point": point, "label": point, "tune_index": index, "tune_label": f"lr={index}", "seed": seed, "status": "ok", **summary}
+
+
+def test_a_tuned_point_keeps_the_value_reaching_the_target_most_often_then_fastest() -> None:
+    nan = math.nan
+    runs = pd.DataFrame([
+        # p0 (a target): value 0 is faster but reaches it in 1 seed of 2; value 1 in both; value 2 in both, slower.
+        _tuned("p0", 0, 0, time_to_target=10.0, final_loss=0.1, diverged=False),
+        _tuned("p0", 0, 1, time_to_target=nan, final_loss=0.9, diverged=False),
+        _tuned("p0", 1, 0, time_to_target=20.0, final_loss=0.2, diverged=False),
+        _tuned("p0", 1, 1, time_to_target=30.0, final_loss=0.2, diverged=False),
+        _tuned("p0", 2, 0, time_to_target=24.0, final_loss=0.2, diverged=False),
+        _tuned("p0", 2, 1, time_to_target=28.0, final_loss=0.2, diverged=False),
+        # p1 (no run reaches a target): the final loss; value 0 has the lowest loss but diverged once.
+        _tuned("p1", 0, 0, time_to_target=nan, final_loss=0.1, diverged=False),
+        _tuned("p1", 0, 1, time_to_target=nan, final_loss=nan, diverged=True),
+        _tuned("p1", 1, 0, time_to_target=nan, final_loss=0.5, diverged=False),
+        _tuned("p1", 1, 1, time_to_target=nan, final_loss=0.7, diverged=False),
+        # p2: equal figures: the value listed first.
+        _tuned("p2", 0, 0, time_to_target=nan, final_loss=0.3, diverged=False),
+        _tuned("p2", 1, 0, time_to_target=nan, final_loss=0.3, diverged=False),
+    ])
+    rows = {(r["point"], r["tune_index"]): r for r in tuning_rows(runs)}
+    assert [k for k, r in rows.items() if r["chosen"]] == [("p0", 1), ("p1", 1), ("p2", 0)]
+    assert rows[("p0", 1)]["criterion"] == "time to target" and rows[("p0", 1)]["time_to_target"] == 25.0
+    assert rows[("p0", 0)]["reached"] == 1 and rows[("p1", 0)]["diverged"] == 1 and rows[("p1", 1)]["final_loss"] == pytest.approx(0.6)
+    assert rows[("p1", 1)]["criterion"] == "final loss"
+    marked = mark_chosen(runs)
+    assert list(marked["tune_chosen"]) == [False, False, True, True, False, False] + [False, False, True, True] + [True, False]

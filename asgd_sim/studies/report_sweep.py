@@ -30,11 +30,13 @@ def sweep_sections(folder: Path, target: str | float | None = None, baseline: st
     figdir = folder / FIGURES
     figdir.mkdir(exist_ok=True)
     ok = int((runs["status"] == "ok").sum())
-    title = f"Sweep of {desc.get('name')}: {len(desc.get('points', []))} points x {desc.get('seeds')} seeds"
+    tuned = f" x {len(desc['candidates'])} tuned values" if desc.get("candidates") else ""
+    title = f"Sweep of {desc.get('name')}: {len(desc.get('points', []))} points{tuned} x {desc.get('seeds')} seeds"
     setup = [["scenario", str(desc.get("scenario"))], ["mode", "timing only" if desc.get("timing_only") else "timing + numerics"],
              ["runs", f"{len(runs)} ({ok} ok, {len(runs) - ok} failed)"]]
     setup += [["--variant", f"{v['label']}: {'; '.join(v['set']) or '(base)'}"] for v in desc.get("variants", [])]
     setup += [["--grid", f"{g['key']} = {', '.join(g['values'])}"] for g in desc.get("grid", [])]
+    setup += [["--tune", f"{g['key']} = {', '.join(g['values'])}"] for g in desc.get("tune", [])]
     setup += [["--set", s] for s in desc.get("set", [])]
     question = _header_comment(Path(desc.get("scenario_file") or desc.get("scenario", "")))
     sections = [Section("The question", text=["From the header of the scenario file:"], code=question, fold=False)] if question else []
@@ -60,10 +62,11 @@ def sweep_sections(folder: Path, target: str | float | None = None, baseline: st
         conv.text.append("A timing-only sweep: no learning curves. Throughput over time per point, and updates/s per point.")
         conv.figures.append((comparison.figure, "throughput per point"))
     sections.append(conv)
-    effect = _plot_effect(runs, desc, comparison, figdir / "effect.png")
+    chosen = runs[runs["tune_chosen"].astype(bool)] if "tune_chosen" in runs.columns else runs  # (tuned: each point at its choice)
+    effect = _plot_effect(chosen, desc, comparison, figdir / "effect.png")
     if effect:
         sections.append(Section("Effect of the swept value", figures=[(effect, "the winning criterion against the first numeric grid key")]))
-    hist = _plot_histograms(runs, figdir / "staleness.png")
+    hist = _plot_histograms(chosen, figdir / "staleness.png")
     if hist:
         sections.append(Section("Staleness histograms", text=["Staleness of applied gradients, all seeds of a point together."],
                                 figures=[(hist, "staleness per point")]))
@@ -192,7 +195,17 @@ def _plot_histograms(runs: Any, path: Path) -> Path | None:
 
 
 def tuning_section(runs: Any, desc: dict[str, Any]) -> Section | None:
-    """A sweep run with --tune: per point, every tuned value's criterion, the chosen one marked."""
-    if "tune_label" not in runs.columns:
+    """A sweep run with --tune: per point, every tuned value's figure, the chosen one marked."""
+    from ..results.tuning import RULES, figure_of, tuning_rows
+
+    rows = tuning_rows(runs)
+    if not rows:
         return None
-    return None
+    keys = ", ".join(t["key"] for t in desc.get("tune", []))
+    criteria = sorted({r["criterion"] for r in rows})
+    text = [f"Every point ran at every value of {keys}; each point keeps the best value (*) by {' or '.join(criteria)}: "
+            + "; ".join(f"{c}: {RULES[c]}" for c in criteria) + ". The table, the curves and the winner above use the chosen "
+            "values; every run is in runs.parquet (tune_label, tune_chosen), and asgd-sim compare --tuned all shows each value "
+            "as a series. The choice is made on the seeds it is reported on: optimistic by selection; confirm it with new seeds."]
+    table = [[r["label"], r["tune_label"] + (" *" if r["chosen"] else ""), figure_of(r)] for r in rows]
+    return Section("Tuning", text=text, tables=[(["point", "value", "figure (criterion)"], table)])
