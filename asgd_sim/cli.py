@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", type=Path, help="a results folder written by asgd-sim run")
     rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="change a numerics key, e.g. --set optimizer.staleness_rule=inverse")
-    rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>)")
+    rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>); never overwritten without --force")
+    rep.add_argument("--force", action="store_true", help="replace an existing --out run folder")
     rep.add_argument("--quiet", action="store_true")
     rep.set_defaults(handler=_cmd_replay)
 
@@ -73,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     clock = "measured" if summary.get("backend") else "simulated"  # a real backend's clock is real
     stale = summary["staleness"]
-    lines = [
+    replayed = summary.get("replay")
+    lines = [f"replay     {replayed['of']}: its saved schedule ({replayed['updates']} updates) with "
+             + ("; ".join(replayed["changed"]) if replayed["changed"] else "nothing changed (the run's own numbers again)")] if replayed else []
+    lines += [
         f"scenario   {summary['scenario']} ({summary['algorithm']}, {summary['workers']} workers)",
         f"stopped    {summary['stopped']} after {summary['updates']} updates, {summary['sim_time']:.4g} s {clock}, {summary['wall_time_s']:.3g} s wall",
         f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})",
@@ -116,13 +120,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    import shutil
     from datetime import datetime
 
     from .results.folder import write_run
+    from .results.load import is_run_dir
     from .runner import replay
 
-    result = replay(args.run_dir, args.overrides)
     out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and out.resolve() == args.run_dir.resolve():
+        raise ScenarioError("--out", f"= {out}: is the run being replayed; give the replay its own folder")
+    replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if replace and not args.force:
+        raise ScenarioError("--out", f"= {out}: already exists; a replay never overwrites a folder: give another --out, "
+                            "or add --force to replace that run folder")
+    if replace and not is_run_dir(out):
+        raise ScenarioError("--out", f"= {out}: holds files but is not a run folder (no summary.json); --force replaces run "
+                            "folders only: give another --out")
+    result = replay(args.run_dir, args.overrides)
+    if replace:
+        shutil.rmtree(out)
     write_run(result, out)
     if not args.quiet:
         _print_summary(result.summary, out)

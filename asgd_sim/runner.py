@@ -75,7 +75,13 @@ def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, 
     schedule = _SavedSchedule(saved)
     metrics = Metrics()
     stopped = drive(schedule, numerics, metrics, progress)
-    return _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
+    result = _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
+    from .scenario.files import scenario_changes
+
+    # What was replayed, and what changed from the scenario that ran (summary.json keeps it).
+    result.summary["replay"] = {"of": str(run_dir), "updates": schedule.updates,
+                                "changed": scenario_changes(_load(run_dir / "scenario.toml", ()), sc)}
+    return result
 
 
 def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
@@ -130,7 +136,9 @@ class _SavedSchedule:
 
     def __init__(self, trace: Trace) -> None:
         self.trace = TraceBuilder.from_trace(trace)
-        self.stopped = str(trace.meta.get("stopped", "until_updates"))
+        # (a run stopped by its numerics, at its target or a divergence, saved its trace while the
+        # timing was still going: replayed, the schedule just ends there)
+        self.stopped = str(trace.meta.get("stopped") or "end_of_schedule")
         self.env = SimpleNamespace(now=float(trace.meta.get("sim_time", np.nanmax(trace.u_applied) if trace.num_update_rows else 0.0)))
         self.updates = int(trace.u_version.max()) if trace.num_update_rows else 0
 
