@@ -218,6 +218,12 @@ class Trace:
     def num_update_rows(self) -> int:
         return len(self.u_shard)
 
+    def worker_groups(self) -> list[str]:
+        """Each worker's group name (from the metadata `trace_meta` writes; "" where unknown)."""
+        names = [str(name) for name, count in self.meta.get("groups", []) for _ in range(int(count))]
+        workers = int(self.meta.get("workers", len(names)))
+        return (names + [""] * workers)[:workers]
+
     def members(self, update: int) -> tuple[np.ndarray, np.ndarray]:
         """The gradient ids and weights combined by update row ``update``."""
         lo, hi = self.member_offsets[update], self.member_offsets[update + 1]

@@ -218,6 +218,20 @@ def test_targets_on_any_metric_are_interpolated_with_their_resolution(tmp_path: 
     assert main(["compare", str(folder), "--baseline", "onyl"]) == 2 and "did you mean 'only'" in capsys.readouterr().err
 
 
+def test_logx_draws_the_curves_on_a_log_axis(tmp_path: Path) -> None:
+    from asgd_sim.results.plots import plt
+    from asgd_sim.studies.compare_plots import plot_curves
+
+    folder = fake_sweep(tmp_path / "s", {"a": [{"seed": 0}, {"seed": 1}], "b": [{"seed": 0}]})
+    comparison = compare([folder], logx=True)
+    assert comparison.logx and comparison.figure.is_file()
+    for logx, scale in ((True, "log"), (False, "linear")):
+        fig, ax = plt.subplots()
+        plot_curves(comparison.series, "test_accuracy", "sim_time", ax, logx=logx)
+        assert ax.get_xscale() == scale and len(ax.get_lines()) == 2
+        plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------- compare
 
 

@@ -366,11 +366,56 @@ def test_timeline_is_chrome_trace(tmp_path) -> None:
     computes = [e for e in complete if e["name"].startswith("compute")]
     assert len(computes) == int((~np.isnan(tr.t_compute_start) & ~np.isnan(tr.t_compute_end)).sum())
     names = {e["args"]["name"] for e in events if e["ph"] == "M"}
-    assert {"workers", "server shards", "worker 0", "shard 2"} <= names
+    # Each worker's track says its group (3 workers of g0, 2 of g1).
+    assert {"workers", "server shards", "worker 0 (g0)", "worker 2 (g0)", "worker 3 (g1)", "worker 4 (g1)", "shard 2"} <= names
+    assert tr.worker_groups() == ["g0"] * 3 + ["g1"] * 2
     # Each worker's compute spans never overlap (cancelled ones are cut at the cancellation).
     for w in workers:
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in computes if e["tid"] == w)
         assert all(b[0] >= a[1] - 1e-6 for a, b in zip(spans, spans[1:]))
+
+
+def test_throughput_plot_is_a_moving_window_of_updates_and_gradients() -> None:
+    from asgd_sim.results.plots import throughput_curve
+
+    # One worker of 1 s: an update every second, so every window of w updates spans w seconds.
+    t, updates, gradients, w = throughput_curve(simulate_timing(make_scenario(group(1.0), updates=400)).trace)
+    assert w == 10 and len(t) == 390 and t[0] == pytest.approx(11.0)  # (at least 10 updates; 400 // 40)
+    np.testing.assert_allclose(updates, 1.0, rtol=1e-12) and np.testing.assert_allclose(gradients, 1.0, rtol=1e-12)
+    # K-batch-async, K = 4: each update applies 4 gradients, in every window.
+    kbatch = simulate_timing(make_scenario(group(Exponential(1.0), 8), kind="k_batch_async", k=4, updates=800, seed=3)).trace
+    t, updates, gradients, w = throughput_curve(kbatch, window=25)
+    assert w == 25 and np.isfinite(updates).all()
+    np.testing.assert_allclose(gradients, 4 * updates, rtol=1e-12)
+    # Two shards: logical update u lands when its slowest shard does.
+    two = simulate_timing(make_scenario(group(Exponential(1.0), 4), shards=2, lock="global", apply=0.05, updates=300, seed=1)).trace
+    t, _, _, w = throughput_curve(two)
+    slowest = np.maximum(np.sort(two.u_applied[two.u_shard == 0])[:300], np.sort(two.u_applied[two.u_shard == 1])[:300])
+    np.testing.assert_array_equal(t, slowest[w:])
+
+
+def test_geometric_staleness_reference_only_for_exponential_async() -> None:
+    from asgd_sim.results.plots import geometric_reference
+
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8))) == 8
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 6), group(Exponential(1.0), 2))) == 8  # one mean
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 6), group(Exponential(3.0), 2))) is None  # a straggler
+    assert geometric_reference(make_scenario(group(LogNormal(1.0, 0.5), 8))) is None
+    assert geometric_reference(make_scenario(group(1.0, 8))) is None  # constant compute
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8), kind="sync")) is None
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8, slowdowns=(Slowdown(1.0, 2.0, 3.0),)))) is None
+    assert geometric_reference(None) is None
+
+
+def test_run_folder_plots_draw_the_reference_where_it_holds(tmp_path, monkeypatch) -> None:
+    from asgd_sim.results import plots
+    from asgd_sim.results.folder import write_run
+
+    drawn: list[int | None] = []
+    monkeypatch.setattr(plots, "plot_staleness", lambda trace, path, workers=None: drawn.append(workers))
+    for compute in (Exponential(0.1), LogNormal(0.1, 1.0)):
+        write_run(run_timing(make_scenario(group(compute, 4), updates=50)), tmp_path / compute.name)
+    assert drawn == [4, None]
 
 
 def test_summary_fields_consistent() -> None:

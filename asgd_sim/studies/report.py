@@ -135,9 +135,19 @@ def _run_figures(folder: Path) -> dict[str, Path]:
         extra = folder / FIGURES
         extra.mkdir(exist_ok=True)
         trace = Trace.load(folder)
-        write_timing_plots(trace, extra, int(trace.meta.get("workers", 0)) or None)
+        write_timing_plots(trace, extra, _scenario_of(folder))
         found.update({n: extra / n for n in missing})
     return found
+
+
+def _scenario_of(folder: Path) -> Any:
+    """The run's resolved scenario, or None if its scenario.toml no longer loads (an older version's)."""
+    from ..scenario.files import load_scenario
+
+    try:
+        return load_scenario(folder / "scenario.toml")
+    except (ScenarioError, OSError):
+        return None
 
 
 def _group_rows(summary: dict[str, Any]) -> list[list[str]]:
