@@ -80,15 +80,20 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     lines += [
         f"scenario   {summary['scenario']} ({summary['algorithm']}, {summary['workers']} workers)",
         f"stopped    {summary['stopped']} after {summary['updates']} updates, {summary['sim_time']:.4g} s {clock}, {summary['wall_time_s']:.3g} s wall",
-        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})",
+        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})"
+        + (f"; steady state {summary['steady_updates_per_s']:.4g} updates/s, {summary['steady_gradients_per_s']:.4g} gradients/s"
+           if "steady_updates_per_s" in summary else ""),
         f"staleness  mean {stale['mean']:.3g}, p50 {stale['p50']:.3g}, p95 {stale['p95']:.3g}, max {stale['max']}",
-        f"lock wait  mean {summary['lock_wait_mean']:.3g} s",
+        f"lock wait  mean {summary['lock_wait_mean']:.3g} s per push" + (
+            f" ({summary['lock_wait_row_mean']:.3g} s per shard row)"
+            if summary.get("lock_wait_row_mean", summary["lock_wait_mean"]) != summary["lock_wait_mean"] else ""),
     ]
     if "final_loss" in summary:
-        acc = summary.get("final_accuracy")
-        lines.append(f"learning   final loss {summary['final_loss']:.4g}" + (f", accuracy {acc:.4f}" if acc is not None else "")
-                     + (f", time to target {summary['time_to_target']:.4g} s" if summary.get("time_to_target") is not None else "")
-                     + (" (DIVERGED)" if summary.get("diverged") else ""))
+        acc, loss, at = summary.get("final_accuracy"), summary.get("final_loss"), summary.get("time_to_target")
+        lines.append("learning   final loss " + (f"{loss:.4g}" if loss is not None else "-") + (f", accuracy {acc:.4f}" if acc is not None else "")
+                     + (f", time to target {at:.4g} s (update {summary.get('updates_to_target')})" if at is not None else "")
+                     + (" (DIVERGED)" if summary.get("diverged") else "")
+                     + (" (STALLED: no progress over the last half of the run)" if summary.get("stalled") else ""))
     if summary.get("deadlock"):
         lines.append("deadlock   " + "; ".join(summary["deadlock"]))
     lines.append(f"results    {out}")

@@ -33,10 +33,15 @@ def criterion_of(runs: pd.DataFrame) -> str:
     ok = runs[runs["status"] == "ok"]
     if "time_to_target" in ok.columns and ok["time_to_target"].notna().any():
         return "time to target"
-    diverged = ok["diverged"].fillna(False).astype(bool).any() if "diverged" in ok.columns else False
+    diverged = "diverged" in ok.columns and any(_yes(v) for v in ok["diverged"])
     if "final_loss" in ok.columns and (ok["final_loss"].notna().any() or diverged):
         return "final loss"
     return "throughput"
+
+
+def _yes(value: Any) -> bool:
+    """A yes/no cell of the runs table (NaN where a run lacks the field: no)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -46,7 +51,7 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
 def _score(runs: pd.DataFrame, criterion: str) -> dict[str, Any]:
     """One tuned value's figures over its successful runs, and its rank key (lower is better)."""
     ok = runs[runs["status"] == "ok"]
-    diverged = np.asarray(ok["diverged"].fillna(False).astype(bool)) if "diverged" in ok.columns else np.zeros(len(ok), bool)
+    diverged = np.array([_yes(v) for v in ok["diverged"]] if "diverged" in ok.columns else [False] * len(ok), dtype=bool)
     out: dict[str, Any] = {"runs": len(ok), "diverged": int(diverged.sum())}
     times = _column(ok, "time_to_target")
     out["reached"] = int(np.isfinite(times).sum())

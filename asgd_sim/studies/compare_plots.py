@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .series import flag
 from .statistics import t_half_width
 from .targets import X_COLUMNS
 
@@ -66,7 +67,7 @@ def plot_curves(series: list[Any], metric: str, x: str, ax: Any, target: Any = N
     marked = marks or {}
     for i, s in enumerate(series):
         summaries = s.summaries()
-        kept = [j for j, sm in enumerate(summaries) if not sm.get("diverged")]
+        kept = [j for j, sm in enumerate(summaries) if not flag(sm.get("diverged"))]
         curves = [s.curves[j] for j in kept]
         hold = [summaries[j].get("stopped") == "target_accuracy" for j in kept]
         b = band(curves, x, metric, hold=hold, log=logx) if metric in (curves[0].columns if curves else ()) else pd.DataFrame()

@@ -21,7 +21,7 @@ from ..results.load import flatten_summary, is_run_dir, is_sweep_dir, load_run, 
 from .statistics import Score
 from .targets import X_COLUMNS, Reach, Target, reach
 
-__all__ = ["Series", "Outcome", "Criterion", "collect_series", "outcomes", "scores", "criterion_for", "TUNED"]
+__all__ = ["Series", "Outcome", "Criterion", "collect_series", "outcomes", "scores", "criterion_for", "final_value", "flag", "TUNED"]
 
 TUNED = ("best", "all")  # compare a tuned sweep at each point's chosen value, or every value as its own series
 
@@ -153,10 +153,15 @@ def outcomes(s: Series, target: Target | None, x: str) -> list[Outcome]:
         xs = curve[column].to_numpy(float)
         found = reach(curve, target, x, summary, s.target) if target is not None else Reach(None)
         first = curve.iloc[0].to_dict() if len(curve) else {}
-        out.append(Outcome(seed=int(summary.get("seed", 0)), reach=found, diverged=bool(summary.get("diverged") or False),
-                           stalled=bool(summary.get("stalled") or False), length=float(np.nanmax(xs)) if xs.size else 0.0,
+        out.append(Outcome(seed=int(summary.get("seed", 0)), reach=found, diverged=flag(summary.get("diverged")),
+                           stalled=flag(summary.get("stalled")), length=float(np.nanmax(xs)) if xs.size else 0.0,
                            initial={k: float(v) for k, v in first.items() if isinstance(v, (int, float, np.number))}))
     return out
+
+
+def flag(value: Any) -> bool:
+    """A yes/no summary field (a runs-table cell may be NaN where an older run lacks it: no)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def final_value(summary: dict[str, Any], curve: pd.DataFrame, key: str) -> float:

@@ -124,9 +124,10 @@ def reach(curve: pd.DataFrame, target: Target, x: str, summary: dict[str, Any] |
     from its ``summary``; anything else is interpolated between evaluations.
     """
     column = X_COLUMNS[x]
-    if summary and own_target is not None and target.is_accuracy(own_target) and summary.get("time_to_target_exact"):
-        value = summary.get("time_to_target" if x == "sim_time" else "updates_to_target")
-        if value is not None:
+    exact = summary.get("time_to_target_exact") if summary else None
+    if own_target is not None and target.is_accuracy(own_target) and isinstance(exact, (bool, np.bool_)) and exact:
+        value = summary.get("time_to_target" if x == "sim_time" else "updates_to_target") if summary else None
+        if value is not None and math.isfinite(float(value)):
             return Reach(float(value))
     if target.metric not in curve.columns:
         return Reach(None)
