@@ -105,30 +105,11 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no-such.toml" in bad.stderr
 
 
-REPLAYED = """
-name = "tiny-numerics"
-
-[run]
-until_updates = 60
-eval_every = 30
-
-[[workers]]
-count = 3
-compute = { dist = "exponential", mean = 0.05 }
-
-[model]
-name = "logreg"
-
-[optimizer]
-learning_rate = 0.1
-"""
-
-
-def test_replay_says_what_it_replays_and_never_overwrites_without_force(tmp_path, capsys) -> None:
-    scenario = tmp_path / "numerics.toml"
-    scenario.write_text(REPLAYED)
+def test_replay_says_what_it_replays_and_never_overwrites_without_force(scenario_file, tmp_path, capsys) -> None:
     run, out = tmp_path / "run", tmp_path / "replayed"
-    assert main(["run", str(scenario), "--out", str(run), "--quiet"]) == 0
+    numerics = ["--set", "model.name=logreg", "--set", "optimizer.learning_rate=0.1", "--set", "run.until_updates=60",
+                "--set", "run.eval_every=30"]
+    assert main(["run", str(scenario_file), *numerics, "--out", str(run), "--quiet"]) == 0
     assert main(["replay", str(run), "--set", "optimizer.learning_rate=0.02", "--out", str(out)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"replay     {run}: its saved schedule (60 updates) with optimizer.learning_rate: 0.1 -> 0.02"

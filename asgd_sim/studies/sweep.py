@@ -50,7 +50,7 @@ from typing import Any
 
 from ..errors import ScenarioError
 from ..scenario.files import scenario_changes, scenario_from_dict
-from .sweep_plan import Candidate, Point, Sweep, parse_grid, parse_tune, parse_variant, plan_sweep, split_top_level
+from .sweep_plan import Point, Sweep, parse_grid, parse_tune, parse_variant, plan_sweep, split_top_level
 
 __all__ = ["Sweep", "SweepOutcome", "plan_sweep", "run_sweep", "parse_grid", "parse_variant", "parse_tune", "split_top_level"]
 
@@ -208,15 +208,15 @@ def _committed(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _task(sweep: Sweep, point: Point, candidate: Candidate | None, seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
-    scenario = json.loads(json.dumps(point.scenario if candidate is None else sweep.tuned[(point.id, candidate.index)]))
+def _task(sweep: Sweep, point: Point, candidate: Point | None, seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
+    scenario = json.loads(json.dumps(point.scenario if candidate is None else sweep.tuned[(point.id, candidate.id)]))
     scenario.setdefault("run", {})["seed"] = seed
     tuned = list(candidate.overrides) if candidate is not None else []
     task = {"runs_dir": str(runs_dir), "run": name, "point": point.id, "label": point.label, "values": point.values,
             "set": [*sweep.base_overrides, *point.overrides, *tuned, f"run.seed={seed}"], "seed": seed, "scenario": scenario,
             "name": sweep.name, "timing_only": sweep.timing_only, "sweep_hash": sweep.digest, "attempts": 0}
     if candidate is not None:
-        task["tune"] = {"index": candidate.index, "label": candidate.label, "values": candidate.values}
+        task["tune"] = {"index": int(candidate.id[1:]), "label": candidate.label, "values": candidate.values}
     return task
 
 

@@ -23,7 +23,7 @@ from ..errors import ScenarioError
 from ..scenario.config import Scenario
 from ..scenario.files import dumps_scenario, load_scenario, scenario_to_dict
 
-__all__ = ["Sweep", "Point", "Candidate", "plan_sweep", "parse_grid", "parse_variant", "parse_tune", "parse_value", "split_top_level",
+__all__ = ["Sweep", "Point", "plan_sweep", "parse_grid", "parse_variant", "parse_tune", "parse_value", "split_top_level",
            "FORMAT"]
 
 FORMAT = 1
@@ -114,23 +114,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: its id, label, swept values (column -> value) and the overrides it sets."""
+    """One grid point: its id, label, swept values (column -> value) and the overrides it sets.
+    A tuned value (``--tune``) is one too: id ``t<index>``, no scenario of its own."""
 
     id: str
     label: str
     values: dict[str, Any]
     overrides: tuple[str, ...]
-    scenario: dict[str, Any] = field(repr=False, compare=False)  # resolved, seed not yet set
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One value of the tuned keys (``--tune``): its index, label, values and overrides."""
-
-    index: int
-    label: str
-    values: dict[str, Any]
-    overrides: tuple[str, ...]
+    scenario: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # resolved, seed not yet set
 
 
 @dataclass
@@ -147,8 +138,8 @@ class Sweep:
     base: Scenario
     points: list[Point]
     tune: list[tuple[str, list[str]]] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)
-    tuned: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, repr=False)  # (point, candidate): resolved scenario
+    candidates: list[Point] = field(default_factory=list)  # the tuned values (ids t0, t1, ...)
+    tuned: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)  # (point id, tuned id): resolved scenario
 
     @property
     def digest(self) -> str:
@@ -159,11 +150,11 @@ class Sweep:
             what["tune"] = self.tune
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
-    def run_names(self) -> list[tuple[Point, Candidate | None, int, str]]:
+    def run_names(self) -> list[tuple[Point, Point | None, int, str]]:
+        """(point, tuned value or None, seed, run name) of every run."""
         if not self.candidates:
             return [(p, None, k, f"{p.id}-seed{k}") for p in self.points for k in range(self.seeds)]
-        width = len(str(len(self.candidates) - 1))
-        return [(p, c, k, f"{p.id}-t{c.index:0{width}d}-seed{k}") for p in self.points for c in self.candidates for k in range(self.seeds)]
+        return [(p, c, k, f"{p.id}-{c.id}-seed{k}") for p in self.points for c in self.candidates for k in range(self.seeds)]
 
     def description(self) -> dict[str, Any]:
         return {
@@ -174,7 +165,7 @@ class Sweep:
             "timing_only": self.timing_only, "base_scenario": _base_text(self.base),
             "points": [{"id": p.id, "label": p.label, "values": p.values, "set": list(p.overrides)} for p in self.points],
             **({"tune": [{"key": k, "values": v} for k, v in self.tune],
-                "candidates": [{"index": c.index, "label": c.label, "values": c.values, "set": list(c.overrides)} for c in self.candidates]}
+                "candidates": [{"id": c.id, "label": c.label, "values": c.values, "set": list(c.overrides)} for c in self.candidates]}
                if self.tune else {}),
         }
 
@@ -227,7 +218,7 @@ def plan_sweep(scenario: str | Path, grid: Sequence[str] = (), variants: Sequenc
             raise ScenarioError(error.path, f"{error.detail.replace('(from --set ', '(from --grid/--variant ')} [point {point_id}: {where}]") from None
         points.append(Point(point_id, ", ".join(label_parts) or "base", values, tuple(point_overrides), scenario_to_dict(resolved)))
     candidates = _candidates(tuned_axes)
-    tuned: dict[tuple[str, int], dict[str, Any]] = {}
+    tuned: dict[tuple[str, str], dict[str, Any]] = {}
     for point in points:
         for candidate in candidates:
             try:
@@ -235,7 +226,7 @@ def plan_sweep(scenario: str | Path, grid: Sequence[str] = (), variants: Sequenc
             except ScenarioError as error:
                 raise ScenarioError(error.path, f"{error.detail.replace('(from --set ', '(from --tune ')} "
                                     f"[point {point.id}: {point.label}, {candidate.label}]") from None
-            tuned[(point.id, candidate.index)] = scenario_to_dict(resolved)
+            tuned[(point.id, candidate.id)] = scenario_to_dict(resolved)
     return Sweep(str(scenario), base.name, list(overrides), [(k, v) for k, v in axes], [(label, o) for label, o in labelled],
                  seeds, timing_only, base, points, tuned_axes, candidates, tuned)
 
@@ -259,16 +250,15 @@ def _refuse_overlaps(grid_keys: list[str], variants: list[tuple[str, list[str]]]
                                 "drop it from the grid and the variants")
 
 
-def _candidates(axes: list[tuple[str, list[str]]]) -> list[Candidate]:
-    """Every combination of the tuned values (none without --tune)."""
+def _candidates(axes: list[tuple[str, list[str]]]) -> list[Point]:
+    """Every combination of the tuned values, as points t0, t1, ... (none without --tune)."""
     if not axes:
         return []
     short = _short_names([k for k, _ in axes])
-    out = []
-    for index, combo in enumerate(itertools.product(*[[(k, v) for v in values] for k, values in axes])):
-        out.append(Candidate(index, ", ".join(f"{short[k]}={v}" for k, v in combo), {k: parse_value(v) for k, v in combo},
-                             tuple(f"{k}={v}" for k, v in combo)))
-    return out
+    combos = list(itertools.product(*[[(k, v) for v in values] for k, values in axes]))
+    width = len(str(len(combos) - 1))
+    return [Point(f"t{index:0{width}d}", ", ".join(f"{short[k]}={v}" for k, v in combo), {k: parse_value(v) for k, v in combo},
+                  tuple(f"{k}={v}" for k, v in combo)) for index, combo in enumerate(combos)]
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
