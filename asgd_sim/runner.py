@@ -165,8 +165,10 @@ def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stop
     summary = run_summary(scenario, trace, sim_time=sim_time, stopped=stopped, wall_time_s=wall,
                           busy=busy_from_trace(trace, sim_time, scenario.num_workers), deadlock=getattr(schedule, "deadlock", []))
     arrays = metrics.as_arrays()
+    # (exact unless the fold again did not confirm the crossing, e.g. rounding at the threshold:
+    # then the evaluation that saw the target stands)
     summary.update(learning_summary(arrays, scenario.run.target_accuracy, diverged=stopped == "diverged",
-                                    exact=stopped == "target_accuracy"))
+                                    exact=stopped == "target_accuracy" and metrics.search.get("found", True)))
     if metrics.search:
         summary["target_search"] = dict(metrics.search)
     summary.update({

@@ -357,7 +357,7 @@ def test_target_accuracy_stops_the_run_where_it_was_reached() -> None:
     summary = stopped.summary
     assert summary["stopped"] == "target_accuracy" and not summary["diverged"] and summary["time_to_target_exact"]
     assert summary["updates_to_target"] == first and summary["time_to_target"] == free.metrics["sim_time"][first]
-    assert summary["target_search"]["between"] == [first // 10 * 10, first // 10 * 10 + 10]
+    assert summary["target_search"]["between"] == [first // 10 * 10, first // 10 * 10 + 10] and summary["target_search"]["found"]
     # Evaluations every 10 updates up to the last one below the target, then the update where it was reached.
     assert list(stopped.metrics["update"]) == [*range(0, first, 10), first]
     for key in ("sim_time", "train_loss", "test_accuracy", "staleness_mean"):

@@ -84,4 +84,4 @@ def _locate_target(scenario: Scenario, layout: Any, trace: Trace, rows: list[dic
     update, values = found
     rows.insert(hit, _metrics_row(trace, values, update, float(trace.u_applied[numerics.row - 1]), numerics.row))
     return {"between": [before, after], "evaluations": update - before, "wall_s": round(time.perf_counter() - started, 4),
-            "by": "replay"}
+            "found": True, "by": "replay"}

@@ -164,7 +164,7 @@ def _stop_at_crossing(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuild
         metrics.pop()
         _record(numerics, metrics, _now(numerics, tr), values=found[1])
     metrics.search = {"between": [before, after], "evaluations": numerics.logical_updates() - before,
-                      "wall_s": round(time.perf_counter() - started, 4)}
+                      "wall_s": round(time.perf_counter() - started, 4), "found": found is not None}
     numerics.flags.clear()  # (the fold again saw no divergence: the run did not diverge before `after`)
 
 
