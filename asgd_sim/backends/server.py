@@ -168,7 +168,7 @@ class RealServer(ShardWrites):
         self.grads: dict[int, tuple] = {}  # pushed gradients not yet applied or dropped
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
         self.uses: dict[int, int] = {}  # shards that have still to apply (or drop) each pushed gradient
-        self.updates = 0
+        self.updates, self.pushes = 0, 0  # logical updates; server requests so far (the trace's push numbers)
         self.delivered = 0  # the logical versions the policy has been told of (`_deliver_updates`)
         self.stopped = ""
         self.stop_time = math.nan
@@ -492,6 +492,7 @@ class RealServer(ShardWrites):
                 raise ScenarioError("--resume", "the checkpoint holds no worker models (EASGD needs them); start the run afresh")
             self.models = [[self.store.place(s, row) for s, row in enumerate(rows)] for rows in ckpt.models]
         self.trace = ckpt.resumed_trace()
+        self.pushes = max(self.trace.u_push, default=-1) + 1
         self.next_k = [int(k) for k in ckpt.next_k]
         self.updates = self.delivered = self.policy.version = int(ckpt.updates)
         self.failures = list(ckpt.failures)

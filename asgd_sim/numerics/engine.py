@@ -57,42 +57,58 @@ class NumericsEngine:
         self.problem = problem or build_problem(sc, self.M)
         self.layout = layout = Layout(self.problem, self.S, sc.run.seed)
         self.P, self.chunk = layout.P, layout.chunk
-        self.params = jax.device_put(layout.initial)
         self.rule = make_server_rule(sc.optimizer, self.M)
-        self.state = jax.jit(jax.vmap(self.rule.init))(self.params)
         self.members_max = policy.gradients_per_update
+        self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
+        self.waves = 0  # vmapped gradient calls so far
+        self._traces = 0  # compilations of this engine's jitted functions
+        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
+        self._pooled = jax.jit(self._pooled_impl, donate_argnums=(0, 1, 2))
+        self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
+        self._evaluate = jax.jit(self._evaluate_impl)
+        self._evaluate_compiled: Future | None = None
+        self._init_state = jax.jit(jax.vmap(self.rule.init))
+        self.local: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        """The run state at update 0: the initial parameters and optimizer state, an empty
+        history and a planner at the first row of the trace."""
+        sc, layout = self.scenario, self.layout
+        self.params = jax.device_put(layout.initial)
+        self.state = self._init_state(self.params)
         gradient_updates = self.model_update == "gradient"
         self.planner = planner = WavePlanner(self.M, self.S, self.members_max, sc.run.batch_cap, self.chunk,
                                              on_cpu=jax.default_backend() == "cpu", cached=self.S > 1 and gradient_updates)
+        # Rows whose gradients all read the parameters just before them (rounds) are one backward
+        # pass over their members' batches together (`_pooled_impl`): one shard, gradient
+        # updates, and a rule linear in the gradients (DC-ASGD's compensation is not).
+        planner.pooling = self.S == 1 and gradient_updates and self.members_max > 1 and not self.rule.needs_read_params
         # One more row than slots: the scratch row that padding rows write (`planner.scratch`).
         history = np.zeros((planner.slots.capacity + 1, self.S, self.chunk), np.float32)
         history[0] = layout.initial
         self.history = jax.device_put(history)
         cache = planner.cache
         self.gcache = jnp.zeros((cache.capacity + 1, self.S, self.chunk), jnp.float32) if cache is not None else None  # (+ scratch)
-        self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
-        self.waves = 0  # vmapped gradient calls so far
         self.counted = np.zeros(0, bool)  # with shards: gradients whose staleness is counted
         self.stale_sum = 0.0
         self.stale_count = 0
         self.flags: list[tuple[np.ndarray, jax.Array]] = []  # per call: first row of each wave, any loss bad
         self.check_now = False  # a divergence already known on the host
         self.diverged_at: int | None = None
-        self._traces = 0  # compilations of this engine's jitted functions
-        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
-        self._pooled = jax.jit(self._pooled_impl, donate_argnums=(0, 1, 2))
-        # Rows whose gradients all read the parameters just before them (rounds) are one backward
-        # pass over their members' batches together (`_pooled_impl`): one shard, gradient
-        # updates, and a rule linear in the gradients (DC-ASGD's compensation is not).
-        planner.pooling = self.S == 1 and gradient_updates and self.members_max > 1 and not self.rule.needs_read_params
-        self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._evaluate_compiled: Future | None = None
-        self.local = None
         if not gradient_updates:
             from .local import LocalModels
 
-            self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply, members_max=self.members_max)
+            if self.local is None:
+                self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply, members_max=self.members_max)
+            else:
+                self.local.reset(self.params)
+
+    def restart(self) -> None:
+        """Back to update 0, to fold the same trace again (e.g. to locate where a target was
+        crossed between two evaluations, `stream.locate_crossing`). The compiled functions are
+        kept; the counters of work done (``computed``, ``waves``) go on counting."""
+        self._start()
 
     @property
     def traces(self) -> int:

@@ -92,6 +92,7 @@ class TimingEngine:
             self.push_links = [[(up[w], nic_in[s]) for s in range(self.S)] for w in range(self.M)]
             self.pull_links = [[(nic_out[s], down[w]) for s in range(self.S)] for w in range(self.M)]
         self.updates = 0  # logical updates: the slowest shard's version
+        self.pushes = 0  # server requests (Apply decisions) so far: the trace's push numbers
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
         self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
         self.stopped = ""
@@ -116,8 +117,9 @@ class TimingEngine:
                 yield from self.server.wait_readable(shard)
         return self.server.versions()
 
-    def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int) -> Generator:
-        """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold."""
+    def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int, push: int) -> Generator:
+        """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold.
+        ``push`` numbers the request (see `_apply_all`)."""
         lock = shard.lock
         t_request = self.env.now
         if lock is not None:
@@ -133,7 +135,7 @@ class TimingEngine:
             hold = self.apply_time()
             if hold > 0:
                 yield Timeout(self.env, hold, 1)
-            self._commit(shard, members, weights, t_request, t_lock)
+            self._commit(shard, members, weights, t_request, t_lock, push)
             self.server.end_write(shard)
         if lock is not None:
             lock.release()
@@ -157,12 +159,13 @@ class TimingEngine:
                 kept[1].append(weight)
         return kept
 
-    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float,
+                push: int) -> None:
         """The update lands: bump the shard's version and record it in the trace."""
         before = shard.version
         shard.version = before + 1
         self.server.versions_changed()
-        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
+        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights, push)
         logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
         if logical > self.updates:
             self.updates = logical
@@ -172,16 +175,20 @@ class TimingEngine:
                     raise TypeError(f"{type(self.policy).__name__}.on_update may decide Serve, Read, Stop or Cancel only")
 
     def _apply_all(self, members: list[int], weights: list[float], requester: int) -> Generator:
-        """Apply an update to every shard: in parallel, or atomically holding all their locks."""
-        shards = self.server.shards
-        if self.S == 1:
-            yield from self._apply(shards[0], members, weights, requester)
-        elif self.scenario.server.atomic and self.server.lock_policy in ("shard", "rw"):
-            yield from self._apply_atomic(members, weights, requester)
-        else:
-            yield self.env.all_of([self.env.process(self._apply(sh, members, weights, requester)) for sh in shards])
+        """Apply an update to every shard: in parallel, or atomically holding all their locks.
 
-    def _apply_atomic(self, members: list[int], weights: list[float], requester: int) -> Generator:
+        The request gets the next push number; its S update rows carry it, so lock waits can be
+        measured per push (request to holding every lock it needs), not per shard row."""
+        shards = self.server.shards
+        push, self.pushes = self.pushes, self.pushes + 1
+        if self.S == 1:
+            yield from self._apply(shards[0], members, weights, requester, push)
+        elif self.scenario.server.atomic and self.server.lock_policy in ("shard", "rw"):
+            yield from self._apply_atomic(members, weights, requester, push)
+        else:
+            yield self.env.all_of([self.env.process(self._apply(sh, members, weights, requester, push)) for sh in shards])
+
+    def _apply_atomic(self, members: list[int], weights: list[float], requester: int, push: int) -> Generator:
         shards = list(self.server.shards)
         t_request = self.env.now
         if self.scenario.server.lock_order == "random":
@@ -199,7 +206,7 @@ class TimingEngine:
                 hold = self.apply_time()
                 if hold > 0:
                     yield Timeout(self.env, hold, 1)
-                self._commit(shard, kept, kept_weights, t_request, t_lock)
+                self._commit(shard, kept, kept_weights, t_request, t_lock, push)
                 self.server.end_write(shard)
         for shard in shards:
             shard.lock.release()  # type: ignore[union-attr]
