@@ -430,17 +430,23 @@ class RealServer(ShardWrites):
         self.store.discard(gids)
 
     def await_broadcast(self, wid: int) -> Read | None:
-        """A worker whose round closed without it waits for that round's broadcast read."""
+        """A worker whose round closed without it waits for that round's broadcast read.
+
+        If the policy stopped it again between the broadcast and this thread's resuming (a new
+        wake event: the round it was served closed meanwhile), that read is stale and its stop
+        flag is the new round's: it waits for the next broadcast instead. (Clearing the flag and
+        computing on the stale read let its gradient into the next round: staleness 1 in Rennala.)
+        """
         slot = self.slots[wid]
-        with self.cond:
-            wake = slot.wake
-        try:
-            self._wait(wake)
-        except Stopped:
-            return None
-        with self.cond:
-            slot.cancel.clear()
-        return slot.next_read if not self.stopped else None
+        while not self.stopped:
+            with self.cond:
+                wake = slot.wake  # (re-read each time: a stop replaces it)
+            if wake.wait(0.1):
+                with self.cond:
+                    if slot.wake is wake:
+                        slot.cancel.clear()
+                        return slot.next_read if not self.stopped else None
+        return None
 
     def _wait(self, wake: threading.Event) -> None:
         """Wait for ``wake``; raise `Stopped` once the run is over."""
