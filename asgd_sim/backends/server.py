@@ -298,7 +298,10 @@ class RealServer(ShardWrites):
         with self.state_lock:
             now = self.clock.now()
             for gid in gids:
-                self.trace.t_arrive[gid] = now
+                # A remote worker stamps its compute end on its clock, synchronised to the
+                # server's to within half the round trip measured at start (more on a loaded
+                # host): a push never arrives before the compute it carries ended.
+                self.trace.t_arrive[gid] = max(now, self.trace.t_compute_end[gid])
             for gid, g in zip(gids, grads):  # (local steps: one payload, under the push's first row)
                 self.grads[gid] = g
                 self.uses[gid] = self.S
