@@ -8,11 +8,11 @@ gradients' fates and compute spans, their busy times and their draws (`workers.S
 and its arrivals become one sorted `Run` that the loop's pump walks.
 
 A worker restarted with a cohort is *detached*: the columns, not its `WorkerState`, say what it
-holds (its one unpushed gradient ``gid``, its read ``reads[read_of]``, no parameters kept, and
-it is interruptible). `WorkerTable.attach` writes that back into the `WorkerState` whenever the
-worker is handled on its own (its arrival, a stop or a serve of it alone, the end of a run), so
-the per-worker code of `timing.loops` and `timing.engine` never sees a stale field. ``k`` and
-``busy`` live in the columns for every worker and are copied to the `WorkerState`s by `sync`.
+holds (its next local iteration ``k``, its compute time ``busy``, its one unpushed gradient
+``gid``, its read ``reads[read_of]``; it keeps no parameters and is interruptible).
+`WorkerTable.attach` writes that back into the `WorkerState` whenever the worker is handled on
+its own (its arrival, a stop or a serve of it alone, the end of a run), so the per-worker code of
+`timing.loops` and `timing.engine`, which works on `WorkerState`s alone, never sees a stale field.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class WorkerTable:
         self.gid = np.full(n, NO_GRADIENT, np.int64)  # (detached) its unpushed gradient
         self.read_of = np.zeros(n, np.int64)  # (detached) its read, an index into `reads`
         self.reads: list[tuple[float, float, list[int]]] = []  # (t_pull, t_read, versions) of restarts
-        self.k = np.zeros(n, np.int64)  # each worker's next local iteration
-        self.busy = np.zeros(n, np.float64)  # compute time scheduled so far (timing.engine: busy)
+        self.k = np.zeros(n, np.int64)  # (detached) its next local iteration
+        self.busy = np.zeros(n, np.float64)  # (detached) compute time scheduled so far (timing.engine: busy)
         # Workers whose computations take plain draws (no slowdown window, no pipeline) are timed in
         # one numpy step; the others one by one, inside the same restart.
         self.plain = np.array([w.slowdowns.empty and w.pipeline is None for w in workers], bool)
@@ -61,13 +61,19 @@ class WorkerTable:
         w.next_read = self.reads[self.read_of[wid]]
         w.has_params = False
         w.interruptible = True
+        w.k, w.busy = int(self.k[wid]), float(self.busy[wid])
+
+    def detach(self, wids: np.ndarray) -> None:
+        """From now on the columns hold the state of ``wids`` (the attached ones' k and busy move in)."""
+        for wid in wids[~self.detached[wids]].tolist():
+            w = self.workers[wid]
+            self.k[wid], self.busy[wid] = w.k, w.busy
+        self.detached[wids] = True
 
     def sync(self) -> None:
         """Every `WorkerState` up to date (for the engine's result)."""
         for wid in np.flatnonzero(self.detached).tolist():
             self.attach(self.workers[wid])
-        for w, k, busy in zip(self.workers, self.k.tolist(), self.busy.tolist()):
-            w.k, w.busy = k, busy
 
     # ---- cohorts -----------------------------------------------------------------------------
 
@@ -89,9 +95,9 @@ class WorkerTable:
         self.gid[wids] = NO_GRADIENT
 
     def serve(self, wids: np.ndarray, read: tuple[float, float, list[int]]) -> None:
-        """Stopped workers ``wids`` are served ``read``: they are detached, holding it."""
+        """Stopped workers ``wids`` (distinct) are served ``read``: they are detached, holding it."""
         self.stopped[wids] = False
-        self.detached[wids] = True
+        self.detach(wids)
         self.gid[wids] = NO_GRADIENT
         self.read_of[wids] = self.add_read(read)
 

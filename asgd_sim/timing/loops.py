@@ -322,25 +322,13 @@ class CallbackLoop:
         self._pump()
 
     def _compute(self, w: WorkerState) -> None:
-        """Start the worker's computation on the read it holds; its arrival goes on the heap.
-        (`compute` and `_new_gradients`, with ``k`` and ``busy`` in the table's columns.)"""
-        table, tr, wid = self.table, self.server.trace, w.wid
-        t_pull, t_read, versions = w.next_read  # type: ignore[misc]
-        k, gids = int(table.k[wid]), []
-        for step in range(self.server.local_steps):
-            gids.append(tr.new_gradient(wid, k + step, step, t_pull, t_read, versions))
-        table.k[wid] = k + len(gids)
-        w.unpushed = gids
+        """Start the worker's computation on the read it holds; its arrival goes on the heap."""
+        gids = _new_gradients(self.server, w)
         now = self.env.now
-        t = now if w.has_params else now + w.latency()
+        start = now if w.has_params else now + w.latency()
         w.has_params = False
-        for gid in gids:
-            end = w.slowdowns.finish(t, w.step_time(w.compute(), self.server.bandwidth))
-            tr.t_compute_start[gid] = t
-            tr.t_compute_end[gid] = end
-            table.busy[wid] += end - t
-            t = end
-        heappush(self.arrivals, (t + w.latency(), wid, self.serial[wid], gids))
+        arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
+        heappush(self.arrivals, (arrive, w.wid, self.serial[w.wid], gids))
 
     def _earliest(self) -> tuple[float, int, Run | None] | None:
         """The earliest live arrival (time, worker, its run or None for the heap), skipping stopped
@@ -415,14 +403,7 @@ class CallbackLoop:
         self.table.attach(w)
         self.serial[w.wid] += 1
         self.table.stopped[w.wid] = True
-        self._abandon(w)
-
-    def _abandon(self, w: WorkerState) -> None:
-        """`abandon`, with the busy time in the table."""
-        busy = self.table.busy[w.wid]
-        w.busy = busy
         abandon(w, self.server.trace, self.env.now)
-        self.table.busy[w.wid] = w.busy
 
     def stop_many(self, wids: list[int]) -> None:
         """`stop` every worker of ``wids`` that is computing or pulling (not at the server): the
