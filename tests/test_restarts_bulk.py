@@ -218,3 +218,20 @@ def test_build_workers_banks_are_bound_once() -> None:
     table_engine = TimingEngine(sc, loop="callbacks")
     assert all(w.compute.bank is table_engine.loop.table.compute for w in table_engine.workers if w.compute.const is None)
     assert all(w.compute.bank is None for w in workers)  # (a process loop's samplers draw on their own)
+
+
+@pytest.mark.parametrize("compute", [0.0, {"dist": "empirical", "values": [0.0, 1.0]}, {"dist": "exponential", "mean": 1.0}])
+@pytest.mark.parametrize("kind", ["async", "rennala"])
+def test_the_first_pulls_land_together_unless_someone_arrives_among_them(compute, kind: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # All workers start at once with one constant latency: one event serves their first pulls. A
+    # worker with no compute and no latency would arrive between the others' pulls: then they pull
+    # one by one (the draws taken to find out are rewound).
+    sc = ideal_scenario("z", {"workers": [{"count": 12, "compute": compute}]}, algorithm={"kind": kind, "k": 3},
+                        run={"until_updates": 60})
+    _, together = run(sc)
+    _, process = run(sc, "process")
+    monkeypatch.setattr(CallbackLoop, "BULK", 10**9)
+    _, each = run(sc)
+    same(together, process)
+    same(together, each)

@@ -101,23 +101,29 @@ class WorkerTable:
         self.gid[wids] = NO_GRADIENT
         self.read_of[wids] = self.add_read(read)
 
-    def start(self, wids: np.ndarray, now: float, trace: TraceBuilder, bandwidth: float) -> None:
-        """Detached workers ``wids`` (distinct, each holding a read, none its parameters) start
-        computing at ``now``: for each, the draws its own loop would take, in the same order
-        (response latency, compute, push latency), the same floating-point sums, and the trace
-        rows in this order; their arrivals become one `Run`."""
+    def times(self, wids: np.ndarray, now: float, bandwidth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """When workers ``wids`` (distinct, none holding its parameters) that start computing at
+        ``now`` start, end and arrive: for each, the draws its own loop would take, in the same
+        order (response latency, compute, push latency), and the same floating-point sums."""
         starts = now + self.latency.draw(wids)
         work = self.compute.draw(wids)
         ends = starts + work
         for i in np.flatnonzero(~self.plain[wids]).tolist():  # slowdown windows, pipelines
             w = self.workers[int(wids[i])]
             ends[i] = w.slowdowns.finish(float(starts[i]), w.step_time(float(work[i]), bandwidth))
-        arrives = ends + self.latency.draw(wids)
+        return starts, ends, ends + self.latency.draw(wids)
+
+    def start(self, wids: np.ndarray, now: float, trace: TraceBuilder, bandwidth: float,
+              times: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """Detached workers ``wids`` (distinct, each holding a read, none its parameters) start
+        computing at ``now`` (at `times`, drawn here unless given): their trace rows in this
+        order, one append per read held; their arrivals become one `Run`."""
+        starts, ends, arrives = times if times is not None else self.times(wids, now, bandwidth)
         ks = self.k[wids]
         reads = self.read_of[wids]
         first = trace.num_gradients
         bounds = [0, *(np.flatnonzero(reads[1:] != reads[:-1]) + 1).tolist(), len(wids)]
-        for lo, hi in zip(bounds[:-1], bounds[1:]):  # one append per read held (usually one)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):  # (usually one read)
             t_pull, t_read, versions = self.reads[int(reads[lo])]
             trace.new_gradients(wids[lo:hi], ks[lo:hi], t_pull, t_read, versions, starts[lo:hi], ends[lo:hi])
         gids = np.arange(first, first + len(wids), dtype=np.int64)

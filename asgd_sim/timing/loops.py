@@ -285,11 +285,46 @@ class CallbackLoop:
         self.restarting: list[int | np.ndarray] | None = None
 
     def start(self) -> None:
+        if self._pull_together_at_start():
+            return
         for w in self.workers:
             if w.start > 0:
                 self._after(w.start, w, self._iterate)
             else:
                 self._iterate(w)
+
+    def _pull_together_at_start(self) -> bool:
+        """When every worker starts at once and the latency is one constant, their first pulls
+        (explicit requests) all land at one instant, in worker order: one event at the first
+        one's place serves them all (`_pulled_together`). False: they pull one by one."""
+        latency = self.table.latency
+        if (len(self.workers) < self.BULK or self.server.local_steps != 1 or latency.any_random
+                or latency.const.min() != latency.const.max() or any(w.start > 0 for w in self.workers)):
+            return False
+        for w in self.workers:
+            w.interruptible = True
+        event = Timeout(self.env, float(latency.const[0]), self.workers[0].priority)
+        event.callbacks.append(partial(self._pulled_together, self.env.now))
+        return True
+
+    def _pulled_together(self, t_pull: float, event: Any) -> None:
+        """`_pulled` for every worker, in one step: one read, `read_many`, one cohort. Unless a
+        worker would arrive at this very instant (no latency, no compute), between the others'
+        pulls: then they pull one by one after all, at their own places."""
+        table, now = self.table, self.env.now
+        wids = np.arange(len(self.workers))
+        drawn = table.compute.positions()
+        times = table.times(wids, now, self.server.bandwidth)
+        if times[2].min() <= now:
+            table.compute.rewind(drawn)  # (one draw each: the workers draw the same values again)
+            for w in self.workers:
+                self._after(0.0, w, self._pulled, t_pull)
+            return
+        versions = self._read()
+        self.server.policy.read_many(wids)
+        table.serve(wids, (t_pull, now, versions))
+        table.start(wids, now, self.server.trace, self.server.bandwidth, times)
+        self._pump()
 
     def _after(self, delay: float, w: WorkerState, then: Any, *args: Any) -> None:
         """Call ``then(w, *args)`` after ``delay``, unless the worker is stopped first."""
@@ -309,14 +344,16 @@ class CallbackLoop:
             self._compute(w)
             self._pump()
 
-    def _pulled(self, w: WorkerState, t_pull: float) -> None:
+    def _read(self) -> list[int]:
         reader = self.server.read()
         try:
             next(reader)
             raise AssertionError("a read waited: no readers-writer lock runs with callbacks")
         except StopIteration as done:
-            versions = done.value
-        w.next_read = (t_pull, self.env.now, versions)
+            return done.value
+
+    def _pulled(self, w: WorkerState, t_pull: float) -> None:
+        w.next_read = (t_pull, self.env.now, self._read())
         self.server.policy.read(w.wid)
         self._compute(w)
         self._pump()

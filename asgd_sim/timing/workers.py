@@ -102,6 +102,17 @@ class SamplerBank:
         self.position[row] = i + 1
         return float(self.table[row, i])
 
+    def positions(self) -> np.ndarray:
+        """Where every sampler stands (for `rewind`)."""
+        return self.position.copy()
+
+    def rewind(self, saved: np.ndarray) -> None:
+        """Undo the draws since `positions` returned ``saved``, if they took at most one value per
+        sampler: each gives the same values again (a block drawn meanwhile is kept, from its start)."""
+        refilled = (saved == BLOCK) & (self.position != BLOCK)
+        self.position[:] = saved
+        self.position[refilled] = 0
+
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next draw of each sampler in ``rows`` (distinct rows), as a new array."""
         values = self.const[rows]
