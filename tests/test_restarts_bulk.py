@@ -235,3 +235,18 @@ def test_the_first_pulls_land_together_unless_someone_arrives_among_them(compute
     _, each = run(sc)
     same(together, process)
     same(together, each)
+
+
+def test_a_workers_list_drops_its_array_once_changed() -> None:
+    from asgd_sim.algorithms.base import Workers, worker_array
+
+    for change in (lambda ws: ws.append(9), lambda ws: ws.extend([9]), lambda ws: ws.insert(0, 9), lambda ws: ws.pop(),
+                   lambda ws: ws.remove(5), lambda ws: ws.sort(reverse=True), lambda ws: ws.reverse(), lambda ws: ws.clear(),
+                   lambda ws: ws.__setitem__(0, 9), lambda ws: ws.__delitem__(0), lambda ws: ws.__iadd__([9])):
+        workers = Workers(np.array([5, 2, 7]))
+        assert workers == [5, 2, 7] and worker_array(workers) is workers.array
+        change(workers)
+        assert workers.array is None and worker_array(workers).tolist() == list(workers)
+    assert worker_array([3, 1]).tolist() == [3, 1]
+    with pytest.raises(ValueError):
+        Workers(np.array([1, 2])).array[0] = 5  # (read-only: the list and the array always agree)

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..scenario.config import Scenario
 
-__all__ = ["ServerPolicy", "Decision", "MODEL_UPDATES", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
+__all__ = ["ServerPolicy", "Decision", "Workers", "worker_array", "MODEL_UPDATES", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
            "PULLING", "COMPUTING", "AT_SERVER", "HELD", "STOPPED", "DOWN"]
 
 # What an update does with what it combines (see `ServerPolicy.model_update`).
@@ -96,6 +96,42 @@ class Stop:
 
 
 Decision = Apply | Serve | Read | Hold | Pull | Keep | Cancel | Stop
+
+
+class Workers(list):
+    """A list of worker ids that also holds them as a (read-only) numpy array, so that a driver
+    acting on thousands of workers at once need not convert the list (`worker_array`). The
+    policies' helpers build it (`ServerPolicy.computing_on`); any change to the list drops the
+    array, so it can never disagree with the list."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, workers: np.ndarray) -> None:
+        super().__init__(workers.tolist())
+        self.array: np.ndarray | None = workers.view()
+        self.array.flags.writeable = False
+
+
+def _dropping_the_array(name: str):  # type: ignore[no-untyped-def]
+    change = getattr(list, name)
+
+    def changed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.array = None
+        return change(self, *args, **kwargs)
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "__setitem__", "__delitem__",
+              "__iadd__", "__imul__"):
+    setattr(Workers, _name, _dropping_the_array(_name))
+
+
+def worker_array(workers: list[int]) -> np.ndarray:
+    """``workers`` as a numpy array of ids (without a copy for a `Workers` list)."""
+    array = workers.array if isinstance(workers, Workers) else None
+    return array if array is not None else np.fromiter(workers, np.int64, len(workers))
 
 
 class ServerPolicy:
@@ -198,7 +234,7 @@ class ServerPolicy:
             elif kind is Keep:
                 self.state[decision.worker] = COMPUTING
             elif kind is Stop and decision.workers:
-                self.state[np.fromiter(decision.workers, np.int64, len(decision.workers))] = STOPPED
+                self.state[worker_array(decision.workers)] = STOPPED
         return decisions
 
     # ---- hooks ----------------------------------------------------------------------------------
@@ -233,7 +269,7 @@ class ServerPolicy:
         running = (self.round_of == round_) & ((state == COMPUTING) | (state == PULLING))
         if 0 <= besides < self.workers:
             running[besides] = False
-        return np.flatnonzero(running).tolist()
+        return Workers(np.flatnonzero(running))
 
 
 def _reads_in_bulk(cls: type[ServerPolicy]) -> bool:

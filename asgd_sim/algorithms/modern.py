@@ -28,7 +28,7 @@ import numpy as np
 
 from ..scenario.config import Scenario
 from .asynchronous import AsyncPolicy, KBatchAsyncPolicy
-from .base import COMPUTING, Apply, Decision, Read, Serve, Stop
+from .base import COMPUTING, Apply, Decision, Read, Serve, Stop, Workers
 from .rounds import KBatchSyncPolicy
 
 __all__ = ["RennalaPolicy", "RingmasterPolicy", "FedBuffPolicy", "FedAsyncPolicy"]
@@ -88,15 +88,17 @@ class RingmasterPolicy(AsyncPolicy):
         """Stop the computations that have now seen R updates, and restart them at this point."""
         if not self.stops:
             return []
-        stopped: list[int] = []
+        parts: list[np.ndarray] = []
         started, limit = self.started, version - self.threshold
         while started and started[0][0] <= limit:
             _, worker, serial = started.popleft()
             if isinstance(worker, np.ndarray):  # workers that read together: those still computing on it
-                live = (serial == self.serial[worker]) & (self.state[worker] == COMPUTING)
-                stopped.extend(worker[live].tolist())
+                parts.append(worker[(serial == self.serial[worker]) & (self.state[worker] == COMPUTING)])
             elif serial == self.serial[worker] and self.state[worker] == COMPUTING:
-                stopped.append(worker)
+                parts.append(np.array([worker], np.int64))
+        if not parts:
+            return []
+        stopped = Workers(np.concatenate(parts))
         return [Stop(stopped), Serve(stopped)] if stopped else []
 
 

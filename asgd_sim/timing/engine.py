@@ -34,6 +34,7 @@ import numpy as np
 import simpy
 
 from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
+from ..algorithms.base import worker_array
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
@@ -274,7 +275,7 @@ class TimingEngine:
         reads now, and the held or stopped ones resume. With callbacks, each row of stopped workers
         is served in one step (`CallbackLoop.resume_many`, `ServerPolicy.read_many`)."""
         if self.callbacks and pull == "read" and len(wids) >= CallbackLoop.BULK:
-            named = np.fromiter(wids, np.int64, len(wids))
+            named = worker_array(wids)
             stopped = self.loop.resumable(named)  # type: ignore[union-attr]
             if stopped is not None:
                 lo = 0

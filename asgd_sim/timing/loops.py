@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 
+from ..algorithms.base import worker_array
 from ..trace import CANCELLED, TraceBuilder
 from .cohorts import Run, WorkerTable
 from .events import RESTARTED, Timeout
@@ -452,7 +453,7 @@ class CallbackLoop:
                 if w.alive and (table.detached[wid] or w.interruptible):
                     self.stop(w)
             return
-        named = np.fromiter(wids, np.int64, len(wids))
+        named = worker_array(wids)
         detached = table.detached[named]
         for wid in named[~detached].tolist():
             w = workers[wid]
