@@ -246,14 +246,30 @@ class WavePlanner:
         versions, logical = self.versions.copy(), self.logical_updates()
         read_slots = np.zeros((len(gids), S), np.int32)
         write_slots = np.zeros(stop - start, np.int32)
-        bounds, r, n, cut = [0], 0, stop - start, False
+
+        def settle(w0: int, r: int) -> None:
+            """The slots of the waves of rows [w0, r): the versions they write, then those they read
+            (in one step for many waves: a wave reads only versions that exist at its start,
+            written before or by an earlier wave, and a new version takes a free slot, never one
+            a version still to be read holds; so the slots are those of wave after wave)."""
+            for s in range(S):
+                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
+                write_slots[mine] = self.slots.store(s, new_version[mine])
+            m0, m1 = offsets[w0] - first, offsets[r] - first
+            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
+
+        free = self.slots.free_slots()
+        bounds, r, n, cut, settled = [0], 0, stop - start, False, 0
         if self.pooling:  # shared-read rows are `plan_pooled`'s, whichever call they fall in
             shared = np.flatnonzero(self.shared_reads(tr, start, stop))
             n = int(shared[0]) if shared.size else n
         while r < n and len(bounds) <= self.waves_per_call and not cut:
-            if self.slots.free_slots() < R:
+            if free < R:
+                settle(settled, r)
+                settled = r
                 self._collect(tr, start + r, versions)
-                if self.slots.free_slots() < R:
+                free = self.slots.free_slots()
+                if free < R:
                     break  # the next call grows the history
             w0 = r
             if S == 1:  # the common case, on plain ints
@@ -264,6 +280,7 @@ class WavePlanner:
                         cut = True
                         break
                 versions[0] = now
+                free -= r - w0
             else:
                 base = versions.copy()
                 while r < n and r - w0 < R and (need[r] <= base).all():
@@ -272,15 +289,12 @@ class WavePlanner:
                     if _ends_call(int(versions.min()), logical, eval_every, limit):
                         cut = True
                         break
+                pending = np.bincount(shard[settled:r], minlength=S).tolist()
+                free = min(len(f) - c for f, c in zip(self.slots.free, pending))
             if r == w0:
                 raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
-            # The versions this wave reads (before any of its writes), then the slots it writes.
-            m0, m1 = offsets[w0] - first, offsets[r] - first
-            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
-            for s in range(S):
-                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
-                write_slots[mine] = self.slots.store(s, new_version[mine])
             bounds.append(r)
+        settle(settled, r)
         return np.array(bounds), read_slots, write_slots, versions
 
     # ---- rows whose gradients all read the parameters just before them -------------------------

@@ -30,9 +30,11 @@ from contextlib import contextmanager
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
+from ..algorithms.base import worker_array
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
@@ -102,6 +104,7 @@ class TimingEngine:
         else:
             links = (self.push_links, self.pull_links) if not self.fast_network else (None, None)
             self.loop = ProcessLoop(self, self.workers, self.network, self.msg_bytes, *links)
+        self.callbacks = isinstance(self.loop, CallbackLoop)
         self.loop.start()
 
     # ---- server: reads and applies -----------------------------------------------------------
@@ -236,18 +239,7 @@ class TimingEngine:
                 yield from self._apply_all(decision.gids, decision.weights, w.wid)
                 yield from self._carry_out(w, gids, self.policy.applied(w.wid), t_arrive)
             elif kind is Serve:
-                loop = self.loop
-                for wid in decision.workers:
-                    other = self.workers[wid]
-                    if other is w or other.waiting:
-                        self._piggyback(other, other.arrived if decision.pull == "arrival" else None)
-                        if other is not w:
-                            other.waiting = False
-                            if loop.resumes(other):
-                                loop.resume(other)  # (stopped workers restart together)
-                            else:
-                                loop.served_other()
-                                other.wake.succeed(RESTARTED)  # type: ignore[union-attr]
+                self._serve(w, decision.workers, decision.pull)
             elif kind is Read:
                 for wid in decision.workers:
                     other = self.workers[wid]
@@ -275,12 +267,54 @@ class TimingEngine:
                 for gid in decision.gids:
                     self.trace.fate[gid] = CANCELLED
             elif kind is Stop:
-                for wid in decision.workers:
-                    other = self.workers[wid]
-                    if other.alive and other.interruptible:
-                        self.loop.stop(other)
+                if self.callbacks:
+                    self.loop.stop_many(decision.workers)  # type: ignore[union-attr]
+                else:
+                    for wid in decision.workers:
+                        other = self.workers[wid]
+                        if other.alive and other.interruptible:
+                            self.loop.stop(other)
             else:
                 raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
+
+    def _serve(self, w: WorkerState | None, wids: list[int], pull: str) -> None:
+        """Serve ``wids`` in order: the pusher ``w`` and every held or stopped worker among them
+        reads now, and the held or stopped ones resume. With callbacks, each row of stopped workers
+        is served in one step (`CallbackLoop.resume_many`, `ServerPolicy.read_many`)."""
+        if self.callbacks and pull == "read" and len(wids) >= CallbackLoop.BULK:
+            named = worker_array(wids)
+            stopped = self.loop.resumable(named)  # type: ignore[union-attr]
+            if stopped is not None:
+                lo = 0
+                for i in [*np.flatnonzero(~stopped).tolist(), len(named)]:
+                    if i > lo:
+                        self._resume_many(named[lo:i])
+                    if i < len(named):
+                        self._serve_one(w, self.workers[wids[i]], pull)
+                    lo = i + 1
+                return
+        for wid in wids:
+            self._serve_one(w, self.workers[wid], pull)
+
+    def _serve_one(self, w: WorkerState | None, other: WorkerState, pull: str) -> None:
+        loop = self.loop
+        stopped = other is not w and loop.resumes(other)
+        if other is w or other.waiting or stopped:
+            self._piggyback(other, other.arrived if pull == "arrival" else None)
+            if other is not w:
+                other.waiting = False
+                if stopped:
+                    loop.resume(other)  # (stopped workers restart together)
+                else:
+                    loop.served_other()
+                    other.wake.succeed(RESTARTED)  # type: ignore[union-attr]
+
+    def _resume_many(self, wids: np.ndarray) -> None:
+        """`_serve_one` for stopped workers ``wids`` (distinct), served in a row."""
+        now = self.env.now
+        read = (now, now, self.server.versions())
+        self.policy.read_many(wids)
+        self.loop.resume_many(wids, read)  # type: ignore[union-attr]
 
     def _read_for(self, w: WorkerState, pull: str) -> Generator:
         """``w`` reads for itself: a request served as it arrives (rw: after a write in progress)."""
@@ -336,6 +370,8 @@ class TimingEngine:
         return self.result(time.perf_counter() - started)
 
     def result(self, wall_time_s: float = 0.0) -> TimingResult:
+        if self.callbacks:
+            self.loop.table.sync()  # type: ignore[union-attr]
         meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
         return TimingResult(trace=self.trace.freeze(meta), stopped=self.stopped or "running", sim_time=float(self.env.now),
                             wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
