@@ -217,3 +217,29 @@ def test_event_rows_write_valid_json() -> None:
     assert [e["i"] for e in data["traceEvents"][:4]] == [1, -2, 3, 4]
     assert data["traceEvents"][4:] == [{"a": 1}, {"b": 2}] and data["other"] == {"x": [1, None]}
     assert out.count == 6
+
+
+def test_cli_writes_any_window_of_a_run_folder(tmp_path, capsys) -> None:
+    from asgd_sim.cli import main
+    from asgd_sim.results.folder import write_run
+
+    result = run_timing(make_scenario(group(Exponential(1.0), 4), updates=300, latency=0.01))
+    parts = write_run(result, tmp_path / "run")
+    assert {"plots", "trace", "timeline", "other", "total"} <= parts.keys()
+    assert main(["timeline", str(tmp_path / "run"), "--all"]) == 0
+    printed = capsys.readouterr().out
+    assert f"timeline-all.json: {result.trace.num_gradients:,} of {result.trace.num_gradients:,} gradients" in printed
+    _, checked = _timeline(result.trace, tmp_path)  # the default window of this small run is all of it
+    full = json.loads((tmp_path / "run" / "timeline-all.json").read_text())
+    assert len(full["traceEvents"]) == sum(len(s) for s in checked["tracks"].values()) + len(checked["flows"]) * 2 + sum(
+        len(c) for c in checked["counters"].values()) + sum(1 for e in full["traceEvents"] if e["ph"] == "M")
+    assert main(["timeline", str(tmp_path / "run"), "--start", "10", "--end", "20", "--out", str(tmp_path / "w.json")]) == 0
+    window = json.loads((tmp_path / "w.json").read_text())["otherData"]["asgd_sim"]
+    assert window["gradients_shown"] == int(np.sum((result.trace.t_pull >= 10) & (result.trace.t_pull < 20)))
+    # Bad input: one line naming the flag, exit 2.
+    for argv, flag in ((["--end", "5", "--start", "6"], "--end"), (["--max-gradients", "0"], "--max-gradients"),
+                       (["--all", "--max-gradients", "5"], "--max-gradients")):
+        assert main(["timeline", str(tmp_path / "run"), *argv]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {flag} = ")
+    assert main(["timeline", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err

@@ -37,7 +37,7 @@ import numpy as np
 from ..trace import APPLIED, CANCELLED, DROPPED, Trace
 from .chrome_trace import EventRows, Thousandths, assign_lanes, csr_positions, joined_lists, nanoseconds, thousandths
 
-__all__ = ["write_timeline", "timeline_window", "DEFAULT_MAX_GRADIENTS", "WORKERS_PID", "SERVER_PID", "QUEUE_PID"]
+__all__ = ["write_timeline", "timeline_window", "timeline_extent", "DEFAULT_MAX_GRADIENTS", "WORKERS_PID", "SERVER_PID", "QUEUE_PID"]
 
 WORKERS_PID, SERVER_PID, QUEUE_PID = 1, 2, 3
 DEFAULT_MAX_GRADIENTS = 50_000
@@ -67,6 +67,19 @@ def timeline_window(trace: Trace, max_gradients: int | None = DEFAULT_MAX_GRADIE
     return gids, rows, end
 
 
+def timeline_extent(trace: Trace, gids: np.ndarray | None = None, rows: np.ndarray | None = None, start: float = 0.0,
+                    end: float | None = None) -> dict[str, Any]:
+    """What a timeline of ``trace`` holds (the default window when ``gids`` is None): the
+    ``otherData`` of its file, and what ``asgd-sim run`` prints of it."""
+    if gids is None or rows is None:
+        gids, rows, end = timeline_window(trace)
+    end = None if end is None or math.isinf(end) else float(end)
+    return {"gradients_shown": len(gids), "gradients_total": trace.num_gradients, "update_rows_shown": len(rows),
+            "update_rows_total": trace.num_update_rows, "window_s": [float(start), end],
+            "truncated": bool(len(gids) < trace.num_gradients or len(rows) < trace.num_update_rows),
+            "full_timeline": "asgd-sim timeline RUN_DIR --all"}
+
+
 class _Slices:
     """Slices of one process (one row template each), then given their tracks together: a track
     per key (worker or shard), with more lanes where slices would partially overlap."""
@@ -75,13 +88,15 @@ class _Slices:
         self.parts: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, key: np.ndarray, start: np.ndarray, end: np.ndarray, mask: np.ndarray, *,
-            keep_empty: bool = False, **columns: np.ndarray) -> None:
-        """Slices ``name`` over [start, end) where ``mask``; empty ones only with ``keep_empty``."""
-        ok = mask & ((end >= start) if keep_empty else (end > start))
-        if not columns:  # the same slice twice on one track says nothing more (two gradients of one update)
-            ok = np.flatnonzero(ok)
-            _, first = np.unique(np.stack([key[ok], start[ok], end[ok]]), axis=1, return_index=True)
-            ok = ok[np.sort(first)]
+            keep_empty: bool = False, merge_equal: bool = False, **columns: np.ndarray) -> None:
+        """Slices ``name`` over [start, end) where ``mask``; empty ones only with ``keep_empty``;
+        with ``merge_equal`` one slice for each distinct (key, start, end): the apply of two
+        gradients of one worker in one update is one apply on its track."""
+        ok = np.flatnonzero(mask & ((end >= start) if keep_empty else (end > start)))
+        if merge_equal and len(ok) > 1:
+            order = ok[np.lexsort((end[ok], start[ok], key[ok]))]
+            repeat = (key[order[1:]] == key[order[:-1]]) & (start[order[1:]] == start[order[:-1]]) & (end[order[1:]] == end[order[:-1]])
+            ok = np.sort(order[np.r_[True, ~repeat]])
         self.parts[name] = {"key": key[ok], "start": start[ok], "end": end[ok], **{k: v[ok] for k, v in columns.items()}}
 
     def lay_out(self) -> int:
@@ -126,9 +141,11 @@ def write_timeline(trace: Trace, path: str | Path, max_gradients: int | None = D
 
     queue = _Slices()  # each push once it reached the server
     queue.add("wait", worker, t["t_arrive"], t["t_lock"], pushes & finite["t_arrive"] & finite["t_lock"])
-    queue.add("apply", worker, t["t_lock"], t["t_applied"], pushes & (fate == APPLIED) & finite["t_lock"] & finite["t_applied"])
+    queue.add("apply", worker, t["t_lock"], t["t_applied"], pushes & (fate == APPLIED) & finite["t_lock"] & finite["t_applied"],
+              merge_equal=True)
     dropped_end = np.where(finite["t_applied"], t["t_applied"], t["t_lock"])  # (dropped on every shard: an instant)
-    queue.add("dropped", worker, t["t_lock"], dropped_end, pushes & (fate == DROPPED) & finite["t_lock"], keep_empty=True)
+    queue.add("dropped", worker, t["t_lock"], dropped_end, pushes & (fate == DROPPED) & finite["t_lock"], keep_empty=True,
+              merge_equal=True)
     queue_lanes = queue.lay_out()
 
     shards = _Slices()  # each update's lock hold
@@ -147,11 +164,7 @@ def write_timeline(trace: Trace, path: str | Path, max_gradients: int | None = D
         flows = _write_flows(out, trace, workers.parts["compute"], shards.parts["update"])
         _write_staleness(out, trace, shards.parts["update"])
         _write_waiting(out, t["t_arrive"][pushes & finite["t_arrive"]], t["t_lock"][pushes & finite["t_arrive"] & finite["t_lock"]])
-        info = {"gradients_shown": len(gids), "gradients_total": trace.num_gradients, "update_rows_shown": len(rows),
-                "update_rows_total": trace.num_update_rows, "flows": flows,
-                "window_s": [float(start), None if math.isinf(window_end) else float(window_end)],
-                "truncated": bool(len(gids) < trace.num_gradients or len(rows) < trace.num_update_rows),
-                "full_timeline": "asgd-sim timeline RUN_DIR --all"}
+        info = {**timeline_extent(trace, gids, rows, start, window_end), "flows": flows}
         last = _write_names(out, trace, (workers, worker_lanes), (queue, queue_lanes), (shards, shard_lanes))
         out.close(last, displayTimeUnit="ms", otherData={"asgd_sim": info})
     info["events"] = out.count
