@@ -161,21 +161,36 @@ def test_lock_free_concurrent_updates_go_to_lanes(tmp_path) -> None:
 
 
 def test_a_window_of_a_big_run(tmp_path) -> None:
-    trace = run_timing(make_scenario(group(Exponential(1.0), 10), updates=2_000, latency=0.01, apply=0.001)).trace
-    gids, rows, end = timeline_window(trace, max_gradients=500)
-    assert len(gids) == 500 and np.all(trace.t_pull[gids] < end) and np.sum(trace.t_pull < end) == 500
-    assert np.array_equal(rows, np.flatnonzero(trace.u_lock < end))
-    info, checked = _timeline(trace, tmp_path, max_gradients=500)
-    assert info["truncated"] and info["gradients_shown"] == 500 and info["window_s"] == [0.0, end]
+    trace = run_timing(make_scenario(group(Exponential(1.0), 10), updates=2_000, latency=0.01, apply=0.001, shards=2)).trace
+    gids, rows, end = timeline_window(trace, limit=900)
+    # The window ends at a pull time; it holds every gradient pulled and every row locked before it,
+    # as many as fit in 900, and the next gradient would not fit.
+    assert np.array_equal(gids, np.flatnonzero(trace.t_pull < end)) and np.array_equal(rows, np.flatnonzero(trace.u_lock < end))
+    assert len(gids) + len(rows) <= 900
+    after = np.min(trace.t_pull[trace.t_pull > end])
+    assert np.sum(trace.t_pull <= end) + np.sum(trace.u_lock < after) > 900
+    assert end in trace.t_pull
+    info, checked = _timeline(trace, tmp_path, limit=900)
+    assert info["truncated"] and info["gradients_shown"] == len(gids) and info["window_s"] == [None, end]
     computes = _slices(checked, WORKERS_PID, "compute")
     assert {e["args"]["gid"] for e in computes} == set(gids.tolist())
+    assert len(_slices(checked, SERVER_PID)) == len(rows)
     # A window in the middle, everything in it.
-    info, checked = _timeline(trace, tmp_path, max_gradients=None, start=50.0, end=60.0)
+    info, checked = _timeline(trace, tmp_path, limit=None, start=50.0, end=60.0)
     shown = np.flatnonzero((trace.t_pull >= 50.0) & (trace.t_pull < 60.0))
     assert info["gradients_shown"] == len(shown) and info["window_s"] == [50.0, 60.0]
     assert {e["args"]["gid"] for e in _slices(checked, WORKERS_PID, "compute")} == set(shown.tolist())
     # Flows only between slices both in the window.
     assert all(s["args"]["gid"] in shown for s, _ in checked["flows"].values())
+
+
+def test_an_empty_trace_is_a_valid_timeline(tmp_path) -> None:
+    from asgd_sim.trace import TraceBuilder
+
+    info = write_timeline(TraceBuilder(2).freeze({"workers": 3}), tmp_path / "empty.json")
+    data = json.loads((tmp_path / "empty.json").read_text())
+    assert info["gradients_shown"] == 0 and info["flows"] == 0
+    assert {e["ph"] for e in data["traceEvents"]} == {"M"}
 
 
 def test_local_steps_push_once_per_period(tmp_path) -> None:
@@ -237,8 +252,7 @@ def test_cli_writes_any_window_of_a_run_folder(tmp_path, capsys) -> None:
     window = json.loads((tmp_path / "w.json").read_text())["otherData"]["asgd_sim"]
     assert window["gradients_shown"] == int(np.sum((result.trace.t_pull >= 10) & (result.trace.t_pull < 20)))
     # Bad input: one line naming the flag, exit 2.
-    for argv, flag in ((["--end", "5", "--start", "6"], "--end"), (["--max-gradients", "0"], "--max-gradients"),
-                       (["--all", "--max-gradients", "5"], "--max-gradients")):
+    for argv, flag in ((["--end", "5", "--start", "6"], "--end"), (["--limit", "0"], "--limit"), (["--all", "--limit", "5"], "--limit")):
         assert main(["timeline", str(tmp_path / "run"), *argv]) == 2
         assert capsys.readouterr().err.startswith(f"error: {flag} = ")
     assert main(["timeline", str(tmp_path)]) == 2

@@ -20,10 +20,11 @@ queued at once), the later ones go to a lane of their own (``worker 3 (g0) #2``)
 (flow events ``s`` / ``f``, bound to the enclosing slices) go from each gradient's compute to every
 update that applied it.
 
-Big runs: by default the timeline holds the first `DEFAULT_MAX_GRADIENTS` gradients by pull time
-and the updates locked in that window (``otherData`` says what was kept); ``asgd-sim timeline
-RUN_DIR --all`` (or ``--start`` / ``--end``) writes any window, or all of it, from the run's
-Parquet trace, which always holds every gradient.
+Big runs: by default the timeline holds the start of the run, up to `DEFAULT_LIMIT` gradients and
+update rows together (the gradients pulled first and the updates locked before the next pull:
+50,000 gradients of a one-shard asynchronous run, ~50 MB); ``otherData`` says what was kept and
+``asgd-sim run`` prints it. ``asgd-sim timeline RUN_DIR --all`` (or ``--start`` / ``--end``)
+writes all of it, or any window, from the run's Parquet trace, which always holds every gradient.
 """
 
 from __future__ import annotations
@@ -37,45 +38,51 @@ import numpy as np
 from ..trace import APPLIED, CANCELLED, DROPPED, Trace
 from .chrome_trace import EventRows, Thousandths, assign_lanes, csr_positions, joined_lists, nanoseconds, thousandths
 
-__all__ = ["write_timeline", "timeline_window", "timeline_extent", "DEFAULT_MAX_GRADIENTS", "WORKERS_PID", "SERVER_PID", "QUEUE_PID"]
+__all__ = ["write_timeline", "timeline_window", "timeline_extent", "DEFAULT_LIMIT", "WORKERS_PID", "SERVER_PID", "QUEUE_PID"]
 
 WORKERS_PID, SERVER_PID, QUEUE_PID = 1, 2, 3
-DEFAULT_MAX_GRADIENTS = 50_000
+DEFAULT_LIMIT = 100_000  # gradients and update rows together: ~50 MB of JSON
 # Compute slices, update slices and the flows between them share one category: DevTools binds a
 # flow event to the slice with its category, thread and timestamp (Perfetto to the enclosing slice).
 _CAT = '"cat":"gradient"'
 
 
-def timeline_window(trace: Trace, max_gradients: int | None = DEFAULT_MAX_GRADIENTS, start: float = 0.0,
+def timeline_window(trace: Trace, limit: int | None = DEFAULT_LIMIT, start: float | None = None,
                     end: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(gradient ids, update rows, end of the window): the gradients pulled in [start, end), at most
-    ``max_gradients`` of them (the earliest pulled: the window then ends where the first one left
-    out was pulled), and the update rows locked in the window."""
+    """(gradient ids, update rows, end of the window): the gradients pulled in [start, end) (None:
+    from the first, to the last) and the update rows locked in it, at most ``limit`` of the two
+    together: then the window ends at the latest pull time that keeps them within the limit
+    (the earliest gradients, and the rows locked before it)."""
     t_pull = trace.times["t_pull"]
+    start = -math.inf if start is None else float(start)
     end = math.inf if end is None else float(end)
     gids = np.flatnonzero((t_pull >= start) & (t_pull < end))
-    if max_gradients is not None and len(gids) > max_gradients:
-        by_time = gids[np.lexsort((gids, t_pull[gids]))]
-        cut = float(t_pull[by_time[max_gradients]])
-        kept = by_time[:max_gradients]
-        before = kept[t_pull[kept] < cut]
-        # Gradients pulled at the cut itself go together (a round's pulls share one instant), unless
-        # nothing else would be left.
-        kept, end = (before, cut) if len(before) else (kept, math.nextafter(cut, math.inf))
-        gids = np.sort(kept)
     rows = np.flatnonzero((trace.u_lock >= start) & (trace.u_lock < end))
+    if limit is not None and len(gids) + len(rows) > limit:
+        by_time = gids[np.lexsort((gids, t_pull[gids]))]
+        cuts = t_pull[by_time]
+        # Ending the window at cuts[k] keeps the k gradients before it and the rows locked before it.
+        shown = np.arange(len(cuts)) + np.searchsorted(np.sort(trace.u_lock[rows]), cuts, side="left")
+        k = int(np.searchsorted(shown, limit, side="right")) - 1
+        if k >= 1:
+            end = float(cuts[k])
+            gids = np.sort(by_time[:k][cuts[:k] < end])  # (pulls at the cut itself all go: a round's share one instant)
+        else:  # not even one gradient fits: the first instant's gradients alone
+            end = math.nextafter(float(cuts[0]), math.inf)
+            gids = np.sort(by_time[cuts <= cuts[0]])
+        rows = rows[trace.u_lock[rows] < end]
     return gids, rows, end
 
 
-def timeline_extent(trace: Trace, gids: np.ndarray | None = None, rows: np.ndarray | None = None, start: float = 0.0,
-                    end: float | None = None) -> dict[str, Any]:
+def timeline_extent(trace: Trace, gids: np.ndarray | None = None, rows: np.ndarray | None = None,
+                    start: float | None = None, end: float | None = None) -> dict[str, Any]:
     """What a timeline of ``trace`` holds (the default window when ``gids`` is None): the
     ``otherData`` of its file, and what ``asgd-sim run`` prints of it."""
     if gids is None or rows is None:
         gids, rows, end = timeline_window(trace)
     end = None if end is None or math.isinf(end) else float(end)
     return {"gradients_shown": len(gids), "gradients_total": trace.num_gradients, "update_rows_shown": len(rows),
-            "update_rows_total": trace.num_update_rows, "window_s": [float(start), end],
+            "update_rows_total": trace.num_update_rows, "window_s": [None if start is None else float(start), end],
             "truncated": bool(len(gids) < trace.num_gradients or len(rows) < trace.num_update_rows),
             "full_timeline": "asgd-sim timeline RUN_DIR --all"}
 
@@ -116,11 +123,11 @@ class _Slices:
         return np.unique(np.concatenate([p["tid"] for p in self.parts.values()]))
 
 
-def write_timeline(trace: Trace, path: str | Path, max_gradients: int | None = DEFAULT_MAX_GRADIENTS, *,
-                   start: float = 0.0, end: float | None = None) -> dict[str, Any]:
+def write_timeline(trace: Trace, path: str | Path, limit: int | None = DEFAULT_LIMIT, *,
+                   start: float | None = None, end: float | None = None) -> dict[str, Any]:
     """Write the timeline of the window `timeline_window` picks to ``path``; returns what it
     kept (also in the file's ``otherData``)."""
-    gids, rows, window_end = timeline_window(trace, max_gradients, start, end)
+    gids, rows, window_end = timeline_window(trace, limit, start, end)
     seconds = {name: values[gids] for name, values in trace.times.items()}
     finite = {name: np.isfinite(values) for name, values in seconds.items()}
     t = {name: nanoseconds(values) for name, values in seconds.items()}
