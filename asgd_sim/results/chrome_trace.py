@@ -129,7 +129,9 @@ class EventRows:
             if not isinstance(joined, pa.Array):
                 joined = joined.combine_chunks()
             # The rows' text is one contiguous buffer: write the bytes between the first and last offsets.
-            offsets = np.frombuffer(joined.buffers()[1], np.int32, count=len(joined) + 1, offset=4 * joined.offset)
+            width = 8 if pa.types.is_large_string(joined.type) else 4
+            offsets = np.frombuffer(joined.buffers()[1], np.int64 if width == 8 else np.int32, count=len(joined) + 1,
+                                    offset=width * joined.offset)
             self.handle.write(memoryview(joined.buffers()[2])[int(offsets[0]):int(offsets[-1])])
         self.count += n
 
