@@ -34,9 +34,9 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
     }, name="ray-faults")
     killed = threading.Event()
 
-    def kill_one(workers: list) -> None:
+    def kill_one(actors) -> None:
         def kill() -> None:
-            ray.kill(workers[1])
+            ray.kill(actors.workers[1])
             killed.set()
         threading.Timer(0.5, kill).start()
 
@@ -203,3 +203,69 @@ def test_sweep_runs_its_points_as_ray_tasks(local_ray, tmp_path: Path) -> None:
     before = marker.stat().st_mtime_ns
     assert main([*common, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
     assert marker.stat().st_mtime_ns == before
+
+
+def _wait_for(condition, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_ray_coordinator_and_shard_actors_come_back_from_the_last_checkpoint(local_ray, tmp_path: Path) -> None:
+    # Kill the coordinator (ray.kill) past the checkpoint at 100 updates, then, once the recovered
+    # run is past 200, kill shard 1's process (SIGKILL). Each time the run goes back to its latest
+    # checkpoint and on to the end: every update of the final trace replays exactly, what came
+    # after each checkpoint is dropped (and listed), and the evaluations taken before survive.
+    import os
+    import signal
+
+    from asgd_sim.runner import run_scenario
+
+    sc = scenario_from_dict({
+        "model": {"name": "logreg"}, "run": {"until_updates": 400, "eval_every": 50},
+        "workers": [{"count": 2, "compute": 0.01}], "server": {"shards": 2, "lock": "shard", "checkpoint_every": 50},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }, name="ray-recover")
+    seen: dict = {"errors": []}
+
+    def updates(actor) -> int:
+        return ray.get(actor.status.remote())[1]
+
+    def attack(actors) -> None:
+        def go() -> None:
+            try:
+                first = actors.coordinator
+                _wait_for(lambda: updates(first) >= 130)
+                ray.kill(first, no_restart=False)
+                _wait_for(lambda: actors.coordinator is not first and updates(actors.coordinator) >= 230)
+                info = ray.get(actors.shards[1].info.remote())
+                seen["shard_pid"] = info["pid"]
+                os.kill(info["pid"], signal.SIGKILL)
+            except Exception as error:  # noqa: BLE001 - reported by the test below
+                seen["errors"].append(repr(error))
+        threading.Thread(target=go, daemon=True).start()
+
+    out = tmp_path / "run"
+    result = run_scenario(sc, out, backend="ray", emulate=True, on_start=attack)
+    assert not seen["errors"], seen["errors"]
+    assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 400
+    recoveries = result.summary["backend"]["recoveries"]
+    assert [r["lost"] for r in recoveries] == ["the coordinator", "shard 1"], recoveries
+    for r in recoveries:  # back to a checkpoint of this run, at most one checkpoint interval behind the loss
+        assert r["from_update"] % 50 == 0 and 100 <= r["from_update"] <= r["updates"], r
+    assert recoveries[1]["from_update"] >= 200
+    trace = Trace.load(out)
+    check_trace(trace)
+    assert trace.meta["recoveries"] == recoveries
+    # The final trace has each version once: what the lost actors did after the checkpoint is gone.
+    for shard in (0, 1):
+        assert (trace.u_shard == shard).sum() >= 400
+    # The new shard 1 is another process; the evaluations before the checkpoints are all there.
+    assert {a["shard"]: a["pid"] for a in result.summary["backend"]["shard_actors"]}[1] != seen["shard_pid"]
+    assert result.metrics["update"].tolist() == list(range(0, 401, 50))
+    diff, _ = replay_max_diff(out)
+    assert diff <= 1e-6, diff
