@@ -269,3 +269,66 @@ def test_ray_coordinator_and_shard_actors_come_back_from_the_last_checkpoint(loc
     assert result.metrics["update"].tolist() == list(range(0, 401, 50))
     diff, _ = replay_max_diff(out)
     assert diff <= 1e-6, diff
+
+
+def _ray_task_processes(function: str) -> list[int]:
+    """Pids of the Ray worker processes now running ``function`` (their title is ray::<function>)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(f"ray::{function}".encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_sweep_on_ray_records_a_dead_task_and_retry_failed_completes_it(local_ray, tmp_path: Path) -> None:
+    # Two runs; the long one's process is killed every time Ray (re)tries it (SIGKILL, as the
+    # OOM killer would): the sweep commits it as failed and goes on, and --retry-failed runs it.
+    import json
+    import os
+    import signal
+    import time
+
+    import pandas as pd
+
+    from asgd_sim.cli import main
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text('[run]\nuntil_updates = 100\n[[workers]]\ncount = 3\ncompute = { dist = "exponential", mean = 0.05 }\n')
+    out = tmp_path / "sweep"
+    command = ["sweep", str(scenario), "--timing-only", "--grid", "run.until_updates=50,10000", "--executor", "ray",
+               "--out", str(out), "--quiet"]
+    done, kills = threading.Event(), []
+
+    def killer() -> None:  # once the short run is committed, kill every process running a sweep task
+        while not done.is_set():
+            if any(json.loads(p.read_text())["values"]["run.until_updates"] == 50 for p in out.glob("runs/*/result.json")):
+                for pid in _ray_task_processes("_run_on_ray_node"):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert main(command) == 1  # a run failed
+    finally:
+        done.set()
+        thread.join()
+    table = pd.read_parquet(out / "runs.parquet").set_index("run")
+    assert sorted(table["status"]) == ["error", "ok"]
+    failed = table[table["status"] == "error"].iloc[0]
+    assert failed["run.until_updates"] == 10000 and "died 3 times" in failed["error"], failed["error"]
+    assert len(set(kills)) == 3, kills  # the first try and Ray's two retries
+    ok_marker = out / "runs" / table.index[table["status"] == "ok"][0] / "result.json"
+    before = ok_marker.stat().st_mtime_ns
+
+    assert main([*command, "--retry-failed"]) == 0
+    table = pd.read_parquet(out / "runs.parquet").set_index("run")
+    assert (table["status"] == "ok").all() and sorted(table["updates"]) == [50, 10000]
+    assert ok_marker.stat().st_mtime_ns == before  # only the failed run ran again
+    records = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
+    assert all(r["ray_node"] == ray.get_runtime_context().get_node_id() for r in records)  # (one node here)

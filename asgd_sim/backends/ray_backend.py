@@ -10,8 +10,13 @@
   buffers and SSP clocks, the lock policy, versions, the trace, checkpoints);
 - one actor per worker running `backends.worker.run_worker` against the coordinator.
 
-Shard and worker actors are spread over the cluster's nodes (Ray's "SPREAD" strategy); the
-coordinator goes where Ray places it. The driver (this process) watches them all.
+Shard and worker actors are spread over the cluster's nodes: shard s and worker w go to the
+(s mod N)-th and (w mod N)-th of the N living nodes that offer CPUs or GPUs (a head started with
+``--num-cpus=0`` is left alone), counted afresh whenever an actor is replaced, so a replacement
+goes to a living node. (Ray's "SPREAD" and soft node affinity both left actors that need no CPU
+on the driver's node.)
+The coordinator goes where Ray places it (usually the driver's node). The driver (this process)
+watches them all.
 
 Parameter and gradient bytes never pass through the coordinator: a worker sends each gradient's
 chunk for shard s straight to shard s's actor (inline in the call when small, through Ray's object
@@ -173,12 +178,13 @@ class _Driver:
         M, S = sc.num_workers, sc.server.shards
         # One actor per shard (its row, optimizer state and updates; one call at a time, so no
         # locks), a threaded coordinator (algorithm, locks, trace, checkpoints), one per worker.
-        self.Shard = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy="SPREAD")(ShardHost)
+        self.Shard = ray.remote(num_cpus=0, max_restarts=0)(ShardHost)
         self.Coordinator = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=4 * M + 2 * S + 16)(CoordinatorHost)
-        self.Worker = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy="SPREAD")(WorkerHost)
+        self.Worker = ray.remote(num_cpus=0, max_restarts=0)(WorkerHost)
         self.states = build_workers(sc, sc.network.latency)
         self.stall = stall_after if stall_after is not None else max(5.0, 50 * max(g.compute.mean for g in sc.workers))
         self.until_time = sc.run.until_time if sc.run.until_time is not None else math.inf
+        self.nodes = self._living_nodes()
         self.actors = RayActors(None, [self._new_shard(s) for s in range(S)])
         self.running: dict[Any, int] = {}  # the run call of each working worker -> its id
         self.restarts: list[tuple[float, int, Any]] = []  # (when, worker, ready) of pending restarts of dead actors
@@ -187,17 +193,31 @@ class _Driver:
         self.taken = 0  # evaluation points collected from the current coordinator
         self.recoveries: list[dict[str, Any]] = []
         self.resumed_from: dict[str, Any] | None = None
-        self.now, self.updates, self.pings, self.next_ping = 0.0, 0, {}, 0.0
+        self.now, self.updates, self.pings, self.next_ping, self.took_over = 0.0, 0, {}, 0.0, 0.0
         self.resume = resume
         # A checkpoint left in `out` by an earlier run is never recovered from (only this run's own)
         self.stale_pointer = None if resume else self._pointer()
         self.started = time.perf_counter()
 
+    def _living_nodes(self) -> list[str]:
+        """The ids of the living nodes that offer CPUs or GPUs (all living nodes if none do), sorted."""
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        working = [n for n in alive if n.get("Resources", {}).get("CPU", 0) > 0 or n.get("Resources", {}).get("GPU", 0) > 0]
+        return sorted(n["NodeID"] for n in (working or alive))
+
+    def _on_node(self, index: int) -> Any:
+        """Scheduling on the (index mod N)-th living node."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(self.nodes[index % len(self.nodes)], soft=False)
+
     def _new_shard(self, s: int) -> Any:
-        return self.Shard.remote(self.tree, self.sc.name, s, bool(self.sc.server.checkpoint_every))
+        return self.Shard.options(scheduling_strategy=self._on_node(s)).remote(
+            self.tree, self.sc.name, s, bool(self.sc.server.checkpoint_every))
 
     def _new_worker(self, wid: int) -> Any:
-        return self.Worker.remote(self.tree, self.sc.name, wid, self.emulate, self.actors.coordinator, self.actors.shards)
+        return self.Worker.options(scheduling_strategy=self._on_node(wid)).remote(
+            self.tree, self.sc.name, wid, self.emulate, self.actors.coordinator, self.actors.shards)
 
     def _pointer(self) -> str | None:
         path = self.out / "checkpoints" / POINTER if self.out is not None else None
@@ -251,8 +271,8 @@ class _Driver:
             return self._stop("until_time")
         self._watch_shards()
         ready, _ = ray.wait(list(self.running), timeout=POLL_S, num_returns=1)
-        for ref in ready:
-            wid = self.running.pop(ref)
+        for ref in ready:  # (a ref leaves `running` once handled: if the coordinator is lost meanwhile,
+            wid = self.running[ref]  # the recovery finds it there and reruns or replaces the worker)
             try:
                 ray.get(ref)
                 self.down.add(wid)  # its loop ended while the run goes on: it failed for good
@@ -261,15 +281,25 @@ class _Driver:
                 self._worker_died(wid, error)
             except ray.exceptions.RayActorError as error:  # the worker's actor died (killed, crashed, node lost)
                 self._worker_died(wid, error)
+            del self.running[ref]
         for entry in list(self.restarts):  # a fresh actor takes over once the down time is over and it is ready
             when, wid, ready_ref = entry
             if self.now >= when and ray.wait([ready_ref], timeout=0)[0]:
-                self.restarts.remove(entry)
+                try:
+                    node = ray.get(ready_ref)
+                except ray.exceptions.RayActorError as error:  # the fresh actor died too
+                    self._worker_died(wid, error)
+                    self.restarts.remove(entry)
+                    continue
                 self._ask(a.coordinator.worker_restarted.remote(wid), "the coordinator")
-                self.running[a.workers[wid].run.remote(True)] = wid
+                self.restarts.remove(entry)
+                a.nodes["workers"][wid] = node
+                self.running[a.workers[wid].run.remote(True, a.coordinator, a.shards)] = wid
+                self.took_over = self.now
         if not self.running and not self.restarts:
             return self._stop("stalled")
-        if self.now - last > self.stall and not self.restarts:
+        # (a worker that just took over has had no time to update yet: the stall clock restarts)
+        if self.now - max(last, self.took_over) > self.stall and not self.restarts:
             return self._stop("stalled")
         return False
 
@@ -319,6 +349,7 @@ class _Driver:
         a = self.actors
         self._ask(a.coordinator.worker_failed.remote(wid, [], f"actor died: {type(error).__name__}", down), "the coordinator")
         self.ray.kill(a.workers[wid], no_restart=True)  # (if it still lives)
+        self.nodes = self._living_nodes()
         if down is None:
             self.down.add(wid)
             return
@@ -357,6 +388,7 @@ class _Driver:
         old, old_now = a.coordinator, self.now
         ray.kill(old, no_restart=True)
         living = self._answering(a.shards)
+        self.nodes = self._living_nodes()
         for s, alive in enumerate(living):
             if not alive:
                 ray.kill(a.shards[s], no_restart=True)
@@ -400,7 +432,7 @@ class _Driver:
             nodes = [None] * len(rerun)
         for wid, node in zip(rerun, nodes):
             a.nodes["workers"][wid] = node
-        self.now = self._ask(a.coordinator.start_clock.remote(), "the coordinator")
+        self.now = self.took_over = self._ask(a.coordinator.start_clock.remote(), "the coordinator")
         # The restored coordinator counts every worker alive: tell it which are not.
         for wid in sorted(self.down):
             self._ask(a.coordinator.worker_failed.remote(wid, [], "down when the run was recovered", None), "the coordinator")
