@@ -322,7 +322,9 @@ def test_sweep_on_ray_records_a_dead_task_and_retry_failed_completes_it(local_ra
     assert sorted(table["status"]) == ["error", "ok"]
     failed = table[table["status"] == "error"].iloc[0]
     assert failed["run.until_updates"] == 10000 and "died 3 times" in failed["error"], failed["error"]
-    assert len(set(kills)) == 3, kills  # the first try and Ray's two retries
+    # The first try and Ray's two retries at least (the short run's process may be killed too,
+    # between its commit and its return: Ray's retries of it find it committed and keep it).
+    assert len(set(kills)) >= 3, kills
     ok_marker = out / "runs" / table.index[table["status"] == "ok"][0] / "result.json"
     before = ok_marker.stat().st_mtime_ns
 

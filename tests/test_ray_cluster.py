@@ -28,7 +28,7 @@ def two_nodes():
 
     saved = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
     os.environ.update(JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false")  # (the nodes' workers inherit it)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False})
     other = cluster.add_node(num_cpus=1, resources={"spare": 1})
     cluster.wait_for_nodes()
     yield cluster, other

@@ -357,7 +357,8 @@ class _Driver:
         self.restarts.append((self.now + down, wid, a.workers[wid].ready.remote()))
 
     def _results(self) -> dict[str, Any]:
-        self.ray.wait(list(self.running), num_returns=len(self.running), timeout=10)
+        if self.running:
+            self.ray.wait(list(self.running), num_returns=len(self.running), timeout=10)
         extra = {"backend": "ray", "emulate": self.emulate, "recoveries": self.recoveries}
         if self.recoveries:  # (the trace's own `resumed_from` says where the last recovery started)
             extra["resumed_from"] = self.resumed_from
@@ -370,8 +371,9 @@ class _Driver:
         while True:
             if len(self.recoveries) >= MAX_RECOVERIES:
                 where = f" with --resume --out {self.out}" if self.out is not None else ""
-                raise RuntimeError(f"the Ray run lost its coordinator or a shard actor {MAX_RECOVERIES} times (last: {what}); "
-                                   f"giving up. Continue from its latest checkpoint{where}")
+                raise ScenarioError("--backend ray", f"the run lost its coordinator or a shard actor {MAX_RECOVERIES} times "
+                                    f"(last: {what}); giving up. Check the cluster's nodes, then continue from the latest "
+                                    f"checkpoint{where}")
             began = time.monotonic()
             record: dict[str, Any] = {"lost": what, "t": round(self.now, 6), "updates": self.updates}
             self.recoveries.append(record)
@@ -395,7 +397,7 @@ class _Driver:
                 a.shards[s] = self._new_shard(s)
         self._wait_dead(old)  # (so its checkpoint writer is gone before the new one reads)
         # The workers' loops end at their next call to the old coordinator.
-        done, hung = ray.wait(list(self.running), num_returns=len(self.running), timeout=ANSWER_S)
+        done, hung = ray.wait(list(self.running), num_returns=len(self.running), timeout=ANSWER_S) if self.running else ([], [])
         rerun, dead = [], []
         for ref in done:
             wid = self.running[ref]

@@ -311,8 +311,9 @@ def _commit(task: dict[str, Any], partial: Path, record: dict[str, Any]) -> dict
     final = Path(task["runs_dir"]) / task["run"]
     try:
         partial.rename(final)
-    except OSError:  # committed meanwhile by another process (an orphan of a killed sweep): keep that one
-        shutil.rmtree(partial, ignore_errors=True)
+    except OSError:  # committed meanwhile by another process (an orphan of a killed sweep, a task Ray
+        shutil.rmtree(partial, ignore_errors=True)  # retried after it committed): keep that one
+        return _committed(final) or record
     return record
 
 
