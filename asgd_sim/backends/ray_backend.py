@@ -189,6 +189,8 @@ class _Driver:
         self.running: dict[Any, int] = {}  # the run call of each working worker -> its id
         self.restarts: list[tuple[float, int, Any]] = []  # (when, worker, ready) of pending restarts of dead actors
         self.down: set[int] = set()  # workers down for good
+        self.rerun: set[int] = set()  # during a recovery: living workers to run again ...
+        self.replace: dict[int, BaseException] = {}  # ... and dead ones, with what killed them
         self.evaluations: dict[int, tuple[float, tuple, int]] = {}  # update -> (time, rows, update rows so far)
         self.taken = 0  # evaluation points collected from the current coordinator
         self.recoveries: list[dict[str, Any]] = []
@@ -398,22 +400,22 @@ class _Driver:
         self._wait_dead(old)  # (so its checkpoint writer is gone before the new one reads)
         # The workers' loops end at their next call to the old coordinator.
         done, hung = ray.wait(list(self.running), num_returns=len(self.running), timeout=ANSWER_S) if self.running else ([], [])
-        rerun, dead = [], []
+        # (What to do with each worker is kept on `self` until done: this attempt may fail.)
         for ref in done:
             wid = self.running[ref]
             try:
                 ray.get(ref)
-                rerun.append(wid)
+                self.rerun.add(wid)
             except ray.exceptions.RayTaskError:
-                rerun.append(wid)
+                self.rerun.add(wid)
             except ray.exceptions.RayActorError as error:
-                dead.append((wid, error))
+                self.replace[wid] = error
         for ref in hung:  # a loop stuck in a call that never fails: a fresh actor instead
             wid = self.running[ref]
             ray.kill(a.workers[wid], no_restart=True)
             a.workers[wid] = self._new_worker(wid)
-            rerun.append(wid)
-        self.running, pending, self.restarts, self.pings = {}, self.restarts, [], {}
+            self.rerun.add(wid)
+        self.running, self.pings = {}, {}
         pointer = self._pointer()
         resume = pointer is not None and (self.resume or pointer != self.stale_pointer)
         a.coordinator = self.Coordinator.remote(self.tree, self.sc.name, self.emulate, self.out_text, resume, a.shards)
@@ -427,14 +429,17 @@ class _Driver:
         a.nodes["shards"] = self._answering(a.shards, nodes=True)
         self.evaluations = {u: e for u, e in self.evaluations.items() if u <= start}  # the rest was rolled back
         self.taken = 0
+        rerun = sorted(self.rerun - set(self.replace))
         ready = [a.workers[wid].ready.remote() for wid in rerun]
         try:
             nodes = ray.get(ready)
-        except ray.exceptions.RayActorError:  # a worker died meanwhile: the loop below finds out
+        except ray.exceptions.RayActorError:  # a worker died meanwhile: its run fails, the driver sees it
             nodes = [None] * len(rerun)
         for wid, node in zip(rerun, nodes):
             a.nodes["workers"][wid] = node
         self.now = self.took_over = self._ask(a.coordinator.start_clock.remote(), "the coordinator")
+        pending, self.restarts = self.restarts, []
+        dead, self.rerun, self.replace = self.replace, set(), {}
         # The restored coordinator counts every worker alive: tell it which are not.
         for wid in sorted(self.down):
             self._ask(a.coordinator.worker_failed.remote(wid, [], "down when the run was recovered", None), "the coordinator")
@@ -443,7 +448,7 @@ class _Driver:
             self._ask(a.coordinator.worker_failed.remote(wid, [], "restarting when the run was recovered", left),
                       "the coordinator")
             self.restarts.append((self.now + left, wid, ready_ref))
-        for wid, error in dead:
+        for wid, error in dead.items():
             self._worker_died(wid, error)
         for wid in rerun:
             self.running[a.workers[wid].run.remote(True, a.coordinator, a.shards)] = wid
