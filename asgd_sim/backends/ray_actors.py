@@ -99,9 +99,11 @@ class CoordinatorHost:
         return self.server.resumed_from
 
     def status(self) -> tuple[str, int, float, float, int]:
-        """(why it stopped or "", logical updates, clock, last update's time, evaluations taken)."""
+        """(why it stopped or "", logical updates, clock, last update's time, evaluations taken).
+        Under the state lock: a stop and its final evaluation are seen together."""
         s = self.server
-        return s.stopped, s.updates, s.clock.now(), s.last_update_time, len(s.snapshots)
+        with s.state_lock:
+            return s.stopped, s.updates, s.clock.now(), s.last_update_time, len(s.snapshots)
 
     def snapshots_since(self, first: int) -> list[tuple[int, float, tuple, int]]:
         """The evaluation points from the ``first``-th on: (update, time, row ObjectRefs, update rows)."""
