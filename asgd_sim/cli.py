@@ -171,6 +171,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
                   + (f", {len(backend['failures'])} worker failures" if backend.get("failures") else "")
                   + (f", resumed from update {backend['resumed_from']['updates']}" if backend.get("resumed_from") else ""))
+            for r in backend.get("recoveries") or []:  # (Ray: the coordinator or a shard actor was lost)
+                back = (f": back to the checkpoint at update {r['from_update']} ({r['updates'] - r['from_update']} updates dropped, "
+                        f"{r['recovery_wall_s']:.3g} s to recover)") if "from_update" in r else ""
+                print(f"recovered  lost {r['lost']} at update {r['updates']} (t = {r['t']:.4g} s){back}")
     if args.backend != "sim":
         return 0 if result.summary["stopped"] in ("until_updates", "until_time", "target_accuracy") else 1
     return 1 if result.summary["stopped"] == "deadlock" else 0

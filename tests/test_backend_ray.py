@@ -34,9 +34,9 @@ def test_ray_survives_a_killed_worker_actor_and_replays_exactly(local_ray, tmp_p
     }, name="ray-faults")
     killed = threading.Event()
 
-    def kill_one(workers: list) -> None:
+    def kill_one(actors) -> None:
         def kill() -> None:
-            ray.kill(workers[1])
+            ray.kill(actors.workers[1])
             killed.set()
         threading.Timer(0.5, kill).start()
 
@@ -203,3 +203,134 @@ def test_sweep_runs_its_points_as_ray_tasks(local_ray, tmp_path: Path) -> None:
     before = marker.stat().st_mtime_ns
     assert main([*common, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
     assert marker.stat().st_mtime_ns == before
+
+
+def _wait_for(condition, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_ray_coordinator_and_shard_actors_come_back_from_the_last_checkpoint(local_ray, tmp_path: Path) -> None:
+    # Kill the coordinator (ray.kill) past the checkpoint at 100 updates, then, once the recovered
+    # run is past 200, kill shard 1's process (SIGKILL). Each time the run goes back to its latest
+    # checkpoint and on to the end: every update of the final trace replays exactly, what came
+    # after each checkpoint is dropped (and listed), and the evaluations taken before survive.
+    import os
+    import signal
+
+    from asgd_sim.runner import run_scenario
+
+    sc = scenario_from_dict({
+        "model": {"name": "logreg"}, "run": {"until_updates": 400, "eval_every": 50},
+        "workers": [{"count": 2, "compute": 0.01}], "server": {"shards": 2, "lock": "shard", "checkpoint_every": 50},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }, name="ray-recover")
+    seen: dict = {"errors": []}
+
+    def updates(actor) -> int:
+        return ray.get(actor.status.remote())[1]
+
+    def attack(actors) -> None:
+        def go() -> None:
+            try:
+                first = actors.coordinator
+                _wait_for(lambda: updates(first) >= 130)
+                ray.kill(first, no_restart=False)
+                _wait_for(lambda: actors.coordinator is not first and updates(actors.coordinator) >= 230)
+                info = ray.get(actors.shards[1].info.remote())
+                seen["shard_pid"] = info["pid"]
+                os.kill(info["pid"], signal.SIGKILL)
+            except Exception as error:  # noqa: BLE001 - reported by the test below
+                seen["errors"].append(repr(error))
+        threading.Thread(target=go, daemon=True).start()
+
+    out = tmp_path / "run"
+    result = run_scenario(sc, out, backend="ray", emulate=True, on_start=attack)
+    assert not seen["errors"], seen["errors"]
+    assert result.summary["stopped"] == "until_updates" and result.summary["updates"] == 400
+    recoveries = result.summary["backend"]["recoveries"]
+    assert [r["lost"] for r in recoveries] == ["the coordinator", "shard 1"], recoveries
+    for r in recoveries:  # back to a checkpoint of this run, at most one checkpoint interval behind the loss
+        assert r["from_update"] % 50 == 0 and 100 <= r["from_update"] <= r["updates"], r
+    assert recoveries[1]["from_update"] >= 200
+    trace = Trace.load(out)
+    check_trace(trace)
+    assert trace.meta["recoveries"] == recoveries
+    # The final trace has each version once: what the lost actors did after the checkpoint is gone.
+    for shard in (0, 1):
+        assert (trace.u_shard == shard).sum() >= 400
+    # The new shard 1 is another process; the evaluations before the checkpoints are all there.
+    assert {a["shard"]: a["pid"] for a in result.summary["backend"]["shard_actors"]}[1] != seen["shard_pid"]
+    assert result.metrics["update"].tolist() == list(range(0, 401, 50))
+    diff, _ = replay_max_diff(out)
+    assert diff <= 1e-6, diff
+
+
+def _ray_task_processes(function: str) -> list[int]:
+    """Pids of the Ray worker processes now running ``function`` (their title is ray::<function>)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(f"ray::{function}".encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_sweep_on_ray_records_a_dead_task_and_retry_failed_completes_it(local_ray, tmp_path: Path) -> None:
+    # Two runs; the long one's process is killed every time Ray (re)tries it (SIGKILL, as the
+    # OOM killer would): the sweep commits it as failed and goes on, and --retry-failed runs it.
+    import json
+    import os
+    import signal
+    import time
+
+    import pandas as pd
+
+    from asgd_sim.cli import main
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text('[run]\nuntil_updates = 100\n[[workers]]\ncount = 3\ncompute = { dist = "exponential", mean = 0.05 }\n')
+    out = tmp_path / "sweep"
+    command = ["sweep", str(scenario), "--timing-only", "--grid", "run.until_updates=50,10000", "--executor", "ray",
+               "--out", str(out), "--quiet"]
+    done, kills = threading.Event(), []
+
+    def killer() -> None:  # once the short run is committed, kill every process running a sweep task
+        while not done.is_set():
+            if any(json.loads(p.read_text())["values"]["run.until_updates"] == 50 for p in out.glob("runs/*/result.json")):
+                for pid in _ray_task_processes("_run_on_ray_node"):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert main(command) == 1  # a run failed
+    finally:
+        done.set()
+        thread.join()
+    table = pd.read_parquet(out / "runs.parquet").set_index("run")
+    assert sorted(table["status"]) == ["error", "ok"]
+    failed = table[table["status"] == "error"].iloc[0]
+    assert failed["run.until_updates"] == 10000 and "died 3 times" in failed["error"], failed["error"]
+    # The first try and Ray's two retries at least (the short run's process may be killed too,
+    # between its commit and its return: Ray's retries of it find it committed and keep it).
+    assert len(set(kills)) >= 3, kills
+    ok_marker = out / "runs" / table.index[table["status"] == "ok"][0] / "result.json"
+    before = ok_marker.stat().st_mtime_ns
+
+    assert main([*command, "--retry-failed"]) == 0
+    table = pd.read_parquet(out / "runs.parquet").set_index("run")
+    assert (table["status"] == "ok").all() and sorted(table["updates"]) == [50, 10000]
+    assert ok_marker.stat().st_mtime_ns == before  # only the failed run ran again
+    records = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
+    assert all(r["ray_node"] == ray.get_runtime_context().get_node_id() for r in records)  # (one node here)

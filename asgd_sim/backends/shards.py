@@ -141,7 +141,10 @@ class ShardHost:
         self.applied = 0
 
     def load(self, version: int, row: np.ndarray, state_leaves: Sequence[np.ndarray] | None) -> tuple[Any, Any]:
-        """Start from ``row`` at ``version`` (a fresh optimizer state, or a checkpointed one)."""
+        """Start from ``row`` at ``version`` (a fresh optimizer state, or a checkpointed one).
+        Staged gradients are forgotten: after a recovery their ids are reused."""
+        self.staged.clear()
+        self.staged_reads.clear()
         self.row = jnp.asarray(np.asarray(row, np.float32))
         state = self.math.init(self.row)
         if state_leaves is not None:
@@ -196,6 +199,12 @@ class ShardHost:
 
         state = ray.put(jax.tree.map(np.asarray, self.state)) if self.keep_states else None
         return ray.put(np.asarray(self.row)), state
+
+    def alive(self) -> str:
+        """The Ray node this actor runs on (the driver's ping: an answer means it lives)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def info(self) -> dict[str, Any]:
         """Where this shard ran and what it did (for the run's metadata and tests)."""

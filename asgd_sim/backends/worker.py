@@ -68,7 +68,9 @@ class WorkerHooks:
     ships once, under its first gradient id, payload(start rows, final rows): what the server's
     update needs (`asgd_sim.numerics.local.push_payload`). cancelled() says whether the worker's round closed without it (the
     devices backend checks it while it sleeps; None: noticed at the push). inject(worker, k) runs
-    before each gradient (tests raise from it to crash a worker).
+    before each gradient (tests raise from it to crash a worker). ``fatal``: exceptions that end the
+    loop (raised out of `run_worker`) instead of counting as the worker's crash: the Ray backend's
+    "the coordinator or a shard actor is gone", which its driver recovers from.
     """
 
     fetch: Callable[[tuple], Any]
@@ -78,6 +80,7 @@ class WorkerHooks:
     inject: Callable[[int, int], None] | None = None
     needs_read: bool = False
     payload: Callable[[Any, Any], Any] | None = None
+    fatal: tuple[type[BaseException], ...] = ()
 
 
 class _Schedule:
@@ -189,6 +192,8 @@ def run_worker(server: Any, state: Any, hooks: WorkerHooks, *, emulate: bool, cl
                 next_read = server.await_broadcast(wid)
             except _Over:
                 return
+            except hooks.fatal:
+                raise
             except Exception as error:  # noqa: BLE001 - a crash of any kind takes the worker down
                 if server.stopped:
                     return

@@ -258,11 +258,13 @@ def _execute_all(todo: list[dict[str, Any]], jobs: int, progress: Callable[[dict
 
 
 def _execute_ray(todo: list[dict[str, Any]], progress: Callable[[dict[str, Any]], None] | None, address: str | None) -> None:
-    """Each run as a Ray task (one CPU each); a task that dies is recorded as failed."""
+    """Each run as a Ray task (one CPU each, spread over the cluster's nodes). A task whose process
+    dies (killed, out of memory, its node lost) is retried by Ray on a living node, up to
+    MAX_ATTEMPTS runs in all, then committed as failed (``--retry-failed`` runs it again)."""
     from ..backends.ray_backend import ensure_ray
 
     ray = ensure_ray(address)
-    remote_run = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1)(_run_one)
+    remote_run = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1, scheduling_strategy="SPREAD")(_run_on_ray_node)
     pending = {remote_run.remote(task): task for task in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -271,9 +273,18 @@ def _execute_ray(todo: list[dict[str, Any]], progress: Callable[[dict[str, Any]]
             try:
                 record = ray.get(ref)
             except Exception as error:  # the task's process died MAX_ATTEMPTS times, or Ray failed it
-                record = _commit_failure(task, f"{type(error).__name__}: {error}")
+                why = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+                record = _commit_failure(task, f"{type(error).__name__}: the Ray task running it died {MAX_ATTEMPTS} times "
+                                         f"(killed, out of memory, or its node lost?): {why}")
             if progress:
                 progress(record)
+
+
+def _run_on_ray_node(task: dict[str, Any]) -> dict[str, Any]:
+    """`_run_one` in a Ray task; its record names the Ray node that ran it (``ray_node``)."""
+    import ray
+
+    return _run_one({**task, "ray_node": ray.get_runtime_context().get_node_id()})
 
 
 def _worker_init(parent: int) -> None:
@@ -287,7 +298,7 @@ def _worker_init(parent: int) -> None:
 
 
 def _record(task: dict[str, Any]) -> dict[str, Any]:
-    keys = ("run", "point", "label", "values", "seed", "set", "sweep_hash", "timing_only", "tune")
+    keys = ("run", "point", "label", "values", "seed", "set", "sweep_hash", "timing_only", "tune", "ray_node")
     return {key: task[key] for key in keys if key in task}
 
 
@@ -300,8 +311,9 @@ def _commit(task: dict[str, Any], partial: Path, record: dict[str, Any]) -> dict
     final = Path(task["runs_dir"]) / task["run"]
     try:
         partial.rename(final)
-    except OSError:  # committed meanwhile by another process (an orphan of a killed sweep): keep that one
-        shutil.rmtree(partial, ignore_errors=True)
+    except OSError:  # committed meanwhile by another process (an orphan of a killed sweep, a task Ray
+        shutil.rmtree(partial, ignore_errors=True)  # retried after it committed): keep that one
+        return _committed(final) or record
     return record
 
 
