@@ -36,7 +36,8 @@ from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPol
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
-from .network import Network
+from .network import FairShare
+from .stages import Routes
 from .locks import ParameterServer, Shard, find_wait_cycle
 from ..trace import CANCELLED, Trace, TraceBuilder, trace_meta
 from .workers import SERVER, Sampler, WorkerState, build_workers, stream
@@ -82,15 +83,8 @@ class TimingEngine:
         self.lock_handoff = Sampler(sc.server.lock_handoff, stream(sc.run.seed, SERVER, 2))
         self.workers = build_workers(sc, sc.network.latency)
         self.bandwidth = sc.network.bandwidth
-        self.network = Network(env)
-        self.fast_network = not sc.has_transfer_time
-        if not self.fast_network:
-            up = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
-            down = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
-            nic_in = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
-            nic_out = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
-            self.push_links = [[(up[w], nic_in[s]) for s in range(self.S)] for w in range(self.M)]
-            self.pull_links = [[(nic_out[s], down[w]) for s in range(self.S)] for w in range(self.M)]
+        self.shares = FairShare(env)
+        self._build_routes()
         self.updates = 0  # logical updates: the slowest shard's version
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
         self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
@@ -99,9 +93,33 @@ class TimingEngine:
         if loop == "callbacks" or (loop == "auto" and callbacks_suffice(sc, self.workers)):
             self.loop: ProcessLoop | CallbackLoop = CallbackLoop(self, self.workers)
         else:
-            links = (self.push_links, self.pull_links) if not self.fast_network else (None, None)
-            self.loop = ProcessLoop(self, self.workers, self.network, self.msg_bytes, *links)
+            self.loop = ProcessLoop(self, self.workers, self.shares, self.msg_bytes)
         self.loop.start()
+
+    def _build_routes(self) -> None:
+        """The shared resources of the workers whose times depend on others: the links messages
+        cross (each worker's uplink and downlink, each shard's NIC per direction; a worker's own
+        links carry one message at a time) and the devices, each a link of ``capacity``
+        computations that each run at most at full speed (1)."""
+        sc, shares = self.scenario, self.shares
+        pulls = pushes = [None] * self.M
+        if sc.has_transfer_time:
+            up = [shares.add_link(sc.network.bandwidth, shared=False) for _ in self.workers]
+            down = [shares.add_link(sc.network.bandwidth, shared=False) for _ in self.workers]
+            nic_in = [shares.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            nic_out = [shares.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            pulls = [shares.route([((nic_out[s], down[w]), math.inf) for s in range(self.S)]) for w in range(self.M)]
+            pushes = [shares.route([((up[w], nic_in[s]), math.inf) for s in range(self.S)]) for w in range(self.M)]
+        on = [sc.workers[w.group].device for w in self.workers]
+        devices = {}
+        for device in sc.devices:
+            users = on.count(device.name)
+            # Never over-subscribed when its workers at full speed fit in it: then it adds no contention.
+            link = shares.add_link(device.capacity, shared=users * min(1.0, device.capacity) > device.capacity)
+            devices[device.name] = shares.route([((link,), 1.0)])
+        for w, device, pull, push in zip(self.workers, on, pulls, pushes):
+            if pull is not None or device is not None:
+                w.routes = Routes(pull, push, devices[device] if device is not None else None)
 
     # ---- server: reads and applies -----------------------------------------------------------
 
@@ -330,7 +348,11 @@ class TimingEngine:
 
     def result(self, wall_time_s: float = 0.0) -> TimingResult:
         meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
-        return TimingResult(trace=self.trace.freeze(meta), stopped=self.stopped or "running", sim_time=float(self.env.now),
+        trace = self.trace.freeze(meta)
+        for w in self.workers:
+            if w.chain is not None:  # an iteration in progress: only what has happened by now
+                w.chain.clip(trace.times, self.env.now)
+        return TimingResult(trace=trace, stopped=self.stopped or "running", sim_time=float(self.env.now),
                             wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
                             deadlock=list(self.deadlock))
 
@@ -342,6 +364,8 @@ class TimingEngine:
             start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
             if end > now:  # (False for NaN: not started)
                 busy -= end - max(start, now)
+            elif end != end and start <= now:  # running on a device, its end not known yet
+                busy += now - start
         return busy
 
 
