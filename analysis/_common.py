@@ -10,12 +10,14 @@ from typing import Any
 import asgd_sim
 
 
-def arguments(doc: str, figure: str, target: bool = False) -> argparse.Namespace:
-    """``SWEEP [--out PNG]`` (and ``--target ACC``), described by the script's docstring."""
+def arguments(doc: str, figure: str, target: bool = False, metric: str | None = None) -> argparse.Namespace:
+    """``SWEEP [--out PNG]`` (and ``--target ACC``, ``--metric NAME``), described by the script's docstring."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep folder (--out of asgd-sim sweep)")
     if target:
         parser.add_argument("--target", type=float, default=None, help="test accuracy (default: the scenario's run.target_accuracy)")
+    if metric is not None:
+        parser.add_argument("--metric", default=metric, help=f"the metrics.csv column to draw (default: {metric})")
     parser.add_argument("--out", type=Path, default=Path("docs/gallery") / figure)
     return parser.parse_args()
 

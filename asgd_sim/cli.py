@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", type=Path, help="a results folder written by asgd-sim run")
     rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="change a numerics key, e.g. --set optimizer.staleness_rule=inverse")
-    rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>)")
+    rep.add_argument("--out", type=Path, help="results folder (default: <run_dir>-replay-<timestamp>); never overwritten without --force")
+    rep.add_argument("--force", action="store_true", help="replace an existing --out run folder")
     rep.add_argument("--quiet", action="store_true")
     rep.set_defaults(handler=_cmd_replay)
 
@@ -74,18 +75,26 @@ def _parser() -> argparse.ArgumentParser:
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     clock = "measured" if summary.get("backend") else "simulated"  # a real backend's clock is real
     stale = summary["staleness"]
-    lines = [
+    replayed = summary.get("replay")
+    lines = [f"replay     {replayed['of']}: its saved schedule ({replayed['updates']} updates) with "
+             + ("; ".join(replayed["changed"]) if replayed["changed"] else "nothing changed (the run's own numbers again)")] if replayed else []
+    lines += [
         f"scenario   {summary['scenario']} ({summary['algorithm']}, {summary['workers']} workers)",
         f"stopped    {summary['stopped']} after {summary['updates']} updates, {summary['sim_time']:.4g} s {clock}, {summary['wall_time_s']:.3g} s wall",
-        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})",
+        f"throughput {summary['updates_per_s']:.4g} updates/s, {summary['gradients_per_s']:.4g} gradients/s ({clock})"
+        + (f"; steady state {summary['steady_updates_per_s']:.4g} updates/s, {summary['steady_gradients_per_s']:.4g} gradients/s"
+           if "steady_updates_per_s" in summary else ""),
         f"staleness  mean {stale['mean']:.3g}, p50 {stale['p50']:.3g}, p95 {stale['p95']:.3g}, max {stale['max']}",
-        f"lock wait  mean {summary['lock_wait_mean']:.3g} s",
+        f"lock wait  mean {summary['lock_wait_mean']:.3g} s per push" + (
+            f" ({summary['lock_wait_row_mean']:.3g} s per shard row)"
+            if summary.get("lock_wait_row_mean", summary["lock_wait_mean"]) != summary["lock_wait_mean"] else ""),
     ]
     if "final_loss" in summary:
-        acc = summary.get("final_accuracy")
-        lines.append(f"learning   final loss {summary['final_loss']:.4g}" + (f", accuracy {acc:.4f}" if acc is not None else "")
-                     + (f", time to target {summary['time_to_target']:.4g} s" if summary.get("time_to_target") is not None else "")
-                     + (" (DIVERGED)" if summary.get("diverged") else ""))
+        acc, loss, at = summary.get("final_accuracy"), summary.get("final_loss"), summary.get("time_to_target")
+        lines.append("learning   final loss " + (f"{loss:.4g}" if loss is not None else "-") + (f", accuracy {acc:.4f}" if acc is not None else "")
+                     + (f", time to target {at:.4g} s (update {summary.get('updates_to_target')})" if at is not None else "")
+                     + (" (DIVERGED)" if summary.get("diverged") else "")
+                     + (" (STALLED: no progress over the last half of the run)" if summary.get("stalled") else ""))
     if summary.get("deadlock"):
         lines.append("deadlock   " + "; ".join(summary["deadlock"]))
     lines.append(f"results    {out}")
@@ -117,13 +126,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    import shutil
     from datetime import datetime
 
     from .results.folder import write_run
+    from .results.load import is_run_dir
     from .runner import replay
 
-    result = replay(args.run_dir, args.overrides)
     out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and out.resolve() == args.run_dir.resolve():
+        raise ScenarioError("--out", f"= {out}: is the run being replayed; give the replay its own folder")
+    replace = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if replace and not args.force:
+        raise ScenarioError("--out", f"= {out}: already exists; a replay never overwrites a folder: give another --out, "
+                            "or add --force to replace that run folder")
+    if replace and not is_run_dir(out):
+        raise ScenarioError("--out", f"= {out}: holds files but is not a run folder (no summary.json); --force replaces run "
+                            "folders only: give another --out")
+    result = replay(args.run_dir, args.overrides)
+    if replace:
+        shutil.rmtree(out)
     write_run(result, out)
     if not args.quiet:
         _print_summary(result.summary, out)
@@ -186,43 +208,59 @@ def _add_study_commands(sub: Any) -> None:
                     help="a labelled set of overrides; the variants form one axis, e.g. --variant 'backup:algorithm.kind=sync;algorithm.backup=1'")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the base scenario for every run")
+    sw.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="run every point at each value and keep, per point, the best (time to target, else final loss), "
+                    "e.g. --tune optimizer.learning_rate=0.01,0.03,0.1,0.3 or a log range --tune optimizer.learning_rate=log:0.001:1:7")
     sw.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per point, with run.seed = 0..N-1 (default 1)")
     sw.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="J",
                     help="runs in parallel, each in its own process (default: half the CPU cores)")
     sw.add_argument("--out", type=Path, required=True, help="sweep folder (rerun the same command with it to resume)")
     sw.add_argument("--timing-only", action="store_true", help="simulate schedules only: no JAX gradients (timing questions)")
     sw.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
-    sw.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines, only failures and the summary")
+    sw.add_argument("--quiet", action="store_true", help="no header, progress bar or per-run lines: only failures and the summary")
     sw.add_argument("--executor", choices=("processes", "ray"), default="processes",
                     help="run the points in local processes (default) or as Ray tasks (pip install 'asgd-sim[ray]')")
     sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
     sw.set_defaults(handler=_cmd_sweep)
 
-    cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with the winner")
+    cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with outcomes and the winner")
     cmp.add_argument("dirs", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders and sweep folders")
-    cmp.add_argument("--metric", choices=("test_accuracy", "train_loss", "staleness_mean", "throughput"),
-                     help="curve to overlay (default: test_accuracy, or throughput for timing-only runs)")
+    cmp.add_argument("--metric", metavar="METRIC",
+                     help="curve to overlay: test_accuracy, train_loss, staleness_mean, throughput or any metrics.csv column "
+                     "(default: test_accuracy, or throughput for timing-only runs)")
     cmp.add_argument("--x", choices=("sim_time", "updates"), default="sim_time", help="x axis (default: sim_time)")
-    cmp.add_argument("--target", type=float, metavar="ACC",
-                     help="test accuracy for the time-to-target column (default: the scenario's run.target_accuracy)")
+    cmp.add_argument("--logx", action="store_true", help="a log x axis for the curves")
+    _add_target_options(cmp)
+    cmp.add_argument("--tuned", choices=("best", "all"), default="best",
+                     help="a sweep run with --tune: each point at its chosen value (best, default) or every value as a series (all)")
     cmp.add_argument("--out", type=Path, help="folder for compare.png and compare.csv (default: the first folder given)")
     cmp.set_defaults(handler=_cmd_compare)
 
     rpt = sub.add_parser("report", help="write report.html (self-contained, works offline) and report.md for a run or sweep folder")
     rpt.add_argument("dir", type=Path, metavar="DIR", help="a run folder or a sweep folder")
+    _add_target_options(rpt)
     rpt.set_defaults(handler=_cmd_report)
+
+
+def _add_target_options(parser: Any) -> None:
+    parser.add_argument("--target", metavar="TARGET",
+                        help="for the time-to-target column: a test accuracy (0.9) or METRIC<=VALUE / METRIC>=VALUE on any "
+                        "metrics.csv column, e.g. train_loss<=0.1 (default: the scenario's run.target_accuracy)")
+    parser.add_argument("--baseline", metavar="LABEL", help="add each series' paired difference to the series with this label")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .studies.sweep import main_progress, plan_sweep, run_sweep
 
-    sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only)
+    sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only,
+                       tune=args.tune)
     state: dict[str, Any] = {}
 
     def on_start(todo: int, total: int) -> None:
         if not args.quiet:
             done = total - todo
-            print(f"sweep      {sweep.name}: {len(sweep.points)} points x {sweep.seeds} seed{'' if sweep.seeds == 1 else 's'} = {total} runs"
+            tuned = f" x {len(sweep.candidates)} tuned values" if sweep.candidates else ""
+            print(f"sweep      {sweep.name}: {len(sweep.points)} points{tuned} x {sweep.seeds} seed{'' if sweep.seeds == 1 else 's'} = {total} runs"
                   + (f" ({done} already done, {todo} to run)" if done else "") + f", {min(args.jobs, max(todo, 1))} at a time",
                   file=sys.stderr, flush=True)
         state["progress"], state["close"] = main_progress(todo, args.quiet)
@@ -234,10 +272,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         if "close" in state:
             state["close"]()
-    if not args.quiet:
-        print(f"ran        {outcome.ran} runs ({outcome.skipped} were already done)")
-        print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
-        print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
+    # (--quiet drops the progress lines, never this summary)
+    print(f"ran        {outcome.ran} runs ({outcome.skipped} were already done)")
+    if sweep.candidates:
+        from .results.load import load_sweep
+        from .results.tuning import RULES, tuning_lines
+
+        lines = tuning_lines(load_sweep(args.out))
+        criterion = next((c for c in RULES if lines and f" by {c} [" in lines[0]), "")
+        print(f"tuned      {', '.join(k for k, _ in sweep.tune)} per point" + (f" ({RULES[criterion]}; * chosen)" if criterion else ""))
+        for line in lines:
+            print(f"           {line}")
+    print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
+    print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
     if outcome.failed:
         first = outcome.failed[0]
         print(f"error: {len(outcome.failed)} of {outcome.total} runs failed (first: {first['run']}: {first['error']}); each error is in "
@@ -249,7 +296,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .studies.compare import compare, format_table
 
-    comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out)
+    comparison = compare(args.dirs, metric=args.metric, x=args.x, target=args.target, out=args.out, baseline=args.baseline,
+                         logx=args.logx, tuned=args.tuned)
     print(format_table(comparison))
     print(f"figure     {comparison.figure}\ntable      {comparison.table_file}")
     return 0
@@ -258,7 +306,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .studies.report import write_report
 
-    html_path, md_path = write_report(args.dir)
+    html_path, md_path = write_report(args.dir, target=args.target, baseline=args.baseline)
     print(f"report     {html_path} (self-contained: open it in a browser, works offline)\nmarkdown   {md_path}")
     return 0
 

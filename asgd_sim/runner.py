@@ -76,7 +76,13 @@ def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, 
     schedule = _SavedSchedule(saved)
     metrics = Metrics()
     stopped = drive(schedule, numerics, metrics, progress)
-    return _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
+    result = _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
+    from .scenario.files import scenario_changes
+
+    # What was replayed, and what changed from the scenario that ran (summary.json keeps it).
+    result.summary["replay"] = {"of": str(run_dir), "updates": schedule.updates,
+                                "changed": scenario_changes(_load(run_dir / "scenario.toml", ()), sc)}
+    return result
 
 
 def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
@@ -132,7 +138,9 @@ class _SavedSchedule:
 
     def __init__(self, trace: Trace) -> None:
         self.trace = TraceBuilder.from_trace(trace)
-        self.stopped = str(trace.meta.get("stopped", "until_updates"))
+        # (a run stopped by its numerics, at its target or a divergence, saved its trace while the
+        # timing was still going: replayed, the schedule just ends there)
+        self.stopped = str(trace.meta.get("stopped") or "end_of_schedule")
         self.env = SimpleNamespace(now=float(trace.meta.get("sim_time", np.nanmax(trace.u_applied) if trace.num_update_rows else 0.0)))
         self.updates = int(trace.u_version.max()) if trace.num_update_rows else 0
 
@@ -159,7 +167,12 @@ def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stop
     summary = run_summary(scenario, trace, sim_time=sim_time, stopped=stopped, wall_time_s=wall,
                           busy=busy_from_trace(trace, sim_time, scenario.num_workers), deadlock=getattr(schedule, "deadlock", []))
     arrays = metrics.as_arrays()
-    summary.update(learning_summary(arrays, scenario.run.target_accuracy))
+    # (exact unless the fold again did not confirm the crossing, e.g. rounding at the threshold:
+    # then the evaluation that saw the target stands)
+    summary.update(learning_summary(arrays, scenario.run.target_accuracy, diverged=stopped == "diverged",
+                                    exact=stopped == "target_accuracy" and metrics.search.get("found", True)))
+    if metrics.search:
+        summary["target_search"] = dict(metrics.search)
     summary.update({
         "diverged": stopped == "diverged",
         "diverged_at_update": numerics.diverged_at if stopped == "diverged" else None,

@@ -14,8 +14,10 @@ Gradient columns
     -1 if never applied), fate (applied | dropped | cancelled | pending).
 Update columns
     shard, version (after the update), t_request (the apply was requested: a push arrived or a
-    round closed), t_lock (its lock acquired), t_applied, and the gradients each update combines
-    with their weights (CSR: member_offsets, member_gid, member_weight).
+    round closed), t_lock (its lock acquired), t_applied, push (which server request the row
+    belongs to: the S rows one push or round becomes share it; -1 in traces written before it
+    existed), and the gradients each update combines with their weights (CSR: member_offsets,
+    member_gid, member_weight).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def trace_meta(scenario: Any, stopped: str, sim_time: float, **extra: Any) -> di
     """The metadata every trace carries (saved in the Parquet schema): what ran, why it stopped
     and when; ``extra`` adds what only some runs know (``param_bytes``, a real ``backend``, ...)."""
     return {"scenario": scenario.name, "kind": scenario.algorithm.kind, "workers": scenario.num_workers,
+            "lock": scenario.server.lock, "groups": [[g.name, g.count] for g in scenario.workers],
             "stopped": stopped, "sim_time": float(sim_time), **extra}
 
 
@@ -64,6 +67,7 @@ class TraceBuilder:
         self.u_request = array("d")
         self.u_lock = array("d")
         self.u_applied = array("d")
+        self.u_push = array("q")
         self.u_offsets = array("q", [0])
         self.u_gid = array("q")
         self.u_weight = array("d")
@@ -103,7 +107,7 @@ class TraceBuilder:
         first, n = len(self.worker), len(workers)
 
         def append(column: array, values: Any) -> None:
-            column.frombytes(np.ascontiguousarray(values, dtype=np.dtype(column.typecode)).tobytes())
+            column.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.dtype(column.typecode))).cast("B"))
 
         append(self.worker, workers)
         append(self.k, ks)
@@ -120,22 +124,41 @@ class TraceBuilder:
             append(column, np.full(n, NAN))
         return first
 
+    def cancel_computes(self, gids: np.ndarray, now: float) -> np.ndarray:
+        """Cancel gradients ``gids`` at ``now`` and cut their computes there (a compute that had
+        not started loses its span); returns the compute time each loses (0 if it had ended).
+        What `timing.loops.abandon` does per gradient, one numpy step per column."""
+        fate = np.frombuffer(self.fate, np.int8)
+        start = np.frombuffer(self.t_compute_start, np.float64)
+        end = np.frombuffer(self.t_compute_end, np.float64)
+        fate[gids] = CANCELLED
+        begun, ends = start[gids], end[gids]
+        late = ends > now
+        lost = np.where(late, ends - np.maximum(begun, now), 0.0)
+        unstarted = gids[late & (begun > now)]
+        start[unstarted] = end[unstarted] = NAN
+        end[gids[late & ~(begun > now)]] = now
+        return lost
+
     def add_update(self, shard: int, version: int, t_request: float, t_lock: float, t_applied: float,
-                   gids: list[int], weights: list[float]) -> None:
+                   gids: list[int], weights: list[float], push: int = -1) -> None:
         self.u_shard.append(shard)
         self.u_version.append(version)
         self.u_request.append(t_request)
         self.u_lock.append(t_lock)
         self.u_applied.append(t_applied)
+        self.u_push.append(push)
         self.u_gid.extend(gids)
         self.u_weight.extend(weights)
         self.u_offsets.append(len(self.u_gid))
 
     def record_apply(self, shard: int, before: int, t_request: float, t_lock: float, now: float,
-                     members: list[int], weights: list[float]) -> None:
+                     members: list[int], weights: list[float], push: int = -1) -> None:
         """An update of ``shard`` from version ``before`` lands at ``now``: its row, and for each
-        gradient it combines the staleness on this shard (max over shards), fate and times."""
-        self.add_update(shard, before + 1, t_request, t_lock, now, members, weights)
+        gradient it combines the staleness on this shard (max over shards), fate and times.
+        ``push`` numbers the server request (an `Apply`) the row carries out: all shard rows of
+        one request share it."""
+        self.add_update(shard, before + 1, t_request, t_lock, now, members, weights, push)
         S = self.shards
         for g in members:
             stale = before - self.read_version[g * S + shard]
@@ -162,7 +185,8 @@ class TraceBuilder:
         for name, column in (("worker", trace.worker), ("k", trace.k), ("local_step", trace.local_step),
                              ("read_version", trace.read_version.reshape(-1)), ("staleness", trace.staleness),
                              ("fate", trace.fate), ("u_shard", trace.u_shard), ("u_version", trace.u_version),
-                             ("u_request", trace.u_request), ("u_lock", trace.u_lock), ("u_applied", trace.u_applied), ("u_offsets", trace.member_offsets),
+                             ("u_request", trace.u_request), ("u_lock", trace.u_lock), ("u_applied", trace.u_applied),
+                             ("u_push", trace.u_push), ("u_offsets", trace.member_offsets),
                              ("u_gid", trace.member_gid), ("u_weight", trace.member_weight), *trace.times.items()):
             target = getattr(builder, name)
             del target[:]
@@ -189,6 +213,7 @@ class TraceBuilder:
             u_request=arr(self.u_request, np.float64),
             u_lock=arr(self.u_lock, np.float64),
             u_applied=arr(self.u_applied, np.float64),
+            u_push=arr(self.u_push, np.int64),
             member_offsets=arr(self.u_offsets, np.int64),
             member_gid=arr(self.u_gid, np.int64),
             member_weight=arr(self.u_weight, np.float64),
@@ -213,6 +238,7 @@ class Trace:
     u_request: np.ndarray
     u_lock: np.ndarray
     u_applied: np.ndarray
+    u_push: np.ndarray
     member_offsets: np.ndarray
     member_gid: np.ndarray
     member_weight: np.ndarray
@@ -232,6 +258,12 @@ class Trace:
     @property
     def num_update_rows(self) -> int:
         return len(self.u_shard)
+
+    def worker_groups(self) -> list[str]:
+        """Each worker's group name (from the metadata `trace_meta` writes; "" where unknown)."""
+        names = [str(name) for name, count in self.meta.get("groups", []) for _ in range(int(count))]
+        workers = int(self.meta.get("workers", len(names)))
+        return (names + [""] * workers)[:workers]
 
     def members(self, update: int) -> tuple[np.ndarray, np.ndarray]:
         """The gradient ids and weights combined by update row ``update``."""
@@ -259,14 +291,14 @@ class Trace:
         return Trace(shards=self.shards, worker=self.worker[keep], k=self.k[keep], local_step=self.local_step[keep],
                      read_version=self.read_version[keep], staleness=staleness, fate=fate, times=times,
                      u_shard=self.u_shard[:rows], u_version=self.u_version[:rows], u_request=self.u_request[:rows],
-                     u_lock=self.u_lock[:rows],
-                     u_applied=self.u_applied[:rows], member_offsets=self.member_offsets[:rows + 1],
+                     u_lock=self.u_lock[:rows], u_applied=self.u_applied[:rows], u_push=self.u_push[:rows], member_offsets=self.member_offsets[:rows + 1],
                      member_gid=self.member_gid[:end], member_weight=self.member_weight[:end],
                      meta={**self.meta, "sim_time": t_stop})
 
     def nbytes(self) -> int:
         arrays = [self.worker, self.k, self.local_step, self.read_version, self.staleness, self.fate, *self.times.values()]
-        arrays += [self.u_shard, self.u_version, self.u_request, self.u_lock, self.u_applied, self.member_offsets, self.member_gid, self.member_weight]
+        arrays += [self.u_shard, self.u_version, self.u_request, self.u_lock, self.u_applied, self.u_push, self.member_offsets,
+                   self.member_gid, self.member_weight]
         return int(sum(a.nbytes for a in arrays))
 
     def equals(self, other: Trace) -> bool:
@@ -280,7 +312,7 @@ class Trace:
         cols = {"worker": self.worker, "k": self.k, "local_step": self.local_step, "read_version": self.read_version,
                 "staleness": self.staleness, "fate": self.fate, **self.times, "u_shard": self.u_shard,
                 "u_version": self.u_version, "u_request": self.u_request, "u_lock": self.u_lock, "u_applied": self.u_applied,
-                "member_offsets": self.member_offsets, "member_gid": self.member_gid, "member_weight": self.member_weight}
+                "u_push": self.u_push, "member_offsets": self.member_offsets, "member_gid": self.member_gid, "member_weight": self.member_weight}
         return cols
 
     # ---- tables and files -------------------------------------------------------------------
@@ -305,7 +337,7 @@ class Trace:
         offsets = pa.array(self.member_offsets.astype(np.int32))
         return pa.table({
             "shard": self.u_shard, "version": self.u_version, "t_request": self.u_request, "t_lock": self.u_lock, "t_applied": self.u_applied,
-            "gids": pa.ListArray.from_arrays(offsets, pa.array(self.member_gid)),
+            "push": self.u_push, "gids": pa.ListArray.from_arrays(offsets, pa.array(self.member_gid)),
             "weights": pa.ListArray.from_arrays(offsets, pa.array(self.member_weight)),
         })
 
@@ -353,6 +385,8 @@ class Trace:
             u_request=ups.column("t_request").to_numpy().astype(np.float64),
             u_lock=ups.column("t_lock").to_numpy().astype(np.float64),
             u_applied=ups.column("t_applied").to_numpy().astype(np.float64),
+            # (a trace written before the push column: -1, "unknown", and lock waits are per row)
+            u_push=ups.column("push").to_numpy().astype(np.int64) if "push" in ups.column_names else np.full(len(ups), -1, np.int64),
             member_offsets=offsets,
             member_gid=np.asarray(gid_list.flatten(), dtype=np.int64) if len(ups) else np.zeros(0, np.int64),
             member_weight=np.asarray(weight_list.flatten(), dtype=np.float64) if len(ups) else np.zeros(0, np.float64),

@@ -184,7 +184,27 @@ def check_trace(trace: Trace) -> None:
         for r in rows:  # staleness = version just before the update - version read
             gids, _ = trace.members(r)
             assert np.all(trace.u_version[r] - 1 - trace.read_version[gids, shard] <= trace.staleness[gids])
+    rows_of = rows_by_push(trace)  # a push is one update row per shard at most, all requested before they lock
+    assert (trace.u_push >= 0).all() and all(len(set(trace.u_shard[rows].tolist())) == len(rows) for rows in rows_of.values())
     for w in np.unique(trace.worker):  # a worker's reads never go back in time
         mine = trace.worker == w
         assert np.all(np.diff(trace.read_version[mine], axis=0) >= 0)
         assert np.array_equal(trace.k[mine], np.arange(mine.sum()))
+
+
+def rows_by_push(trace: Trace) -> dict[int, list[int]]:
+    """The update rows of each push number, in plain Python."""
+    rows_of: dict[int, list[int]] = {}
+    for row, push in enumerate(trace.u_push.tolist()):
+        rows_of.setdefault(push, []).append(row)
+    return rows_of
+
+
+def lock_waits_per_push(trace: Trace, global_lock: bool) -> list[float]:
+    """Per push: request to holding every lock it needs (its first row's lock under one global
+    lock, else its last row's), computed row by row, independently of results.summary."""
+    waits = []
+    for rows in rows_by_push(trace).values():
+        locks = [float(trace.u_lock[r]) for r in rows]
+        waits.append((min(locks) if global_lock else max(locks)) - min(float(trace.u_request[r]) for r in rows))
+    return waits

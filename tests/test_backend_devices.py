@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from asgd_sim.cli import main
+from asgd_sim.results.summary import summarize_trace
 from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, Trace
 
-from helpers import FORCED_DEVICES, ROOT, check_trace, forced_env, replay_max_diff
+from helpers import FORCED_DEVICES, ROOT, check_trace, forced_env, lock_waits_per_push, replay_max_diff
 
 
 def run_python(code: str, timeout: float = 300) -> str:
@@ -150,6 +151,9 @@ def test_every_algorithm_runs_for_real_and_replays_exactly(tmp_path: Path) -> No
             assert trace.staleness[applied].max() <= 1 and trace.staleness[applied].max() >= 1
         if name == "ringmaster_stops":  # computations that saw R updates were stopped (and restarted)
             assert (trace.fate == CANCELLED).sum() > 5
+        # The real server's lock wait is per push too (request to holding every lock it needs).
+        waits = lock_waits_per_push(trace, global_lock="server.lock=global" in overrides)
+        assert summarize_trace(trace, 1.0)["lock_wait_mean"] == pytest.approx(float(np.mean(waits)), rel=1e-12, abs=1e-15)
 
 
 def check_local_steps(trace: Trace, steps: int) -> None:
@@ -269,3 +273,24 @@ def test_the_user_algorithm_example_runs_simulated_and_for_real_and_replays_exac
     assert Trace.load(tmp_path / "devices").meta["backend"] == "devices"
     diff, _ = replay_max_diff(tmp_path / "devices")
     assert diff <= 1e-6, diff
+
+
+def test_a_real_runs_time_to_target_is_located_by_a_replay_of_its_trace(tmp_path: Path) -> None:
+    # A real run evaluates its parameters every 20 updates; where it crossed the target between two
+    # evaluations is found by replaying its trace (which reproduces the real parameters). The
+    # reference: the replay of the same trace evaluated after every update, with an unreachable target.
+    from asgd_sim.runner import replay, run_scenario
+
+    sc = scenario_from_dict({"model": {"name": "logreg"}, "workers": [{"count": 3, "compute": 0.0}],
+                             "run": {"until_updates": 120, "eval_every": 20, "target_accuracy": 0.75},
+                             "optimizer": {"learning_rate": 0.1}}, name="real-target")
+    result = run_scenario(sc, tmp_path / "run", backend="devices")
+    summary = result.summary
+    curve = replay(tmp_path / "run", ["run.eval_every=1", "run.target_accuracy=1.0"]).metrics
+    acc = curve["test_accuracy"]
+    seen = next(u for u in range(0, len(acc), 20) if acc[u] >= 0.75)
+    first = next(u for u in range(max(seen - 19, 0), seen + 1) if acc[u] >= 0.75)
+    assert summary["updates_to_target"] == first and summary["time_to_target"] == curve["sim_time"][first]
+    assert summary["time_to_target_exact"] and first in result.metrics["update"]
+    if first % 20:  # (the run's own evaluations stay; the located one is added between them)
+        assert summary["target_search"]["between"] == [seen - 20, seen] and list(result.metrics["update"]).count(first) == 1

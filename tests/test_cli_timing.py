@@ -103,3 +103,31 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["updates"] == 50
     bad = subprocess.run([sys.executable, "-m", "asgd_sim", "run", "no-such.toml"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no-such.toml" in bad.stderr
+
+
+def test_replay_says_what_it_replays_and_never_overwrites_without_force(scenario_file, tmp_path, capsys) -> None:
+    run, out = tmp_path / "run", tmp_path / "replayed"
+    numerics = ["--set", "model.name=logreg", "--set", "optimizer.learning_rate=0.1", "--set", "run.until_updates=60",
+                "--set", "run.eval_every=30"]
+    assert main(["run", str(scenario_file), *numerics, "--out", str(run), "--quiet"]) == 0
+    assert main(["replay", str(run), "--set", "optimizer.learning_rate=0.02", "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"replay     {run}: its saved schedule (60 updates) with optimizer.learning_rate: 0.1 -> 0.02"
+    replay = json.loads((out / "summary.json").read_text())["replay"]
+    assert replay == {"of": str(run), "updates": 60, "changed": ["optimizer.learning_rate: 0.1 -> 0.02"]}
+    # The same --out again: refused (one line, exit 2) and left as it was.
+    before = (out / "summary.json").read_text()
+    assert main(["replay", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --out = {out}: already exists; a replay never overwrites a folder: give another --out, or add --force to replace that run folder"
+    assert (out / "summary.json").read_text() == before
+    # --force replaces it; nothing changed this time, and it says so.
+    assert main(["replay", str(run), "--out", str(out), "--force"]) == 0
+    assert "with nothing changed (the run's own numbers again)" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["replay"]["changed"] == []
+    # Never into the run being replayed, nor over a folder that is not a run folder.
+    assert main(["replay", str(run), "--out", str(run), "--force"]) == 2 and "is the run being replayed" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    assert main(["replay", str(run), "--out", str(tmp_path / "notes"), "--force"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err and (tmp_path / "notes" / "todo.txt").is_file()

@@ -19,10 +19,11 @@ from asgd_sim.scenario.config import ALGORITHMS, Failures, Pipeline, Rack, Slowd
 from asgd_sim.scenario.distributions import Constant, Exponential, Gamma, LogNormal, Pareto, ShiftedExponential, Uniform
 from asgd_sim.timing.engine import TimingEngine, simulate_timing
 from asgd_sim.runner import run_timing
+from asgd_sim.results.summary import summarize_trace
 from asgd_sim.results.timeline import SERVER_PID, WORKERS_PID, write_timeline
 from asgd_sim.trace import APPLIED, CANCELLED, DROPPED, PENDING, Trace
 
-from helpers import INF, group, make_scenario
+from helpers import INF, group, lock_waits_per_push, make_scenario, rows_by_push
 
 EXACT = dict(abs=1e-12)
 
@@ -44,6 +45,20 @@ def test_summary_counts_logical_updates_the_slowest_shards_version() -> None:
     summary = summarize_trace(builder.freeze({"workers": 3}), sim_time=1.0)
     assert summary["updates"] == 2
     assert summary["updates_per_s"] == pytest.approx(2.0)
+
+
+def test_steady_throughput_leaves_out_the_start_up() -> None:
+    # Two workers of 1 s; the second starts at t = 5 (stagger): updates at 1, 2, ... and 6, 7, ...
+    # 25 updates take until t = 15 (15 + 10). Whole run: 25 / 15. Second half (7.5, 15]: 25 - 9
+    # updates (7 + 2 by t = 7.5) in 7.5 s, near the 2 / s both workers make once both run.
+    summary = run_timing(make_scenario(group(1.0, 2, stagger=5.0), updates=25)).summary
+    assert summary["sim_time"] == pytest.approx(15.0, **EXACT)
+    assert summary["updates_per_s"] == pytest.approx(25 / 15, **EXACT)
+    assert summary["steady_updates_per_s"] == pytest.approx(16 / 7.5, **EXACT) == summary["steady_gradients_per_s"]
+    # K-batch-async: every update applies K gradients, so gradients/s is K x updates/s.
+    kbatch = run_timing(make_scenario(group(Exponential(1.0), 8), kind="k_batch_async", k=4, updates=400, seed=1)).summary
+    assert kbatch["steady_gradients_per_s"] == pytest.approx(4 * kbatch["steady_updates_per_s"], rel=1e-12)
+    assert kbatch["gradients_per_s"] == pytest.approx(4 * kbatch["updates_per_s"], rel=1e-12)
 
 
 # --- locks ------------------------------------------------------------------------------------
@@ -96,6 +111,51 @@ def test_global_lock_serialises_all_shards() -> None:
     assert all(b[0] >= a[1] - 1e-12 for a, b in zip(spans, spans[1:]))
     assert len(set(np.round(shard.u_lock, 9))) == 2  # 4 shards at once, twice
     assert _row_waits(glob).mean() > _row_waits(shard).mean()
+    # Per push (request to holding every lock it needs): the global lock is free for w0 (its
+    # later rows queue behind their own siblings, which is not contention) and w1 waits for w0's
+    # 0.4 s: (0 + 0.4) / 2. Per-shard locks: w0 takes all four at once; w1 has all four after
+    # 0.1 s: (0 + 0.1) / 2. The per-row figures stay under their own name.
+    g, s = summarize_trace(glob, 2.0), summarize_trace(shard, 2.0)
+    assert g["lock_wait_mean"] == pytest.approx(0.2, **EXACT) and g["lock_wait_row_mean"] == pytest.approx(0.35, **EXACT)
+    assert s["lock_wait_mean"] == pytest.approx(0.05, **EXACT) and s["lock_wait_row_mean"] == pytest.approx(0.05, **EXACT)
+    assert sorted(glob.u_push.tolist()) == [0] * 4 + [1] * 4 and sorted(shard.u_push.tolist()) == [0] * 4 + [1] * 4
+
+
+def test_global_lock_wait_per_push_does_not_count_sibling_shard_rows() -> None:
+    # One global lock, apply time A in all: as 1 shard (apply A) or 8 shards (apply A/8 each), a
+    # push holds the lock for A either way, so the schedule of pushes, the throughput and the wait
+    # of each push for the lock are the same. Only the per-row figure counts each row's wait for
+    # its own siblings (row i of a push waits i A/8 more).
+    runs = {}
+    for shards in (1, 8):
+        sc = make_scenario(group(Exponential(0.01), 8), shards=shards, lock="global", apply=0.004 / shards, updates=4000, seed=2)
+        result = simulate_timing(sc)
+        runs[shards] = (result.trace, summarize_trace(result.trace, result.sim_time))
+    (_, s1), (eight, s8) = runs[1], runs[8]
+    assert s8["updates_per_s"] == pytest.approx(s1["updates_per_s"], rel=1e-9)
+    assert s8["lock_wait_mean"] == pytest.approx(s1["lock_wait_mean"], rel=1e-9) and s1["lock_wait_mean"] > 0.005
+    assert s1["lock_wait_row_mean"] == s1["lock_wait_mean"]
+    # Independently, push by push: the wait is its first row's lock minus its request, and row i
+    # (0..7) of a push locks exactly i A/8 after its first.
+    assert s8["lock_wait_mean"] == pytest.approx(np.mean(lock_waits_per_push(eight, global_lock=True)), rel=1e-12)
+    rows_of = rows_by_push(eight)
+    for rows in rows_of.values():
+        if len(rows) == 8:
+            assert sorted(eight.u_lock[rows] - min(eight.u_lock[rows])) == pytest.approx([0.0005 * i for i in range(8)], abs=1e-12)
+    assert s8["lock_wait_row_mean"] > s8["lock_wait_mean"] + 0.9 * np.mean([0.0005 * i for i in range(8)])
+
+
+def test_a_trace_saved_without_push_numbers_loads_with_per_row_lock_waits(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    tr = simulate_timing(make_scenario(group(1.0, 2), shards=4, lock="global", apply=0.1, updates=2)).trace
+    tr.save(tmp_path)
+    table = pq.read_table(tmp_path / "updates.parquet")
+    pq.write_table(table.drop(["push"]), tmp_path / "updates.parquet")  # as written before the column existed
+    old = Trace.load(tmp_path)
+    assert (old.u_push == -1).all() and np.array_equal(old.u_lock, tr.u_lock)
+    summary = summarize_trace(old, 2.0)
+    assert summary["lock_wait_mean"] == summary["lock_wait_row_mean"] == pytest.approx(0.35, **EXACT)
 
 
 def _parse_deadlock(lines: list[str]) -> list[tuple[int, set[int], set[int]]]:
@@ -306,11 +366,56 @@ def test_timeline_is_chrome_trace(tmp_path) -> None:
     computes = [e for e in complete if e["name"].startswith("compute")]
     assert len(computes) == int((~np.isnan(tr.t_compute_start) & ~np.isnan(tr.t_compute_end)).sum())
     names = {e["args"]["name"] for e in events if e["ph"] == "M"}
-    assert {"workers", "server shards", "worker 0", "shard 2"} <= names
+    # Each worker's track says its group (3 workers of g0, 2 of g1).
+    assert {"workers", "server shards", "worker 0 (g0)", "worker 2 (g0)", "worker 3 (g1)", "worker 4 (g1)", "shard 2"} <= names
+    assert tr.worker_groups() == ["g0"] * 3 + ["g1"] * 2
     # Each worker's compute spans never overlap (cancelled ones are cut at the cancellation).
     for w in workers:
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in computes if e["tid"] == w)
         assert all(b[0] >= a[1] - 1e-6 for a, b in zip(spans, spans[1:]))
+
+
+def test_throughput_plot_is_a_moving_window_of_updates_and_gradients() -> None:
+    from asgd_sim.results.plots import throughput_curve
+
+    # One worker of 1 s: an update every second, so every window of w updates spans w seconds.
+    t, updates, gradients, w = throughput_curve(simulate_timing(make_scenario(group(1.0), updates=400)).trace)
+    assert w == 10 and len(t) == 390 and t[0] == pytest.approx(11.0)  # (at least 10 updates; 400 // 40)
+    np.testing.assert_allclose(updates, 1.0, rtol=1e-12) and np.testing.assert_allclose(gradients, 1.0, rtol=1e-12)
+    # K-batch-async, K = 4: each update applies 4 gradients, in every window.
+    kbatch = simulate_timing(make_scenario(group(Exponential(1.0), 8), kind="k_batch_async", k=4, updates=800, seed=3)).trace
+    t, updates, gradients, w = throughput_curve(kbatch, window=25)
+    assert w == 25 and np.isfinite(updates).all()
+    np.testing.assert_allclose(gradients, 4 * updates, rtol=1e-12)
+    # Two shards: logical update u lands when its slowest shard does.
+    two = simulate_timing(make_scenario(group(Exponential(1.0), 4), shards=2, lock="global", apply=0.05, updates=300, seed=1)).trace
+    t, _, _, w = throughput_curve(two)
+    slowest = np.maximum(np.sort(two.u_applied[two.u_shard == 0])[:300], np.sort(two.u_applied[two.u_shard == 1])[:300])
+    np.testing.assert_array_equal(t, slowest[w:])
+
+
+def test_geometric_staleness_reference_only_for_exponential_async() -> None:
+    from asgd_sim.results.plots import geometric_reference
+
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8))) == 8
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 6), group(Exponential(1.0), 2))) == 8  # one mean
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 6), group(Exponential(3.0), 2))) is None  # a straggler
+    assert geometric_reference(make_scenario(group(LogNormal(1.0, 0.5), 8))) is None
+    assert geometric_reference(make_scenario(group(1.0, 8))) is None  # constant compute
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8), kind="sync")) is None
+    assert geometric_reference(make_scenario(group(Exponential(1.0), 8, slowdowns=(Slowdown(1.0, 2.0, 3.0),)))) is None
+    assert geometric_reference(None) is None
+
+
+def test_run_folder_plots_draw_the_reference_where_it_holds(tmp_path, monkeypatch) -> None:
+    from asgd_sim.results import plots
+    from asgd_sim.results.folder import write_run
+
+    drawn: list[int | None] = []
+    monkeypatch.setattr(plots, "plot_staleness", lambda trace, path, workers=None: drawn.append(workers))
+    for compute in (Exponential(0.1), LogNormal(0.1, 1.0)):
+        write_run(run_timing(make_scenario(group(compute, 4), updates=50)), tmp_path / compute.name)
+    assert drawn == [4, None]
 
 
 def test_summary_fields_consistent() -> None:

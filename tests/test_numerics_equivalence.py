@@ -333,25 +333,55 @@ def test_local_model_divergence_records_agree(kind: str, lr: float) -> None:
         assert summary["sim_time"] == result.trace.u_applied[-1]
 
 
-def test_target_accuracy_stops_the_run() -> None:
-    base = scenario(LOGREG, run={"until_updates": 600, "eval_every": 10, "seed": 7}, workers=[{"count": 4, "compute": EXP1}],
+def _located(curve: dict[str, np.ndarray], target: float, every: int) -> int | None:
+    """Where a run evaluated every ``every`` updates stops for ``target``, from the accuracy after
+    every update: the first evaluation at the target says in which interval it was reached, and
+    the run stops at the first update of that interval at the target."""
+    acc = curve["test_accuracy"]
+    seen = next((u for u in range(0, len(acc), every) if acc[u] >= target), None)
+    return None if seen is None else next(u for u in range(max(seen - every + 1, 0), seen + 1) if acc[u] >= target)
+
+
+def test_target_accuracy_stops_the_run_where_it_was_reached() -> None:
+    # The accuracy after every update (eval_every = 1, no target) is the independent reference.
+    # With evaluations every 10 updates, the run must stop where the target was reached, not at
+    # the evaluation that saw it (before: time to target was quantised by run.eval_every).
+    base = scenario(LOGREG, run={"until_updates": 300, "eval_every": 10, "seed": 7}, workers=[{"count": 4, "compute": EXP1}],
                     optimizer={"learning_rate": 0.1})
-    target = 0.85
-    free = simulate(base)
-    reached = np.flatnonzero(free.metrics["test_accuracy"] >= target)
-    assert reached.size and reached[0] > 1, "the target must be reached, and not at once"
-    first = int(reached[0])
+    free = simulate(base, ["run.eval_every=1"])
+    assert list(free.metrics["update"]) == list(range(301))
+    # A target reached between two evaluations (the reference does not land on one).
+    target, first = next((t, u) for t in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9) if (u := _located(free.metrics, t, 10)) and u % 10)
+    assert first > 10, "the target must be reached, and not at once"
     stopped = simulate(base, [f"run.target_accuracy={target}"])
     summary = stopped.summary
-    assert summary["stopped"] == "target_accuracy" and not summary["diverged"]
-    assert summary["time_to_target"] == free.metrics["sim_time"][first]
-    assert summary["updates_to_target"] == free.metrics["update"][first]
-    for key in ("update", "sim_time", "train_loss"):
-        np.testing.assert_array_equal(stopped.metrics[key], free.metrics[key][: first + 1], err_msg=key)
+    assert summary["stopped"] == "target_accuracy" and not summary["diverged"] and summary["time_to_target_exact"]
+    assert summary["updates_to_target"] == first and summary["time_to_target"] == free.metrics["sim_time"][first]
+    assert summary["target_search"]["between"] == [first // 10 * 10, first // 10 * 10 + 10] and summary["target_search"]["found"]
+    # Evaluations every 10 updates up to the last one below the target, then the update where it was reached.
+    assert list(stopped.metrics["update"]) == [*range(0, first, 10), first]
+    for key in ("sim_time", "train_loss", "test_accuracy", "staleness_mean"):
+        np.testing.assert_allclose(stopped.metrics[key], free.metrics[key][stopped.metrics["update"]], rtol=1e-5, err_msg=key)
     # The trace ends there: no update after the time the target was met.
-    assert stopped.trace.num_update_rows == free.metrics["update"][first]
-    assert np.max(stopped.trace.u_applied) <= summary["time_to_target"]
+    assert stopped.trace.num_update_rows == first == summary["updates"]
+    assert np.max(stopped.trace.u_applied) <= summary["time_to_target"] == summary["sim_time"]
     assert np.all(~(stopped.trace.t_applied > summary["time_to_target"]))
+
+
+def test_k_batch_async_time_to_target_is_not_quantised_by_eval_every() -> None:
+    # The issue's case: K-batch-async makes few updates per second (4 gradients each), so one
+    # evaluation step is a long stretch of time. Evaluated every 50 updates, the time to target
+    # must still be the one evaluations after every update locate.
+    base = scenario(MLP32, run={"until_updates": 200, "eval_every": 50, "seed": 1}, optimizer={"learning_rate": 0.1},
+                    workers=[{"count": 8, "compute": {"dist": "shifted_exponential", "shift": 0.02, "mean": 0.05}}],
+                    algorithm={"kind": "k_batch_async", "k": 4})
+    free = simulate(base, ["run.eval_every=1"])
+    target, first = next((t, u) for t in (0.8, 0.85, 0.9, 0.7) if (u := _located(free.metrics, t, 50)) and u % 50)
+    stopped = simulate(base, [f"run.target_accuracy={target}"])
+    assert stopped.summary["updates_to_target"] == first
+    assert stopped.summary["time_to_target"] == free.metrics["sim_time"][first]
+    quantised = free.metrics["sim_time"][-(-first // 50) * 50]  # what the first evaluation at the target said
+    assert quantised - stopped.summary["time_to_target"] > 0.1
 
 
 def test_metrics_at_update_zero_are_the_starting_parameters() -> None:

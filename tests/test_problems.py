@@ -324,6 +324,69 @@ def test_user_model_without_accuracy_on_builtin_data(monkeypatch, tmp_path):
         build_problem(Scenario(model=ModelConfig(name="tiny_user_mod:factory", options={"colours": 3})), 2)
 
 
+BAD_INITS = '''
+import jax
+import jax.numpy as jnp
+
+
+class Module:  # stands in for equinox.Module (not installed here): a pytree whose fields are leaves
+    pass
+
+
+Module.__module__ = "equinox._module"
+
+
+@jax.tree_util.register_pytree_node_class
+class MLP(Module):
+    def __init__(self, weight, activation):
+        self.weight, self.activation = weight, activation
+
+    def tree_flatten(self):
+        return (self.weight, self.activation), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def loss(p, b):
+    return jnp.mean(b["x"])
+
+
+def module():
+    return (lambda key: MLP(jax.random.normal(key, (64, 10)), jax.nn.relu)), loss
+
+
+def integers():
+    return (lambda key: {"w": jnp.zeros((64, 10)), "steps": jnp.zeros((), jnp.int32)}), loss
+
+
+def empty():
+    return (lambda key: {}), loss
+'''
+
+
+@pytest.mark.parametrize(("factory", "returned", "where"), [
+    ("module", "an Equinox module", "at [<flat index 1>]: the function relu"),
+    ("integers", "a dict", "at ['steps']: an array of int32"),
+    ("empty", "a dict", "no arrays at all"),
+])
+def test_a_user_init_that_is_not_a_pytree_of_float_arrays_gets_one_line_with_the_fix(monkeypatch, tmp_path, capsys,
+                                                                                    factory, returned, where):
+    # Before: an Equinox module from init ended in a 40-line JAX traceback.
+    (tmp_path / "bad_inits.py").write_text(BAD_INITS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from asgd_sim.cli import main
+
+    code = main(["run", str(REPO / "scenarios" / "quickstart.toml"), "--set", f"model.name=bad_inits:{factory}",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"error: model.name: bad_inits:{factory}: init returned {returned} with ") and where in err
+    assert "eqx.partition(model, eqx.is_inexact_array)" in err and "eqx.combine" in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "pattern"),
     [

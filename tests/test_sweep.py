@@ -17,7 +17,7 @@ import pytest
 import asgd_sim
 from asgd_sim.cli import main
 from asgd_sim.errors import ScenarioError
-from asgd_sim.studies.sweep import parse_grid, parse_variant, plan_sweep, split_top_level
+from asgd_sim.studies.sweep import parse_grid, parse_tune, parse_variant, plan_sweep, split_top_level
 
 TINY = """
 # A tiny timing scenario: 3 workers, 150 updates.
@@ -128,6 +128,67 @@ def test_plan_is_the_cartesian_product_with_variants_first(tiny: Path) -> None:
     assert plan_sweep(tiny, seeds=1).digest == plan_sweep(tiny, seeds=5).digest  # more seeds: the same sweep
 
 
+def test_tuned_values_as_lists_and_log_ranges() -> None:
+    assert parse_tune("optimizer.learning_rate=0.01,0.1") == ("optimizer.learning_rate", ["0.01", "0.1"])
+    # Seven values a half-decade apart from 1e-3 to 1, rounded to 3 significant digits.
+    assert parse_tune("optimizer.learning_rate=log:0.001:1:7") == (
+        "optimizer.learning_rate", ["0.001", "0.00316", "0.01", "0.0316", "0.1", "0.316", "1"])
+    assert parse_tune("algorithm.k=log:1:16:5")[1] == ["1", "2", "4", "8", "16"]
+    for bad in ("x=log:1:0.1:3", "x=log:0:1:3", "x=log:a:b:3", "x=log:0.001:1:1", "x=log:0.001:1", "x=log:1:1.001:9"):
+        with pytest.raises(ScenarioError, match="--tune"):
+            parse_tune(bad)
+
+
+def test_a_key_from_both_a_variant_and_the_grid_is_refused(tiny: Path, tmp_path: Path, capsys) -> None:
+    # Before, the grid silently won. Now neither does: one line, exit 2, nothing written.
+    out = tmp_path / "both"
+    for args, first in ((["--grid", "server.lock=global,none", "--variant", "a:server.lock=shard"],
+                         "error: --grid: 'server.lock' is also set by --variant a (server.lock)"),
+                        (["--grid", "workers=2,4", "--variant", "b:workers[0].count=3"],
+                         "error: --grid: 'workers' is also set by --variant b (workers[0].count)"),
+                        (["--grid", "server.apply_time=0.001,0.002", "--tune", "server.apply_time=0.003,0.004"],
+                         "error: --tune: 'server.apply_time' is also set by --grid server.apply_time"),
+                        (["--variant", "c:server.shards=4", "--tune", "server.shards=1,2"],
+                         "error: --tune: 'server.shards' is also set by --variant c (server.shards)")):
+        assert main(["sweep", str(tiny), "--timing-only", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(first), err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_tuned_sweep_keeps_each_points_best_value(tiny: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tuned"
+    args = ["sweep", str(tiny), "--timing-only", "--variant", "global:server.lock=global", "--variant", "none:server.lock=none",
+            "--tune", "server.apply_time=0.002,0.03", "--seeds", "2", "--jobs", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs["run"]) == [f"p00{p}-t{t}-seed{k}" for p in (0, 1) for t in (0, 1) for k in (0, 1)]
+    assert {"server.apply_time", "tune_index", "tune_label", "tune_chosen"} <= set(runs.columns)
+    # Timing only: the highest mean steady-state updates/s wins, per point (computed here from the rows).
+    for point, mine in runs.groupby("point"):
+        means = mine.groupby("server.apply_time")["steady_updates_per_s"].mean()
+        best = means.idxmax()
+        assert (mine["tune_chosen"] == (mine["server.apply_time"] == best)).all(), point
+        label = mine["label"].iloc[0]
+        assert f"{point} {label}: apply_time={best:g} by throughput" in printed
+    assert "ran        8 runs" in printed and "tuned      server.apply_time per point (the highest mean steady-state updates/s" in printed
+    # The choice reaches the run folders' summaries: the run with the chosen value really ran with it.
+    chosen = runs[runs["tune_chosen"]].iloc[0]
+    assert f"value = {chosen['server.apply_time']}" in (out / "runs" / chosen["run"] / "scenario.toml").read_text().split("[server.apply_time]")[1]
+    # compare: each point at its chosen value (a column says which); --tuned all: every value.
+    assert main(["compare", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["series", "runs", "tuned"] and "apply_time=" in table
+    assert len(asgd_sim.studies.compare.compare([out], tuned="all").series) == 4
+    assert main(["report", str(out)]) == 0 and "## Tuning" in (out / "report.md").read_text()
+    # Resuming runs nothing; another tuned list is another sweep.
+    assert main(args) == 0 and "ran        0 runs (8 were already done)" in capsys.readouterr().out
+    assert main([*args[:8], "server.apply_time=0.002,0.01", *args[9:]]) == 2
+    assert "the grid changed" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- running
 
 
@@ -136,6 +197,8 @@ def test_timing_sweep_writes_one_row_per_run_and_resumes(tiny: Path, tmp_path: P
     args = ["sweep", str(tiny), "--timing-only", "--grid", "server.lock=global,none", "--grid", "workers=2,4",
             "--seeds", "2", "--jobs", "2", "--out", str(out), "--quiet"]
     assert main(args) == 0
+    printed = capsys.readouterr()  # --quiet: no header or progress, yet the summary (before, nothing at all)
+    assert "ran        8 runs (0 were already done)" in printed.out and "results    " in printed.out and "sweep      " not in printed.err
     runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == 8 and runs["run"].is_unique and (runs["status"] == "ok").all()
     assert list(runs.columns[:7]) == ["run", "point", "label", "server.lock", "workers", "seed", "status"]

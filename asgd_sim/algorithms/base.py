@@ -38,9 +38,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from ..scenario.config import Scenario
 
-__all__ = ["ServerPolicy", "Decision", "MODEL_UPDATES", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
+__all__ = ["ServerPolicy", "Decision", "Workers", "worker_array", "MODEL_UPDATES", "Apply", "Serve", "Read", "Hold", "Pull", "Keep", "Cancel", "Stop",
            "PULLING", "COMPUTING", "AT_SERVER", "HELD", "STOPPED", "DOWN"]
 
 # What an update does with what it combines (see `ServerPolicy.model_update`).
@@ -96,6 +98,42 @@ class Stop:
 Decision = Apply | Serve | Read | Hold | Pull | Keep | Cancel | Stop
 
 
+class Workers(list):
+    """A list of worker ids that also holds them as a (read-only) numpy array, so that a driver
+    acting on thousands of workers at once need not convert the list (`worker_array`). The
+    policies' helpers build it (`ServerPolicy.computing_on`); any change to the list drops the
+    array, so it can never disagree with the list."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, workers: np.ndarray) -> None:
+        super().__init__(workers.tolist())
+        self.array: np.ndarray | None = workers.view()
+        self.array.flags.writeable = False
+
+
+def _dropping_the_array(name: str):  # type: ignore[no-untyped-def]
+    change = getattr(list, name)
+
+    def changed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.array = None
+        return change(self, *args, **kwargs)
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "__setitem__", "__delitem__",
+              "__iadd__", "__imul__"):
+    setattr(Workers, _name, _dropping_the_array(_name))
+
+
+def worker_array(workers: list[int]) -> np.ndarray:
+    """``workers`` as a numpy array of ids (without a copy for a `Workers` list)."""
+    array = workers.array if isinstance(workers, Workers) else None
+    return array if array is not None else np.fromiter(workers, np.int64, len(workers))
+
+
 class ServerPolicy:
     """The base of every server algorithm: what each worker is doing, and the shared defaults.
 
@@ -114,10 +152,12 @@ class ServerPolicy:
         algo = scenario.algorithm
         self.workers = scenario.num_workers
         self.drop_above = algo.drop_staleness_above
-        self.state = [PULLING] * self.workers  # every worker starts with an explicit pull
+        # Per worker, as numpy arrays (indexed like lists), so that drivers note many workers at once.
+        self.state = np.full(self.workers, PULLING, np.int8)  # every worker starts with an explicit pull
         self.round = 0  # rounds of the round-based algorithms (0 for the others)
         self.version = 0  # the server's logical version (updates applied to its slowest shard)
-        self.round_of = [0] * self.workers  # the round whose parameters each worker read
+        self.round_of = np.zeros(self.workers, np.int64)  # the round whose parameters each worker read
+        self._bulk_reads = _reads_in_bulk(type(self))
 
     # ---- what the numerics and the drivers need to know -----------------------------------------
 
@@ -138,6 +178,18 @@ class ServerPolicy:
         self.state[worker] = COMPUTING
         self.round_of[worker] = self.round
         self.on_read(worker)
+
+    def read_many(self, workers: np.ndarray) -> None:
+        """`read` for each of ``workers`` (distinct), in order: a driver restarting many at once.
+        One numpy step each when the policy's `on_read` has a matching `on_read_many`; else
+        `read` one by one, so a subclass that overrides `on_read` alone sees every read."""
+        if not self._bulk_reads:
+            for worker in workers.tolist():
+                self.read(worker)
+            return
+        self.state[workers] = COMPUTING
+        self.round_of[workers] = self.round
+        self.on_read_many(workers)
 
     def push(self, worker: int, gids: list[int]) -> list[Decision]:
         """The worker's gradients ``gids`` arrived at the server."""
@@ -181,15 +233,18 @@ class ServerPolicy:
                 self.state[decision.worker] = PULLING
             elif kind is Keep:
                 self.state[decision.worker] = COMPUTING
-            elif kind is Stop:
-                for worker in decision.workers:
-                    self.state[worker] = STOPPED
+            elif kind is Stop and decision.workers:
+                self.state[worker_array(decision.workers)] = STOPPED
         return decisions
 
     # ---- hooks ----------------------------------------------------------------------------------
 
     def on_read(self, worker: int) -> None:
         """A worker starts computing (after `read` noted it)."""
+
+    def on_read_many(self, workers: np.ndarray) -> None:
+        """`on_read` for each of ``workers`` (distinct), in order, as numpy steps. A policy that
+        overrides `on_read` overrides this too, or its workers' reads are delivered one by one."""
 
     def on_push(self, worker: int, gids: list[int]) -> list[Decision]:
         raise NotImplementedError(f"{type(self).__name__} must define on_push")
@@ -210,6 +265,17 @@ class ServerPolicy:
 
     def computing_on(self, round_: int, besides: int) -> list[int]:
         """The workers (other than ``besides``) still computing on, or pulling in, round ``round_``."""
-        state, round_of = self.state, self.round_of
-        return [w for w in range(self.workers)
-                if w != besides and round_of[w] == round_ and (state[w] == COMPUTING or state[w] == PULLING)]
+        state = self.state
+        running = (self.round_of == round_) & ((state == COMPUTING) | (state == PULLING))
+        if 0 <= besides < self.workers:
+            running[besides] = False
+        return Workers(np.flatnonzero(running))
+
+
+def _reads_in_bulk(cls: type[ServerPolicy]) -> bool:
+    """Whether `ServerPolicy.read_many` may note reads in bulk for ``cls``: it keeps `read`, and
+    the class that defines its `on_read_many` is (a subclass of) the one that defines `on_read`."""
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in c.__dict__)
+
+    return cls.read is ServerPolicy.read and issubclass(owner("on_read_many"), owner("on_read"))

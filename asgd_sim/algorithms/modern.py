@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
+
+import numpy as np
 
 from ..scenario.config import Scenario
 from .asynchronous import AsyncPolicy, KBatchAsyncPolicy
-from .base import COMPUTING, Apply, Decision, Read, Serve, Stop
+from .base import COMPUTING, Apply, Decision, Read, Serve, Stop, Workers
 from .rounds import KBatchSyncPolicy
 
 __all__ = ["RennalaPolicy", "RingmasterPolicy", "FedBuffPolicy", "FedAsyncPolicy"]
@@ -59,17 +62,24 @@ class RingmasterPolicy(AsyncPolicy):
         threshold = scenario.algorithm.delay_threshold
         self.threshold = int(threshold) if threshold is not None else self.workers
         self.stops = bool(scenario.algorithm.stops)
-        self.started_at = [0] * self.workers  # the version each computation in progress read
-        # Computations in start order: (version read, worker, serial). Versions only grow, so the
-        # ones to stop at an update are always at the front (O(1) per computation, not per worker).
-        self.started: deque[tuple[int, int, int]] = deque()
-        self.serial = [0] * self.workers
+        self.started_at = np.zeros(self.workers, np.int64)  # the version each computation in progress read
+        # Computations in start order: (version read, worker, serial), or (version read, workers,
+        # serials) for workers that read together (`on_read_many`). Versions only grow, so the ones
+        # to stop at an update are always at the front (O(1) per computation, not per worker).
+        self.started: deque[tuple[int, Any, Any]] = deque()
+        self.serial = np.zeros(self.workers, np.int64)
 
     def on_read(self, worker: int) -> None:
         self.started_at[worker] = self.version
         if self.stops:
             self.serial[worker] += 1
             self.started.append((self.version, worker, self.serial[worker]))
+
+    def on_read_many(self, workers: np.ndarray) -> None:
+        self.started_at[workers] = self.version
+        if self.stops:
+            self.serial[workers] += 1
+            self.started.append((self.version, workers, self.serial[workers]))
 
     def keep(self, staleness: int) -> bool:
         return staleness < self.threshold and super().keep(staleness)
@@ -78,12 +88,17 @@ class RingmasterPolicy(AsyncPolicy):
         """Stop the computations that have now seen R updates, and restart them at this point."""
         if not self.stops:
             return []
-        stopped: list[int] = []
+        parts: list[np.ndarray] = []
         started, limit = self.started, version - self.threshold
         while started and started[0][0] <= limit:
             _, worker, serial = started.popleft()
-            if serial == self.serial[worker] and self.state[worker] == COMPUTING:
-                stopped.append(worker)
+            if isinstance(worker, np.ndarray):  # workers that read together: those still computing on it
+                parts.append(worker[(serial == self.serial[worker]) & (self.state[worker] == COMPUTING)])
+            elif serial == self.serial[worker] and self.state[worker] == COMPUTING:
+                parts.append(np.array([worker], np.int64))
+        if not parts:
+            return []
+        stopped = Workers(np.concatenate(parts))
         return [Stop(stopped), Serve(stopped)] if stopped else []
 
 

@@ -168,7 +168,7 @@ class RealServer(ShardWrites):
         self.grads: dict[int, tuple] = {}  # pushed gradients not yet applied or dropped
         self.reads: dict[int, tuple] = {}  # DC-ASGD: the rows each pushed gradient was computed at
         self.uses: dict[int, int] = {}  # shards that have still to apply (or drop) each pushed gradient
-        self.updates = 0
+        self.updates, self.pushes = 0, 0  # logical updates; server requests so far (the trace's push numbers)
         self.delivered = 0  # the logical versions the policy has been told of (`_deliver_updates`)
         self.stopped = ""
         self.stop_time = math.nan
@@ -298,7 +298,10 @@ class RealServer(ShardWrites):
         with self.state_lock:
             now = self.clock.now()
             for gid in gids:
-                self.trace.t_arrive[gid] = now
+                # A remote worker stamps its compute end on its clock, synchronised to the
+                # server's to within half the round trip measured at start (more on a loaded
+                # host): a push never arrives before the compute it carries ended.
+                self.trace.t_arrive[gid] = max(now, self.trace.t_compute_end[gid])
             for gid, g in zip(gids, grads):  # (local steps: one payload, under the push's first row)
                 self.grads[gid] = g
                 self.uses[gid] = self.S
@@ -430,17 +433,23 @@ class RealServer(ShardWrites):
         self.store.discard(gids)
 
     def await_broadcast(self, wid: int) -> Read | None:
-        """A worker whose round closed without it waits for that round's broadcast read."""
+        """A worker whose round closed without it waits for that round's broadcast read.
+
+        If the policy stopped it again between the broadcast and this thread's resuming (a new
+        wake event: the round it was served closed meanwhile), that read is stale and its stop
+        flag is the new round's: it waits for the next broadcast instead. (Clearing the flag and
+        computing on the stale read let its gradient into the next round: staleness 1 in Rennala.)
+        """
         slot = self.slots[wid]
-        with self.cond:
-            wake = slot.wake
-        try:
-            self._wait(wake)
-        except Stopped:
-            return None
-        with self.cond:
-            slot.cancel.clear()
-        return slot.next_read if not self.stopped else None
+        while not self.stopped:
+            with self.cond:
+                wake = slot.wake  # (re-read each time: a stop replaces it)
+            if wake.wait(0.1):
+                with self.cond:
+                    if slot.wake is wake:
+                        slot.cancel.clear()
+                        return slot.next_read if not self.stopped else None
+        return None
 
     def _wait(self, wake: threading.Event) -> None:
         """Wait for ``wake``; raise `Stopped` once the run is over."""
@@ -492,6 +501,7 @@ class RealServer(ShardWrites):
                 raise ScenarioError("--resume", "the checkpoint holds no worker models (EASGD needs them); start the run afresh")
             self.models = [[self.store.place(s, row) for s, row in enumerate(rows)] for rows in ckpt.models]
         self.trace = ckpt.resumed_trace()
+        self.pushes = max(self.trace.u_push, default=-1) + 1
         self.next_k = [int(k) for k in ckpt.next_k]
         self.updates = self.delivered = self.policy.version = int(ckpt.updates)
         self.failures = list(ckpt.failures)

@@ -66,6 +66,7 @@ class ShardWrites:
     unsettled: dict[int, dict[int, Any]]
     stopped: str
     updates: int
+    pushes: int
     until_updates: float
     last_update_time: float
     eval_every: int
@@ -88,20 +89,23 @@ class ShardWrites:
             return self.apply_time()
 
     def _apply_all(self, members: list[int], weights: list[float]) -> None:
-        """Apply one update to every shard: in parallel (a thread per shard) or atomically."""
+        """Apply one update to every shard: in parallel (a thread per shard) or atomically; its
+        rows carry one push number (the trace's ``push``: lock waits are measured per push)."""
+        with self.state_lock:
+            push, self.pushes = self.pushes, self.pushes + 1
         if self.S == 1:
-            self._apply_shard(self.shards[0], members, weights)
+            self._apply_shard(self.shards[0], members, weights, push)
         elif self.scenario.server.atomic and self.lock_policy in ("shard", "rw"):
-            self._apply_atomic(members, weights)
+            self._apply_atomic(members, weights, push)
         else:
             assert self._pool is not None
-            futures = [self._pool.submit(self._apply_shard, sh, members, weights) for sh in self.shards]
+            futures = [self._pool.submit(self._apply_shard, sh, members, weights, push) for sh in self.shards]
             for f in futures:
                 f.result()
         if self.stopped:
             raise Stopped
 
-    def _apply_atomic(self, members: list[int], weights: list[float]) -> None:
+    def _apply_atomic(self, members: list[int], weights: list[float], push: int) -> None:
         t_request = self.clock.now()
         locks = [sh.lock for sh in self.shards]
         for lock in locks:
@@ -109,25 +113,26 @@ class ShardWrites:
         try:
             t_lock = self.clock.now()
             for sh in self.shards:
-                self._update(sh, members, weights, t_request, t_lock)
+                self._update(sh, members, weights, t_request, t_lock, push)
         finally:
             for lock in locks:
                 lock.release()  # type: ignore[union-attr]
 
-    def _apply_shard(self, sh: ShardSlot, members: list[int], weights: list[float]) -> None:
+    def _apply_shard(self, sh: ShardSlot, members: list[int], weights: list[float], push: int) -> None:
         t_request = self.clock.now()
         if sh.lock is None:
-            self._update(sh, members, weights, t_request, t_request)
+            self._update(sh, members, weights, t_request, t_request, push)
             return
         with sh.lock:
-            self._update(sh, members, weights, t_request, self.clock.now())
+            self._update(sh, members, weights, t_request, self.clock.now(), push)
 
-    def _update(self, sh: ShardSlot, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _update(self, sh: ShardSlot, members: list[int], weights: list[float], t_request: float, t_lock: float,
+                push: int) -> None:
         """One update of shard ``sh`` (its modelled lock, if any, is held): drop-stale, apply, commit."""
         if self.stopped:
             return
         try:
-            self._update_row(sh, members, weights, t_request, t_lock)
+            self._update_row(sh, members, weights, t_request, t_lock, push)
         finally:
             with self.state_lock:
                 for g in members:
@@ -139,7 +144,8 @@ class ShardWrites:
                     else:
                         self.uses[g] = left
 
-    def _update_row(self, sh: ShardSlot, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _update_row(self, sh: ShardSlot, members: list[int], weights: list[float], t_request: float, t_lock: float,
+                    push: int) -> None:
         hold_until = t_lock + self._sample_apply_time() if self.emulate else None
         if sh.lock is None and hold_until is not None:
             self.clock.sleep_until(hold_until)  # lock-free: the holds of concurrent updates overlap
@@ -165,7 +171,7 @@ class ShardWrites:
                                                       inputs.staleness, inputs.workers, dropped)
                 if sh.lock is not None and hold_until is not None:
                     self.clock.sleep_until(hold_until)
-                raised = self._commit(sh, members, weights, new, state, t_request, t_lock, inputs.workers[0], model)
+                raised = self._commit(sh, members, weights, new, state, t_request, t_lock, push, inputs.workers[0], model)
             finally:
                 if self.lock_policy == "rw":
                     with self.gate:
@@ -209,7 +215,7 @@ class ShardWrites:
                 self.models[int(self.trace.worker[g])].update(adopted)  # type: ignore[index]
 
     def _commit(self, sh: ShardSlot, members: list[int], weights: list[float], new: Any, state: Any,
-                t_request: float, t_lock: float, worker: int, model: Any) -> int:
+                t_request: float, t_lock: float, push: int, worker: int, model: Any) -> int:
         """The update lands: swap the row, bump the version, record it (one atomic step). Returns
         the new logical version if it rose (else 0). ``model``: EASGD's new x_i row of ``worker``
         (the pusher), or None."""
@@ -224,7 +230,7 @@ class ShardWrites:
             sh.row, sh.state, sh.version = new, state, before + 1
             if model is not None:
                 self.models[worker][sh.index] = model  # type: ignore[index]
-            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights)
+            self.trace.record_apply(sh.index, before, t_request, t_lock, now, members, weights, push)
             logical = before + 1 if S == 1 else min(x.version for x in self.shards)
             self.last_update_time = now
             if logical > self.updates:

@@ -38,7 +38,7 @@ from ..scenario.config import Scenario
 from ..trace import APPLIED, TraceBuilder
 from .compile_cache import enable_compilation_cache
 from .layout import Layout
-from .planner import WavePlanner, column
+from .planner import POOLED_ROWS_PER_CALL, PooledPlan, WavePlanner, column
 from .problems import Problem, build_problem
 from .rules import make_server_rule
 
@@ -57,37 +57,58 @@ class NumericsEngine:
         self.problem = problem or build_problem(sc, self.M)
         self.layout = layout = Layout(self.problem, self.S, sc.run.seed)
         self.P, self.chunk = layout.P, layout.chunk
-        self.params = jax.device_put(layout.initial)
         self.rule = make_server_rule(sc.optimizer, self.M)
-        self.state = jax.jit(jax.vmap(self.rule.init))(self.params)
         self.members_max = policy.gradients_per_update
+        self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
+        self.waves = 0  # vmapped gradient calls so far
+        self._traces = 0  # compilations of this engine's jitted functions
+        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
+        self._pooled = jax.jit(self._pooled_impl, donate_argnums=(0, 1, 2))
+        self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
+        self._evaluate = jax.jit(self._evaluate_impl)
+        self._evaluate_compiled: Future | None = None
+        self._init_state = jax.jit(jax.vmap(self.rule.init))
+        self.local: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        """The run state at update 0: the initial parameters and optimizer state, an empty
+        history and a planner at the first row of the trace."""
+        sc, layout = self.scenario, self.layout
+        self.params = jax.device_put(layout.initial)
+        self.state = self._init_state(self.params)
         gradient_updates = self.model_update == "gradient"
         self.planner = planner = WavePlanner(self.M, self.S, self.members_max, sc.run.batch_cap, self.chunk,
                                              on_cpu=jax.default_backend() == "cpu", cached=self.S > 1 and gradient_updates)
+        # Rows whose gradients all read the parameters just before them (rounds) are one backward
+        # pass over their members' batches together (`_pooled_impl`): one shard, gradient
+        # updates, and a rule linear in the gradients (DC-ASGD's compensation is not).
+        planner.pooling = self.S == 1 and gradient_updates and self.members_max > 1 and not self.rule.needs_read_params
         # One more row than slots: the scratch row that padding rows write (`planner.scratch`).
         history = np.zeros((planner.slots.capacity + 1, self.S, self.chunk), np.float32)
         history[0] = layout.initial
         self.history = jax.device_put(history)
         cache = planner.cache
         self.gcache = jnp.zeros((cache.capacity + 1, self.S, self.chunk), jnp.float32) if cache is not None else None  # (+ scratch)
-        self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
-        self.waves = 0  # vmapped gradient calls so far
         self.counted = np.zeros(0, bool)  # with shards: gradients whose staleness is counted
         self.stale_sum = 0.0
         self.stale_count = 0
         self.flags: list[tuple[np.ndarray, jax.Array]] = []  # per call: first row of each wave, any loss bad
         self.check_now = False  # a divergence already known on the host
         self.diverged_at: int | None = None
-        self._traces = 0  # compilations of this engine's jitted functions
-        self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
-        self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._evaluate_compiled: Future | None = None
-        self.local = None
         if not gradient_updates:
             from .local import LocalModels
 
-            self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply, members_max=self.members_max)
+            if self.local is None:
+                self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply, members_max=self.members_max)
+            else:
+                self.local.reset(self.params)
+
+    def restart(self) -> None:
+        """Back to update 0, to fold the same trace again (e.g. to locate where a target was
+        crossed between two evaluations, `stream.locate_crossing`). The compiled functions are
+        kept; the counters of work done (``computed``, ``waves``) go on counting."""
+        self._start()
 
     @property
     def traces(self) -> int:
@@ -141,6 +162,42 @@ class NumericsEngine:
         # A loop with a run-time trip count: a call with fewer waves costs only the waves it has.
         bad = jnp.zeros(grad_ints.shape[0], bool)
         return jax.lax.fori_loop(0, count, wave, (params, state, history, gcache, bad))
+
+    def _pooled_impl(self, params: jax.Array, state: Any, history: jax.Array, count: jax.Array,
+                     row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """``count`` shared-read rows in order (one shard; see `planner.WavePlanner.plan_pooled`).
+
+        Row r's update combines gradients that all read the server's parameters as they are when
+        it comes, so their weighted sum is the gradient of one loss, sum_m weight_m * loss_m, at
+        those parameters: one value_and_grad over the members' mini-batches together (vmapped
+        with the parameters shared, which XLA makes one matrix product per layer instead of one
+        per member), then the server rule on that single gradient. The same numbers as summing
+        the members' gradients, up to float rounding. Returns the new (params, state, history)
+        and per row whether a member's loss was NaN, Inf or above ``run.max_loss``.
+        """
+        self._traces += 1
+        rule, max_loss = self.rule, self.scenario.run.max_loss
+        losses_at = jax.vmap(self.layout.flat_loss, in_axes=(None, 0, 0))
+
+        def pooled_loss(rows: jax.Array, members: jax.Array, weight: jax.Array) -> tuple:
+            losses = losses_at(rows, members[:, 0], members[:, 1])
+            return jnp.sum(jnp.where(weight > 0, weight * losses, 0.0)), losses
+
+        grad = jax.value_and_grad(pooled_loss, has_aux=True)
+
+        def row(r: jax.Array, carry: tuple) -> tuple:
+            params, state, history, bad = carry
+            ints, members, weight = row_ints[r], member_ints[r], weights[r]
+            (_, losses), g = grad(params, members, weight)
+            bad = bad.at[r].set(jnp.any((weight > 0) & ~(losses <= max_loss)))  # NaN compares false
+            mine = jax.tree.map(lambda leaf: leaf[0], state)
+            new, new_state = rule.apply(params[0], mine, g, weights=jnp.ones(1, jnp.float32),
+                                        staleness=ints[1:2], workers=ints[2:3], read_params=None)
+            history = history.at[ints[0], 0].set(new)
+            return new[None], jax.tree.map(lambda n: n[None], new_state), history, bad
+
+        bad = jnp.zeros(row_ints.shape[0], bool)
+        return jax.lax.fori_loop(0, count, row, (params, state, history, bad))
 
     def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
                     row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
@@ -226,6 +283,12 @@ class NumericsEngine:
                 self.flags.append((np.array([start]), jnp.ones(1, bool)))
                 self.check_now = True
             return
+        if planner.pooling:
+            self._grow_history(planner.make_room(tr, min(POOLED_ROWS_PER_CALL, planner.pending_rows(tr))))
+            pooled = planner.plan_pooled(tr, eval_every, limit)
+            if pooled is not None:
+                self._run_pooled(tr, pooled)
+                return
         self._grow_history(planner.make_room(tr, planner.max_rows))
         plan = planner.plan_call(tr, eval_every, limit)
         self.computed += int(plan.inputs[0][..., self.S + 2].sum())
@@ -233,6 +296,14 @@ class NumericsEngine:
             self.params, self.state, self.history, self.gcache, np.int32(plan.waves), *plan.inputs)
         self.flags.append((plan.start + plan.bounds[:-1], bad))
         self.waves += plan.waves
+        self._count_staleness(tr, plan.start, plan.end)
+
+    def _run_pooled(self, tr: TraceBuilder, plan: PooledPlan) -> None:
+        self.params, self.state, self.history, bad = self._pooled(
+            self.params, self.state, self.history, np.int32(plan.rows), plan.row_ints, plan.member_ints, plan.weights)
+        self.computed += plan.computed
+        self.flags.append((plan.start + np.arange(plan.rows), bad))
+        self.waves += plan.rows
         self._count_staleness(tr, plan.start, plan.end)
 
     def _grow_history(self, extra: int) -> None:

@@ -155,6 +155,11 @@ class LocalModels:
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
         self._stepped: dict[int, int] = {}  # EASGD: per worker, the push whose local steps its model holds
 
+    def reset(self, params: jax.Array) -> None:
+        """Every worker's model back to ``params`` (the engine restarts from update 0)."""
+        self.models = jnp.broadcast_to(params, (self.M, *params.shape))
+        self._cache = None
+
     def _steps_impl(self, start: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``ks.shape[1]`` local SGD steps for each worker from ``start[w]`` (vmapped over workers)."""
         self.traces += 1

@@ -21,10 +21,11 @@ from ..trace import CANCELLED, TraceBuilder
 from .gradcache import GradientCache
 from .history import SlotMap
 
-__all__ = ["WavePlanner", "CallPlan", "bucket", "column"]
+__all__ = ["WavePlanner", "CallPlan", "PooledPlan", "bucket", "column"]
 
 CPU_WAVE_ROWS = 4  # update rows per wave on a CPU backend (see `WavePlanner.__init__`)
 WAVES_PER_CALL = 64  # waves one device call may run
+POOLED_ROWS_PER_CALL = 32  # shared-read rows one device call may run (see `WavePlanner.plan_pooled`)
 HISTORY_BUDGET_BYTES = 512 * 2**20  # initial history budget; it may still grow beyond
 
 
@@ -66,6 +67,24 @@ class CallPlan:
     @property
     def waves(self) -> int:
         return len(self.bounds) - 1
+
+
+@dataclass
+class PooledPlan:
+    """One device call of shared-read rows ``[start, start + rows)`` (`WavePlanner.plan_pooled`):
+    per row (history slot written, staleness 0, worker of its first member), per member (worker, k)
+    and weight, padded to ``POOLED_ROWS_PER_CALL`` rows of ``members_max`` members."""
+
+    start: int
+    rows: int
+    row_ints: np.ndarray
+    member_ints: np.ndarray
+    weights: np.ndarray
+    computed: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.rows
 
 
 class WavePlanner:
@@ -111,6 +130,7 @@ class WavePlanner:
         self.row = 0  # next update row of the trace to dispatch
         self.seen = 0  # gradients of the trace already registered as live
         self.live = np.zeros(0, np.int64)  # gradients that may still appear in an update row
+        self.pooling = False  # whether shared-read rows go to `plan_pooled` (set by the engine)
 
     @property
     def scratch(self) -> int:
@@ -226,11 +246,30 @@ class WavePlanner:
         versions, logical = self.versions.copy(), self.logical_updates()
         read_slots = np.zeros((len(gids), S), np.int32)
         write_slots = np.zeros(stop - start, np.int32)
-        bounds, r, n, cut = [0], 0, stop - start, False
+
+        def settle(w0: int, r: int) -> None:
+            """The slots of the waves of rows [w0, r): the versions they write, then those they read
+            (in one step for many waves: a wave reads only versions that exist at its start,
+            written before or by an earlier wave, and a new version takes a free slot, never one
+            a version still to be read holds; so the slots are those of wave after wave)."""
+            for s in range(S):
+                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
+                write_slots[mine] = self.slots.store(s, new_version[mine])
+            m0, m1 = offsets[w0] - first, offsets[r] - first
+            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
+
+        free = self.slots.free_slots()
+        bounds, r, n, cut, settled = [0], 0, stop - start, False, 0
+        if self.pooling:  # shared-read rows are `plan_pooled`'s, whichever call they fall in
+            shared = np.flatnonzero(self.shared_reads(tr, start, stop))
+            n = int(shared[0]) if shared.size else n
         while r < n and len(bounds) <= self.waves_per_call and not cut:
-            if self.slots.free_slots() < R:
+            if free < R:
+                settle(settled, r)
+                settled = r
                 self._collect(tr, start + r, versions)
-                if self.slots.free_slots() < R:
+                free = self.slots.free_slots()
+                if free < R:
                     break  # the next call grows the history
             w0 = r
             if S == 1:  # the common case, on plain ints
@@ -241,6 +280,7 @@ class WavePlanner:
                         cut = True
                         break
                 versions[0] = now
+                free -= r - w0
             else:
                 base = versions.copy()
                 while r < n and r - w0 < R and (need[r] <= base).all():
@@ -249,16 +289,65 @@ class WavePlanner:
                     if _ends_call(int(versions.min()), logical, eval_every, limit):
                         cut = True
                         break
+                pending = np.bincount(shard[settled:r], minlength=S).tolist()
+                free = min(len(f) - c for f, c in zip(self.slots.free, pending))
             if r == w0:
                 raise RuntimeError("a gradient read a version that is not applied yet: the trace is inconsistent")
-            # The versions this wave reads (before any of its writes), then the slots it writes.
-            m0, m1 = offsets[w0] - first, offsets[r] - first
-            read_slots[m0:m1] = self.slots.lookup(reads[m0:m1])
-            for s in range(S):
-                mine = np.flatnonzero(shard[w0:r] == s) + w0 if S > 1 else np.arange(w0, r)
-                write_slots[mine] = self.slots.store(s, new_version[mine])
             bounds.append(r)
+        settle(settled, r)
         return np.array(bounds), read_slots, write_slots, versions
+
+    # ---- rows whose gradients all read the parameters just before them -------------------------
+
+    def shared_reads(self, tr: TraceBuilder, start: int, stop: int) -> np.ndarray:
+        """Per row in ``[start, stop)`` (one shard): whether every gradient it combines read the
+        version just before it. Such a row (a round of synchronous SGD, K-sync, K-batch-sync,
+        Rennala) is the gradient of one loss, the weighted sum of its members' mini-batch losses,
+        at the server's current parameters: one backward pass over their batches together."""
+        offsets = column(tr.u_offsets, np.int64)[start:stop + 1]
+        if len(offsets) < 2:
+            return np.zeros(0, bool)
+        first = int(offsets[0])
+        reads = column(tr.read_version, np.int64)[column(tr.u_gid, np.int64)[first:offsets[-1]]]
+        before = column(tr.u_version, np.int64)[start:stop] - 1
+        at = offsets[:-1] - first
+        return (np.minimum.reduceat(reads, at) == before) & (np.maximum.reduceat(reads, at) == before)
+
+    def plan_pooled(self, tr: TraceBuilder, eval_every: int, limit: float) -> PooledPlan | None:
+        """The next call if the next row is a shared-read row (`shared_reads`): the run of such
+        rows from it, cut at an evaluation point, at ``limit`` logical updates, at
+        ``POOLED_ROWS_PER_CALL`` rows or at the free history slots (each row stores its version,
+        which a later row's gradients may read). None if the next row is not one."""
+        start = self.row
+        stop = min(tr.num_update_rows, start + min(POOLED_ROWS_PER_CALL, self.slots.free_slots()))
+        shared = self.shared_reads(tr, start, stop)
+        if not shared.size or not shared[0]:
+            return None
+        rows = int(np.argmin(shared)) if not shared.all() else len(shared)
+        before, logical = int(self.versions[0]), self.logical_updates()
+        for i in range(rows):
+            if _ends_call(before + i + 1, logical, eval_every, limit):
+                rows = i + 1
+                break
+        versions = column(tr.u_version, np.int64)[start:start + rows]
+        offsets = column(tr.u_offsets, np.int64)[start:start + rows + 1]
+        first = int(offsets[0])
+        gids = column(tr.u_gid, np.int64)[first:offsets[-1]]
+        count = np.diff(offsets)
+        m_row = np.repeat(np.arange(rows), count)
+        m_pos = np.arange(len(gids)) - np.repeat(offsets[:-1] - first, count)
+        worker = column(tr.worker, np.int32)[gids]
+        R, K = POOLED_ROWS_PER_CALL, self.members_max
+        row_ints = np.zeros((R, 3), np.int32)
+        row_ints[:rows, 0] = self.slots.store(0, versions)
+        # (row_ints[:, 1], the rows' staleness, stays 0: each member read the version just before.)
+        row_ints[:rows, 2] = worker[offsets[:-1] - first]
+        member_ints = np.zeros((R, K, 2), np.int32)
+        member_ints[m_row, m_pos] = np.stack([worker, column(tr.k, np.int64)[gids]], axis=1)
+        weights = np.zeros((R, K), np.float32)
+        weights[m_row, m_pos] = column(tr.u_weight, np.float64)[first:offsets[-1]]
+        self.row, self.versions = start + rows, np.array([before + rows], np.int64)
+        return PooledPlan(start, rows, row_ints, member_ints, weights, len(gids))
 
     def _call_inputs(self, tr: TraceBuilder, start: int, bounds: np.ndarray, read_slots: np.ndarray,
                      write_slots: np.ndarray) -> tuple[np.ndarray, ...]:

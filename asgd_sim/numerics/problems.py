@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ..errors import ScenarioError, closest
 from ..scenario.config import ModelConfig, Scenario
@@ -66,4 +71,45 @@ def _user_model(model: ModelConfig) -> tuple[Callable, Callable, Callable | None
     if not (isinstance(out, tuple) and len(out) in (2, 3) and all(callable(f) for f in out)):
         raise ScenarioError("model.name", f"{model.name}(**model.options) must return (init, loss) or (init, loss, accuracy), got {out!r:.80}")
     init, loss, *rest = out
+    _check_init(init, model.name)
     return init, loss, rest[0] if rest else None
+
+
+def _check_init(init: Callable, name: str) -> None:
+    """A user model's ``init(key)`` must return a pytree of floating-point arrays (the parameters
+    the server updates). Anything else (an Equinox module with its activation functions, integer
+    buffers, strings) would end in a long JAX traceback: say what it returned and the fix."""
+    returned: dict[str, Any] = {}
+
+    def probe(key: jax.Array) -> list[Any]:
+        returned["out"] = out = init(key)
+        return [leaf for leaf in jax.tree.leaves(out) if isinstance(leaf, jax.Array)]
+
+    jax.eval_shape(probe, jax.random.PRNGKey(0))  # traced only: nothing is computed
+    out = returned["out"]
+    leaves = jax.tree_util.tree_flatten_with_path(out)[0]
+    bad = [(path, leaf) for path, leaf in leaves if not _float_array(leaf)]
+    if leaves and not bad:
+        return
+    kind = type(out)
+    equinox = any(base.__module__.split(".")[0] == "equinox" for base in kind.__mro__)
+    what = "an Equinox module" if equinox else f"a {kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else f"a {kind.__name__}"
+    where = "no arrays at all" if not bad else (f"a leaf that is not a floating-point array at {jax.tree_util.keystr(bad[0][0]) or 'its root'}: "
+                                                f"{_describe(bad[0][1])}")
+    raise ScenarioError("model.name", f"{name}: init returned {what} with {where}; init must return a pytree (dicts, lists, tuples) "
+                        "of floating-point arrays only, e.g. for an Equinox model return params from "
+                        "params, static = eqx.partition(model, eqx.is_inexact_array) and rebuild it in loss with eqx.combine(params, static)")
+
+
+def _float_array(leaf: Any) -> bool:
+    if isinstance(leaf, float):
+        return True
+    dtype = getattr(leaf, "dtype", None)
+    return isinstance(leaf, (jax.Array, np.ndarray)) and dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def _describe(leaf: Any) -> str:
+    if callable(leaf):
+        return f"the function {getattr(leaf, '__name__', type(leaf).__name__)}"
+    dtype = getattr(leaf, "dtype", None)
+    return f"an array of {dtype}" if dtype is not None else f"a {type(leaf).__name__} ({leaf!r:.30})"

@@ -143,8 +143,12 @@ def make_server_rule(opt: OptimizerConfig, num_workers: int) -> ServerRule:
         coef = jnp.where(live, weights * factor(staleness), 0.0)
 
         def combine(g: jax.Array) -> jax.Array:
-            shape = (-1,) + (1,) * (g.ndim - 1)  # rows of weight 0 drop out, even NaN ones
-            return jnp.sum(jnp.where(live.reshape(shape), coef.reshape(shape) * g, 0.0), axis=0)
+            # sum_l coef_l g_l as a matrix-vector product: XLA:CPU's reduction over the leading
+            # axis of [G, n] is ~50x slower (measured 4.2 ms for [4, 85002]). Rows of weight 0
+            # drop out, even NaN ones (zeroed before the product: 0 * NaN is NaN).
+            shape = (-1,) + (1,) * (g.ndim - 1)
+            masked = jnp.where(live.reshape(shape), g, 0.0).reshape(g.shape[0], -1)
+            return jnp.dot(coef, masked, precision=jax.lax.Precision.HIGHEST).reshape(g.shape[1:]).astype(g.dtype)
 
         updates, opt_state = tx.update(jax.tree.map(combine, grads), state.opt_state, params)
         return optax.apply_updates(params, updates), ServerState(opt_state, mean_square)

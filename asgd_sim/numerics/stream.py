@@ -4,13 +4,21 @@ A schedule is anything that grows a trace and can be advanced: the SimPy timing 
 runs ahead by ``run.window`` updates) or a saved trace being replayed (everything already
 happened). `drive` folds the schedule's trace into parameters wave by wave, without waiting for
 the device, which is synchronised only at evaluations (every ``run.eval_every`` logical updates).
+
+The target accuracy is checked at evaluations, but the run stops where it was reached, not at
+the evaluation that saw it: `locate_crossing` folds the trace again from update 0 (the fold is
+deterministic: the same trace gives the same parameters) to the previous evaluation, then one
+update at a time with an evaluation after each, to the first update at the target. The cost is
+one more fold of the run up to the previous evaluation plus at most ``run.eval_every``
+evaluations, paid once, by runs that reach their target.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +28,7 @@ from ..scenario.config import METRICS
 from ..trace import TraceBuilder
 from .engine import NumericsEngine
 
-__all__ = ["Schedule", "Metrics", "drive"]
+__all__ = ["Schedule", "Metrics", "drive", "locate_crossing"]
 
 
 class Schedule(Protocol):
@@ -41,6 +49,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.columns: dict[str, list[float]] = {name: [] for name in self.COLUMNS}
+        # Where the target was located between evaluations (`locate_crossing`): the two
+        # evaluations it fell between, the evaluations it took and their wall time. Not a column.
+        self.search: dict[str, Any] = {}
 
     @property
     def update(self) -> list[float]:
@@ -52,6 +63,11 @@ class Metrics:
         for name in METRICS:
             self.columns[name].append(values[name])
         self.columns["staleness_mean"].append(staleness_mean)
+
+    def pop(self) -> None:
+        """Forget the last evaluation (every column)."""
+        for values in self.columns.values():
+            values.pop()
 
     def last(self, name: str) -> float:
         return self.columns[name][-1]
@@ -78,8 +94,8 @@ def drive(engine: Schedule, numerics: NumericsEngine, metrics: Metrics,
         # the starting parameters, so that the evaluation compiles alongside the first waves.
         initial = jnp.copy(numerics.params)
         numerics.compile_evaluation_in_background()
-    else:  # (a target may already be met at update 0: then the run stops there)
-        _record(numerics, metrics, 0.0)
+    elif _record(numerics, metrics, 0.0):  # a target already met at update 0: the run stops there
+        return "target_accuracy"
     while True:
         running = engine.step_until(numerics.logical_updates() + window)
         while numerics.pending_rows(tr):
@@ -108,9 +124,10 @@ def drive(engine: Schedule, numerics: NumericsEngine, metrics: Metrics,
 def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) -> str:
     """Check for divergence, evaluate and record; the reason to stop, or ''."""
     if numerics.diverged(tr):
-        _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0)
+        _record(numerics, metrics, _now(numerics, tr))
         return "diverged"
-    if _record(numerics, metrics, float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0):
+    if _record(numerics, metrics, _now(numerics, tr)):
+        _stop_at_crossing(numerics, metrics, tr)
         return "target_accuracy"
     if not metrics.last("train_loss") <= numerics.scenario.run.max_loss:  # NaN, Inf or blow-up
         numerics.diverged_at = numerics.logical_updates()
@@ -118,10 +135,55 @@ def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) ->
     return ""
 
 
-def _record(numerics: NumericsEngine, metrics: Metrics, now: float, initial: jax.Array | None = None) -> bool:
-    """Evaluate now (or the ``initial`` parameters, as update 0); True when the target accuracy
-    is reached."""
-    values = numerics.evaluate(initial)
+def _now(numerics: NumericsEngine, tr: TraceBuilder) -> float:
+    """The simulated time of the last update folded in (0 before any)."""
+    return float(tr.u_applied[numerics.row - 1]) if numerics.row else 0.0
+
+
+def locate_crossing(numerics: NumericsEngine, tr: TraceBuilder, before: int, after: int,
+                    reached: Callable[[dict[str, float]], bool]) -> tuple[int, dict[str, float]] | None:
+    """The first logical update in (``before``, ``after``] whose evaluation is ``reached``.
+
+    Folds ``tr`` again from update 0 (`NumericsEngine.restart`) to ``before`` as a run does,
+    then one logical update per device call with an evaluation after each. Returns (update,
+    evaluation) and leaves ``numerics`` there, or None (``numerics`` at ``after``) when no update
+    up to ``after`` is reached: rounding, a fold cut into other waves differing in the last bit,
+    can move a value sitting exactly at a threshold.
+    """
+    numerics.restart()
+    eval_every = numerics.scenario.run.eval_every
+    while numerics.logical_updates() < before and numerics.pending_rows(tr):
+        numerics.run_call(tr, eval_every, before)
+    while numerics.logical_updates() < after and numerics.pending_rows(tr):
+        numerics.run_call(tr, 1, after)
+        values = numerics.evaluate()
+        if reached(values):
+            return numerics.logical_updates(), values
+    return None
+
+
+def _stop_at_crossing(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) -> None:
+    """The evaluation just recorded reached the target accuracy: end the run at the first update
+    since the previous evaluation that reached it (its evaluation replaces the one recorded)."""
+    if len(metrics.update) < 2 or metrics.update[-1] - metrics.update[-2] <= 1:
+        return  # nothing in between
+    started = time.perf_counter()
+    target = numerics.scenario.run.target_accuracy
+    before, after = metrics.update[-2], metrics.update[-1]
+    found = locate_crossing(numerics, tr, before, after, lambda values: values["test_accuracy"] >= target)
+    if found is not None:
+        metrics.pop()
+        _record(numerics, metrics, _now(numerics, tr), values=found[1])
+    metrics.search = {"between": [before, after], "evaluations": numerics.logical_updates() - before,
+                      "wall_s": round(time.perf_counter() - started, 4), "found": found is not None}
+    numerics.flags.clear()  # (the fold again saw no divergence: the run did not diverge before `after`)
+
+
+def _record(numerics: NumericsEngine, metrics: Metrics, now: float, initial: jax.Array | None = None,
+            values: dict[str, float] | None = None) -> bool:
+    """Evaluate now (or the ``initial`` parameters, as update 0; or take the evaluation
+    ``values`` made now) and record it; True when the target accuracy is reached."""
+    values = values if values is not None else numerics.evaluate(initial)
     metrics.append(numerics.logical_updates() if initial is None else 0, now, values,
                    numerics.staleness_mean() if initial is None else 0.0)
     target = numerics.scenario.run.target_accuracy

@@ -43,7 +43,7 @@ def write_run(result: Result, out: str | Path) -> None:
     start_run_folder(result.scenario, out)
     result.trace.save(out)
     write_timeline(result.trace, out / "timeline.json")
-    write_timing_plots(result.trace, out, result.scenario.num_workers)
+    write_timing_plots(result.trace, out, result.scenario)
     write_json(out / "summary.json", result.summary)
     if result.metrics:
         write_metrics_csv(result.metrics, out / "metrics.csv")

@@ -58,8 +58,8 @@ def load_run(path: str | Path, table: str = "metrics") -> pd.DataFrame:
 
     ``metrics`` has columns update, sim_time, train_loss, test_accuracy, grad_norm_sq,
     suboptimality, staleness_mean (so far) and throughput (updates per simulated second since the
-    previous row); a measure a run did not take (a timing-only run's losses, a folder written before
-    a column existed) is NaN. The frame's ``attrs``
+    previous row), then any other column of the run's metrics.csv; a measure a run did not take (a
+    timing-only run's losses, a folder written before a column existed) is NaN. The frame's ``attrs``
     hold ``summary`` (summary.json as a dict), ``scenario`` (scenario.toml as a dict) and ``path``.
     """
     folder = Path(path)
@@ -90,7 +90,9 @@ def _metrics_frame(folder: Path) -> pd.DataFrame:
     else:
         frame = _metrics_from_trace(folder)
     frame["throughput"] = _rate(frame["update"].to_numpy(float), frame["sim_time"].to_numpy(float))
-    return frame.reindex(columns=list(METRIC_COLUMNS))  # (a column the folder lacks reads as NaN)
+    # The known columns first (NaN where an older run folder lacks one), then any other column
+    # the run's metrics.csv has (a target or a curve may be on any of them).
+    return frame.reindex(columns=list(dict.fromkeys([*METRIC_COLUMNS, *frame.columns])))
 
 
 def _rate(updates: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -130,7 +132,9 @@ def load_sweep(path: str | Path, table: str = "runs") -> pd.DataFrame:
     """A sweep folder as a frame: ``runs`` (default: one row per run) or ``metrics``.
 
     ``runs``: run, point, label, the variant and swept values (one column per ``--grid`` key,
-    named as on the command line), seed, status ("ok" or "error"), error, wall_s and every
+    named as on the command line; for a sweep run with ``--tune``, one per tuned key, and
+    tune_index, tune_label and tune_chosen: whether the value is its point's choice, see
+    `results.tuning`), seed, status ("ok" or "error"), error, wall_s and every
     summary field (nested ones flattened with "_": staleness_mean, staleness_p95, ...; lists as
     JSON text). ``metrics``: the metrics frames of the successful runs stacked, with the run,
     point, label, variant, swept values and seed in front. ``attrs["sweep"]`` is sweep.json.
@@ -198,6 +202,7 @@ def build_runs_table(path: str | Path) -> pd.DataFrame:
     folder = Path(path)
     sweep = _read_json(folder / "sweep.json")
     axes = [axis["key"] for axis in sweep.get("grid", [])]
+    tuned = [axis["key"] for axis in sweep.get("tune", [])]
     has_variant = bool(sweep.get("variants"))
     rows = []
     for result_file in sorted((folder / "runs").glob("*/result.json")):
@@ -211,13 +216,24 @@ def build_runs_table(path: str | Path) -> pd.DataFrame:
             row["variant"] = values.get("variant")
         for key in axes:
             row[key] = values.get(key)
+        if tuned:  # --tune: the value this run had (every point runs at each)
+            tune = record.get("tune") or {}
+            row.update({key: tune.get("values", {}).get(key) for key in tuned})
+            row.update(tune_index=tune.get("index"), tune_label=tune.get("label"))
         row.update(seed=record["seed"], status=record["status"], error=record.get("error"), wall_s=record.get("wall_s"))
         for key, value in flatten_summary(record.get("summary") or {}).items():
             row.setdefault(key, value)
         rows.append(row)
     frame = pd.DataFrame(rows)
+    tune_columns = [*tuned, "tune_index", "tune_label"] if tuned else []
     if frame.empty:
-        frame = pd.DataFrame(columns=["run", "point", "label", *(["variant"] if has_variant else []), *axes, "seed", "status", "error", "wall_s"])
+        frame = pd.DataFrame(columns=["run", "point", "label", *(["variant"] if has_variant else []), *axes, *tune_columns, "seed",
+                                      "status", "error", "wall_s"])
+    elif tuned:
+        from .tuning import mark_chosen
+
+        frame = mark_chosen(frame)
+        frame.insert(list(frame.columns).index("seed"), "tune_chosen", frame.pop("tune_chosen"))
     for column in frame.columns:  # one type per column, as Parquet needs
         values = [v for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))]
         kinds = {type(v) for v in values}

@@ -1,4 +1,10 @@
-"""PNG plots of a run folder's contents (matplotlib, headless)."""
+"""PNG plots of a run folder's contents (matplotlib, headless).
+
+The staleness histogram draws the geometric law of THEORY.md C2 only where it holds (async, every
+worker's compute exponential with one mean: `geometric_reference`); the throughput is a moving
+window over the updates (and over the gradients where they differ); timeline rows name the worker's
+group (from the trace's metadata).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,28 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..scenario.config import Scenario  # noqa: E402
+from ..scenario.distributions import Exponential  # noqa: E402
 from ..trace import APPLIED, CANCELLED, Trace  # noqa: E402
 
-__all__ = ["plot_staleness", "plot_worker_timeline", "plot_throughput", "plot_metrics", "write_timing_plots"]
+__all__ = ["plot_staleness", "plot_worker_timeline", "plot_throughput", "plot_metrics", "write_timing_plots", "geometric_reference",
+           "throughput_curve"]
+
+
+def geometric_reference(scenario: Scenario | None) -> int | None:
+    """M when the staleness of async SGD with M workers follows Geometric(1/M) (THEORY.md C2):
+    every worker's compute time exponential with one mean, no slowdowns or pipelines; else None."""
+    if scenario is None or scenario.algorithm.kind != "async" or scenario.num_workers < 2:
+        return None
+    groups = scenario.workers
+    means = {g.compute.mean for g in groups if isinstance(g.compute, Exponential)}
+    plain = all(isinstance(g.compute, Exponential) and not g.slowdowns and g.pipeline is None for g in groups) and not scenario.racks
+    return scenario.num_workers if plain and len(means) == 1 else None
 
 
 def plot_staleness(trace: Trace, path: Path, workers: int | None = None) -> None:
-    """Histogram of the staleness of applied gradients, with the geometric law for reference."""
+    """Histogram of the staleness of applied gradients; with ``workers`` (M, see
+    `geometric_reference`) the Geometric(1/M) law of exponential compute for reference."""
     stale = trace.staleness[trace.fate == APPLIED]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if stale.size:
@@ -25,10 +46,10 @@ def plot_staleness(trace: Trace, path: Path, workers: int | None = None) -> None
         starts = np.arange(0, top + 1, width)
         counts = np.bincount(np.minimum(stale, top) // width, minlength=len(starts))[: len(starts)] / stale.size
         ax.bar(starts, counts, width=0.9 * width, align="edge" if width > 1 else "center", color="#4c72b0", label="simulated")
-        if workers and workers > 1:
+        if workers and workers > 1:  # (only where the law holds: `geometric_reference`)
             q = 1 - 1 / workers  # P(start <= tau < start + width) under Geometric(1/M)
             x = starts + (width / 2 if width > 1 else 0)
-            ax.plot(x, q ** starts - q ** (starts + width), "k.--", lw=1, ms=3, label=f"Geometric(1/M), M={workers} (exponential compute)")
+            ax.plot(x, q ** starts - q ** (starts + width), "k.--", lw=1, ms=3, label=f"Geometric(1/M), M={workers} (exponential compute, THEORY.md C2)")
         ax.axvline(stale.mean(), color="#dd8452", lw=1.5, label=f"mean {stale.mean():.2f}")
         ax.legend(frameon=False, fontsize=8)
     ax.set_xlabel("staleness (updates)")
@@ -64,6 +85,10 @@ def plot_worker_timeline(trace: Trace, path: Path, max_workers: int = 32, window
         for (wid, label), ranges in spans.items():
             ax.broken_barh(ranges, (wid - 0.4, 0.8), color=colours[label])
         ax.set_xlim(0, end)
+        groups = trace.worker_groups()
+        if any(groups):  # each row says its worker's group
+            ax.set_yticks(range(n_workers), [f"{w} {groups[w]}" if w < len(groups) else str(w) for w in range(n_workers)],
+                          fontsize=7 if n_workers > 16 else 8)
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
         ax.legend(handles, list(colours), ncol=5, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     ax.set_xlabel("simulated time (s)")
@@ -74,16 +99,38 @@ def plot_worker_timeline(trace: Trace, path: Path, max_workers: int = 32, window
     plt.close(fig)
 
 
-def plot_throughput(trace: Trace, path: Path, bins: int = 50) -> None:
-    """Server updates per simulated second over the run."""
+def throughput_curve(trace: Trace, window: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(time, updates/s, gradients/s, window): rates over a moving window of ``window`` logical
+    updates (default: about 1/40 of the run, at least 10), at each window's end."""
+    per_shard = [np.sort(trace.u_applied[trace.u_shard == s]) for s in range(trace.shards)]
+    n = min((len(t) for t in per_shard), default=0)
+    if n < 3:
+        return np.zeros(0), np.zeros(0), np.zeros(0), 0
+    times = np.max([t[:n] for t in per_shard], axis=0)  # logical update u lands when its slowest shard does
+    w = min(max(10, n // 40) if window is None else max(1, window), n - 1)
+    start, end = times[:-w], times[w:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        updates = np.where(end > start, w / (end - start), np.nan)
+        done = np.sort(trace.times["t_applied"][trace.fate == APPLIED])
+        grads = np.searchsorted(done, end, side="right") - np.searchsorted(done, start, side="right")
+        gradients = np.where(end > start, grads / (end - start), np.nan)
+    return end, updates, gradients, w
+
+
+def plot_throughput(trace: Trace, path: Path, window: int | None = None) -> None:
+    """Server updates (and gradients, where they differ) per simulated second, smoothed over a
+    moving window of updates (`throughput_curve`)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    times = trace.u_applied[trace.u_shard == 0]
-    if times.size > 1:
-        counts, edges = np.histogram(times, bins=bins)
-        ax.plot((edges[:-1] + edges[1:]) / 2, counts / np.diff(edges), color="#4c72b0")
+    t, updates, gradients, w = throughput_curve(trace, window)
+    if t.size:
+        ax.plot(t, updates, color="#4c72b0", label="updates / s")
+        if not np.allclose(gradients, updates, equal_nan=True):
+            ax.plot(t, gradients, color="#dd8452", label="gradients / s")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("updates / s")
-    ax.set_title("Server throughput")
+    ax.set_ylabel("per simulated second")
+    ax.set_title("Server throughput" + (f" (moving window of {w} updates)" if w else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -105,8 +152,10 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: Path, x: str, y: str, tit
     plt.close(fig)
 
 
-def write_timing_plots(trace: Trace, folder: Path, workers: int) -> list[str]:
-    files = {"staleness.png": lambda p: plot_staleness(trace, p, workers),
+def write_timing_plots(trace: Trace, folder: Path, scenario: Scenario | None = None) -> list[str]:
+    """staleness.png, timeline.png and throughput.png (the geometric staleness law only where the
+    ``scenario`` makes it hold)."""
+    files = {"staleness.png": lambda p: plot_staleness(trace, p, geometric_reference(scenario)),
              "timeline.png": lambda p: plot_worker_timeline(trace, p),
              "throughput.png": lambda p: plot_throughput(trace, p)}
     for name, draw in files.items():

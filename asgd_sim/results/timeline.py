@@ -1,6 +1,7 @@
 """Chrome / Perfetto timeline of a trace (open ``timeline.json`` in ui.perfetto.dev or chrome://tracing).
 
-One track per worker (pull, compute, push, wait for lock, apply) and one per shard (lock holds),
+One track per worker (pull, compute, push, wait for lock, apply; named with the worker's group) and
+one per shard (lock holds),
 in the Trace Event Format's complete ("X") events, timestamps in microseconds of simulated time.
 """
 
@@ -37,8 +38,11 @@ def timeline_events(trace: Trace, max_gradients: int = 50_000) -> list[dict[str,
         {"name": "process_name", "ph": "M", "pid": SERVER_PID, "args": {"name": "server shards"}},
     ]
     workers = int(trace.worker.max()) + 1 if trace.num_gradients else 0
+    groups = trace.worker_groups()
     for wid in range(workers):
-        events.append({"name": "thread_name", "ph": "M", "pid": WORKERS_PID, "tid": wid, "args": {"name": f"worker {wid}"}})
+        group = groups[wid] if wid < len(groups) else ""
+        events.append({"name": "thread_name", "ph": "M", "pid": WORKERS_PID, "tid": wid,
+                       "args": {"name": f"worker {wid}" + (f" ({group})" if group else "")}})
     for shard in range(trace.shards):
         events.append({"name": "thread_name", "ph": "M", "pid": SERVER_PID, "tid": shard, "args": {"name": f"shard {shard}"}})
     n = min(trace.num_gradients, max_gradients)

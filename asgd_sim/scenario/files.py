@@ -45,6 +45,7 @@ __all__ = [
     "scenario_to_dict",
     "dump_scenario",
     "dumps_scenario",
+    "scenario_changes",
 ]
 
 _HEADER = "# Resolved asgd-sim scenario: every key, with the defaults filled in.\n\n"
@@ -308,3 +309,23 @@ def dumps_scenario(scenario: Scenario) -> str:
 def dump_scenario(scenario: Scenario, path: str | Path) -> None:
     """Write the resolved scenario to ``path`` (the run directory's copy of what ran)."""
     Path(path).write_text(dumps_scenario(scenario), encoding="utf-8")
+
+
+def scenario_changes(old: Scenario | dict[str, Any] | str, new: Scenario | dict[str, Any] | str) -> list[str]:
+    """What differs between two scenarios (objects, resolved trees or TOML text), one
+    ``key: old -> new`` line per leaf key (``workers[0].count: 7 -> 15``), in key order."""
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}.{key}" if prefix else key).items()}
+        if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+            return {k: v for i, value in enumerate(tree) for k, v in flat(value, f"{prefix}[{i}]").items()}
+        return {prefix: tree}
+
+    def tree(value: Scenario | dict[str, Any] | str) -> dict[str, Any]:
+        if isinstance(value, Scenario):
+            return scenario_to_dict(value)
+        return tomllib.loads(value) if isinstance(value, str) else dict(value)
+
+    before, after = flat(tree(old)), flat(tree(new))
+    return [f"{k}: {before.get(k, '(unset)')!r} -> {after.get(k, '(unset)')!r}"
+            for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]

@@ -6,8 +6,14 @@
 
 The points are the cartesian product of the variants (labelled sets of overrides, for choices that
 change several keys together) and the ``--grid`` axes (``key=v1,v2,...``, the ``--set`` syntax);
-each point runs with seeds 0..N-1 (``run.seed=k``: common random numbers across points). Every
-point is validated before anything runs, so a bad key or value fails at once.
+each point runs with seeds 0..N-1 (``run.seed=k``: common random numbers across points). A key may
+be set by a variant or by the grid, not both. Every point is validated before anything runs, so a
+bad key or value fails at once.
+
+``--tune key=v1,v2,...`` (or ``key=log:LOW:HIGH:N``, N values evenly spaced on a log scale) runs
+every point at every tuned value and keeps, per point, the best one by the criterion of
+`results.tuning` (time to target, else final loss): a fair comparison puts each method at its own
+best step. Runs of a tuned sweep are named ``<point>-t<value index>-seed<k>``.
 
 The folder::
 
@@ -24,10 +30,7 @@ started with "spawn" (JAX is not fork-safe), which exit when the sweep process d
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -37,185 +40,21 @@ import time
 import tomllib
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..scenario.config import Scenario
-from ..algorithms import make_policy
 from ..errors import ScenarioError
-from ..scenario.files import dumps_scenario, load_scenario, scenario_from_dict, scenario_to_dict
+from ..scenario.files import scenario_changes, scenario_from_dict
+from .sweep_plan import Point, Sweep, parse_grid, parse_tune, parse_variant, plan_sweep, split_top_level
 
-__all__ = ["Sweep", "SweepOutcome", "plan_sweep", "run_sweep", "parse_grid", "parse_variant", "split_top_level"]
+__all__ = ["Sweep", "SweepOutcome", "plan_sweep", "run_sweep", "parse_grid", "parse_variant", "parse_tune", "split_top_level"]
 
-FORMAT = 1
 MAX_ATTEMPTS = 3  # a run whose worker process dies this many times is recorded as failed
-
-
-# ---------------------------------------------------------------------------------- the plan
-
-
-def split_top_level(text: str, sep: str) -> list[str]:
-    """Split at ``sep`` outside quotes, brackets and braces: '1,[2,3],{a=1,b=2}' -> 3 parts."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, char in enumerate(text):
-        if quote:
-            if char == quote and text[i - 1] != "\\":
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-        elif char == sep and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return parts
-
-
-def parse_value(raw: str) -> Any:
-    """A TOML value (3, 0.5, "x", true) as the scenario loader reads it, else the bare text."""
-    try:
-        parsed = tomllib.loads(f"v = {raw}")
-    except (tomllib.TOMLDecodeError, RecursionError):
-        return raw
-    value = parsed.get("v", raw)
-    return raw if isinstance(value, (dict, list)) else value  # tables and arrays: keep the text
-
-
-def parse_grid(text: str) -> tuple[str, list[str]]:
-    """``key=v1,v2,...`` -> (key, [raw values])."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ScenarioError("--grid", f"{text!r}: write key=v1,v2,..., e.g. --grid server.lock=global,shard,none")
-    values = split_top_level(raw, ",")
-    if any(not v for v in values):
-        raise ScenarioError("--grid", f"{text!r}: has an empty value; separate values with single commas, e.g. {key}=1,2,4")
-    if len(set(values)) != len(values):
-        raise ScenarioError("--grid", f"{text!r}: lists a value twice; give each value once")
-    return key, values
-
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``label:key=value;key=value`` -> (label, [overrides]); the overrides may be empty."""
-    label, sep, raw = text.partition(":")
-    label = label.strip()
-    if not sep or not label or any(c in label for c in "=/\\") or label.startswith("."):
-        raise ScenarioError("--variant", f"{text!r}: write label:key=value[;key=value...], e.g. --variant 'backup:algorithm.kind=sync;algorithm.backup=1'")
-    overrides = [o for o in split_top_level(raw, ";") if o]
-    for override in overrides:
-        if "=" not in override:
-            raise ScenarioError("--variant", f"{text!r}: {override!r} is not key=value; separate several overrides with ';'")
-    return label, overrides
-
-
-@dataclass(frozen=True)
-class Point:
-    """One grid point: its id, label, swept values (column -> value) and the overrides it sets."""
-
-    id: str
-    label: str
-    values: dict[str, Any]
-    overrides: tuple[str, ...]
-    scenario: dict[str, Any] = field(repr=False, compare=False)  # resolved, seed not yet set
-
-
-@dataclass
-class Sweep:
-    """A validated sweep: everything needed to run it, nothing run yet (see `plan_sweep`)."""
-
-    scenario_path: str
-    name: str
-    base_overrides: list[str]
-    grid: list[tuple[str, list[str]]]
-    variants: list[tuple[str, list[str]]]
-    seeds: int
-    timing_only: bool
-    base: Scenario
-    points: list[Point]
-
-    @property
-    def digest(self) -> str:
-        """What makes two sweeps the same experiment: resolved base scenario, grid, variants, mode."""
-        blob = json.dumps({"scenario": _base_text(self.base), "grid": self.grid, "variants": self.variants,
-                           "timing_only": self.timing_only}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def run_names(self) -> list[tuple[Point, int, str]]:
-        return [(p, k, f"{p.id}-seed{k}") for p in self.points for k in range(self.seeds)]
-
-    def description(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "hash": self.digest, "scenario": self.scenario_path,
-            "scenario_file": str(Path(self.scenario_path).resolve()), "name": self.name,
-            "set": self.base_overrides, "grid": [{"key": k, "values": v} for k, v in self.grid],
-            "variants": [{"label": label, "set": o} for label, o in self.variants], "seeds": self.seeds,
-            "timing_only": self.timing_only, "base_scenario": _base_text(self.base),
-            "points": [{"id": p.id, "label": p.label, "values": p.values, "set": list(p.overrides)} for p in self.points],
-        }
-
-
-def _base_text(base: Scenario) -> str:
-    # The seed is the sweep's to set, so it is not part of what identifies the experiment.
-    return dumps_scenario(dataclasses.replace(base, run=dataclasses.replace(base.run, seed=0)))
-
-
-def plan_sweep(scenario: str | Path, grid: Sequence[str] = (), variants: Sequence[str] = (), *, seeds: int = 1,
-               overrides: Sequence[str] = (), timing_only: bool = False) -> Sweep:
-    """Parse and validate a sweep: every point's scenario is built (no JAX), so a bad key fails here."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ScenarioError("--seeds", f"= {seeds!r}: must be an integer >= 1 (seeds 0..N-1 run for every point)")
-    base = load_scenario(scenario, list(overrides))
-    axes = [parse_grid(g) for g in grid]
-    keys = [k for k, _ in axes]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ScenarioError("--grid", f"{key!r} is given twice; list all its values in one --grid {key}=v1,v2,...")
-        if key in ("run.seed", "variant") or key.startswith("run.seed"):
-            raise ScenarioError("--grid", f"{key!r}: seeds are set by --seeds N (runs seeds 0..N-1 for every point)"
-                                if key.startswith("run.seed") else f"{key!r}: 'variant' is the name of the --variant column; grid a scenario key")
-    labelled = [parse_variant(v) for v in variants]
-    labels = [label for label, _ in labelled]
-    for label in labels:
-        if labels.count(label) > 1:
-            raise ScenarioError("--variant", f"label {label!r} is used twice; give each variant its own label")
-    variant_axis: list[tuple[str, list[str]] | None] = list(labelled) if labelled else [None]
-    combos = list(itertools.product(variant_axis, *[[(k, v) for v in values] for k, values in axes]))
-    width = max(3, len(str(len(combos) - 1)))
-    short = _short_names(keys)
-    points = []
-    for index, (variant, *settings) in enumerate(combos):
-        point_overrides = list(variant[1]) if variant else []
-        values: dict[str, Any] = {"variant": variant[0]} if variant else {}
-        label_parts = [variant[0]] if variant else []
-        for key, raw in settings:
-            point_overrides.append(f"{key}={raw}")
-            values[key] = parse_value(raw)
-            label_parts.append(f"{short[key]}={raw}")
-        point_id = f"p{index:0{width}d}"
-        try:
-            resolved = load_scenario(scenario, [*overrides, *point_overrides])
-            make_policy(resolved)  # a user algorithm imports and takes its options here, not in a run
-        except ScenarioError as error:
-            where = ", ".join(label_parts) or "the base scenario"
-            raise ScenarioError(error.path, f"{error.detail.replace('(from --set ', '(from --grid/--variant ')} [point {point_id}: {where}]") from None
-        points.append(Point(point_id, ", ".join(label_parts) or "base", values, tuple(point_overrides), scenario_to_dict(resolved)))
-    return Sweep(str(scenario), base.name, list(overrides), [(k, v) for k, v in axes], [(label, o) for label, o in labelled],
-                 seeds, timing_only, base, points)
-
-
-def _short_names(keys: list[str]) -> dict[str, str]:
-    """Labels use the last part of each key (``workers[1].compute.mean`` -> ``mean``) when unique."""
-    tails = {key: key.rsplit(".", 1)[-1] for key in keys}
-    counts = {t: list(tails.values()).count(t) for t in tails.values()}
-    return {key: tail if counts[tail] == 1 else key for key, tail in tails.items()}
 
 
 # ---------------------------------------------------------------------------------- running
@@ -260,13 +99,13 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: boo
         for leftover in runs_dir.glob(".*.partial-*"):  # runs a killed sweep left half written
             shutil.rmtree(leftover, ignore_errors=True)
         todo = []
-        for point, seed, name in sweep.run_names():
+        for point, candidate, seed, name in sweep.run_names():
             record = _committed(runs_dir / name)
             if record is not None and (record["status"] == "ok" or not retry_failed):
                 continue
             if (runs_dir / name).exists():
                 shutil.rmtree(runs_dir / name)  # a failed run to retry, or a folder without result.json
-            todo.append(_task(sweep, point, seed, name, runs_dir))
+            todo.append(_task(sweep, point, candidate, seed, name, runs_dir))
         total = len(sweep.run_names())
         if on_start:
             on_start(len(todo), total)
@@ -275,7 +114,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: boo
         elif todo:
             _execute_all(todo, jobs, progress)
         table = write_runs_table(build_runs_table(out), out)
-        failed = [r for _, _, name in sweep.run_names() if (r := _committed(runs_dir / name)) is not None and r["status"] != "ok"]
+        failed = [r for *_, name in sweep.run_names() if (r := _committed(runs_dir / name)) is not None and r["status"] != "ok"]
         return SweepOutcome(out=out, total=total, skipped=total - len(todo), ran=len(todo), failed=failed, table=table)
     finally:
         lock.close()
@@ -322,7 +161,7 @@ def _check_same_sweep(sweep: Sweep, out: Path) -> None:
     changes = []
     if old.get("base_scenario") != new["base_scenario"]:
         changes.append("the scenario changed (" + _diff_scenarios(old.get("base_scenario", ""), new["base_scenario"]) + ")")
-    if old.get("grid") != new["grid"] or old.get("variants") != new["variants"]:
+    if old.get("grid") != new["grid"] or old.get("variants") != new["variants"] or old.get("tune") != new.get("tune"):
         changes.append(f"the grid changed (was {_grid_text(old)}; now {_grid_text(new)})")
     if bool(old.get("timing_only")) != sweep.timing_only:
         changes.append("it ran " + ("with" if old.get("timing_only") else "without") + " --timing-only")
@@ -334,25 +173,16 @@ def _check_same_sweep(sweep: Sweep, out: Path) -> None:
 def _grid_text(desc: dict[str, Any]) -> str:
     parts = [f"--variant {v['label']}:{';'.join(v['set'])}" for v in desc.get("variants", [])]
     parts += [f"--grid {g['key']}={','.join(g['values'])}" for g in desc.get("grid", [])]
+    parts += [f"--tune {g['key']}={','.join(g['values'])}" for g in desc.get("tune", [])]
     return " ".join(parts) or "no grid"
 
 
 def _diff_scenarios(old_text: str, new_text: str) -> str:
     try:
-        old, new = _flat(tomllib.loads(old_text)), _flat(tomllib.loads(new_text))
+        keys = scenario_changes(old_text, new_text)
     except tomllib.TOMLDecodeError:
         return "resolved scenario differs"
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    shown = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys[:3]]
-    return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
-    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
-        return {k: v for i, value in enumerate(tree) for k, v in _flat(value, f"{prefix}[{i}]").items()}
-    return {prefix: tree}
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def _write_description(sweep: Sweep, out: Path) -> None:
@@ -378,12 +208,16 @@ def _committed(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _task(sweep: Sweep, point: Point, seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
-    scenario = json.loads(json.dumps(point.scenario))
+def _task(sweep: Sweep, point: Point, candidate: Point | None, seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
+    scenario = json.loads(json.dumps(point.scenario if candidate is None else sweep.tuned[(point.id, candidate.id)]))
     scenario.setdefault("run", {})["seed"] = seed
-    return {"runs_dir": str(runs_dir), "run": name, "point": point.id, "label": point.label, "values": point.values,
-            "set": [*sweep.base_overrides, *point.overrides, f"run.seed={seed}"], "seed": seed, "scenario": scenario,
+    tuned = list(candidate.overrides) if candidate is not None else []
+    task = {"runs_dir": str(runs_dir), "run": name, "point": point.id, "label": point.label, "values": point.values,
+            "set": [*sweep.base_overrides, *point.overrides, *tuned, f"run.seed={seed}"], "seed": seed, "scenario": scenario,
             "name": sweep.name, "timing_only": sweep.timing_only, "sweep_hash": sweep.digest, "attempts": 0}
+    if candidate is not None:
+        task["tune"] = {"index": int(candidate.id[1:]), "label": candidate.label, "values": candidate.values}
+    return task
 
 
 def _execute_all(todo: list[dict[str, Any]], jobs: int, progress: Callable[[dict[str, Any]], None] | None) -> None:
@@ -453,8 +287,8 @@ def _worker_init(parent: int) -> None:
 
 
 def _record(task: dict[str, Any]) -> dict[str, Any]:
-    keys = ("run", "point", "label", "values", "seed", "set", "sweep_hash", "timing_only")
-    return {key: task[key] for key in keys}
+    keys = ("run", "point", "label", "values", "seed", "set", "sweep_hash", "timing_only", "tune")
+    return {key: task[key] for key in keys if key in task}
 
 
 def _commit(task: dict[str, Any], partial: Path, record: dict[str, Any]) -> dict[str, Any]:

@@ -30,9 +30,11 @@ from contextlib import contextmanager
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
+from ..algorithms.base import worker_array
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
@@ -86,6 +88,7 @@ class TimingEngine:
         self.shares = FairShare(env)
         self._build_routes()
         self.updates = 0  # logical updates: the slowest shard's version
+        self.pushes = 0  # server requests (Apply decisions) so far: the trace's push numbers
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
         self.until_time = sc.run.until_time if sc.run.until_time is not None else _INF
         self.stopped = ""
@@ -94,6 +97,7 @@ class TimingEngine:
             self.loop: ProcessLoop | CallbackLoop = CallbackLoop(self, self.workers)
         else:
             self.loop = ProcessLoop(self, self.workers, self.shares, self.msg_bytes)
+        self.callbacks = isinstance(self.loop, CallbackLoop)
         self.loop.start()
 
     def _build_routes(self) -> None:
@@ -134,8 +138,9 @@ class TimingEngine:
                 yield from self.server.wait_readable(shard)
         return self.server.versions()
 
-    def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int) -> Generator:
-        """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold."""
+    def _apply(self, shard: Shard, members: list[int], weights: list[float], requester: int, push: int) -> Generator:
+        """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold.
+        ``push`` numbers the request (see `_apply_all`)."""
         lock = shard.lock
         t_request = self.env.now
         if lock is not None:
@@ -151,7 +156,7 @@ class TimingEngine:
             hold = self.apply_time()
             if hold > 0:
                 yield Timeout(self.env, hold, 1)
-            self._commit(shard, members, weights, t_request, t_lock)
+            self._commit(shard, members, weights, t_request, t_lock, push)
             self.server.end_write(shard)
         if lock is not None:
             lock.release()
@@ -175,12 +180,13 @@ class TimingEngine:
                 kept[1].append(weight)
         return kept
 
-    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float) -> None:
+    def _commit(self, shard: Shard, members: list[int], weights: list[float], t_request: float, t_lock: float,
+                push: int) -> None:
         """The update lands: bump the shard's version and record it in the trace."""
         before = shard.version
         shard.version = before + 1
         self.server.versions_changed()
-        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights)
+        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights, push)
         logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
         if logical > self.updates:
             self.updates = logical
@@ -190,16 +196,20 @@ class TimingEngine:
                     raise TypeError(f"{type(self.policy).__name__}.on_update may decide Serve, Read, Stop or Cancel only")
 
     def _apply_all(self, members: list[int], weights: list[float], requester: int) -> Generator:
-        """Apply an update to every shard: in parallel, or atomically holding all their locks."""
-        shards = self.server.shards
-        if self.S == 1:
-            yield from self._apply(shards[0], members, weights, requester)
-        elif self.scenario.server.atomic and self.server.lock_policy in ("shard", "rw"):
-            yield from self._apply_atomic(members, weights, requester)
-        else:
-            yield self.env.all_of([self.env.process(self._apply(sh, members, weights, requester)) for sh in shards])
+        """Apply an update to every shard: in parallel, or atomically holding all their locks.
 
-    def _apply_atomic(self, members: list[int], weights: list[float], requester: int) -> Generator:
+        The request gets the next push number; its S update rows carry it, so lock waits can be
+        measured per push (request to holding every lock it needs), not per shard row."""
+        shards = self.server.shards
+        push, self.pushes = self.pushes, self.pushes + 1
+        if self.S == 1:
+            yield from self._apply(shards[0], members, weights, requester, push)
+        elif self.scenario.server.atomic and self.server.lock_policy in ("shard", "rw"):
+            yield from self._apply_atomic(members, weights, requester, push)
+        else:
+            yield self.env.all_of([self.env.process(self._apply(sh, members, weights, requester, push)) for sh in shards])
+
+    def _apply_atomic(self, members: list[int], weights: list[float], requester: int, push: int) -> Generator:
         shards = list(self.server.shards)
         t_request = self.env.now
         if self.scenario.server.lock_order == "random":
@@ -217,7 +227,7 @@ class TimingEngine:
                 hold = self.apply_time()
                 if hold > 0:
                     yield Timeout(self.env, hold, 1)
-                self._commit(shard, kept, kept_weights, t_request, t_lock)
+                self._commit(shard, kept, kept_weights, t_request, t_lock, push)
                 self.server.end_write(shard)
         for shard in shards:
             shard.lock.release()  # type: ignore[union-attr]
@@ -247,18 +257,7 @@ class TimingEngine:
                 yield from self._apply_all(decision.gids, decision.weights, w.wid)
                 yield from self._carry_out(w, gids, self.policy.applied(w.wid), t_arrive)
             elif kind is Serve:
-                loop = self.loop
-                for wid in decision.workers:
-                    other = self.workers[wid]
-                    if other is w or other.waiting:
-                        self._piggyback(other, other.arrived if decision.pull == "arrival" else None)
-                        if other is not w:
-                            other.waiting = False
-                            if loop.resumes(other):
-                                loop.resume(other)  # (stopped workers restart together)
-                            else:
-                                loop.served_other()
-                                other.wake.succeed(RESTARTED)  # type: ignore[union-attr]
+                self._serve(w, decision.workers, decision.pull)
             elif kind is Read:
                 for wid in decision.workers:
                     other = self.workers[wid]
@@ -286,12 +285,54 @@ class TimingEngine:
                 for gid in decision.gids:
                     self.trace.fate[gid] = CANCELLED
             elif kind is Stop:
-                for wid in decision.workers:
-                    other = self.workers[wid]
-                    if other.alive and other.interruptible:
-                        self.loop.stop(other)
+                if self.callbacks:
+                    self.loop.stop_many(decision.workers)  # type: ignore[union-attr]
+                else:
+                    for wid in decision.workers:
+                        other = self.workers[wid]
+                        if other.alive and other.interruptible:
+                            self.loop.stop(other)
             else:
                 raise TypeError(f"{type(self.policy).__name__} returned {decision!r}, which is not a decision")
+
+    def _serve(self, w: WorkerState | None, wids: list[int], pull: str) -> None:
+        """Serve ``wids`` in order: the pusher ``w`` and every held or stopped worker among them
+        reads now, and the held or stopped ones resume. With callbacks, each row of stopped workers
+        is served in one step (`CallbackLoop.resume_many`, `ServerPolicy.read_many`)."""
+        if self.callbacks and pull == "read" and len(wids) >= CallbackLoop.BULK:
+            named = worker_array(wids)
+            stopped = self.loop.resumable(named)  # type: ignore[union-attr]
+            if stopped is not None:
+                lo = 0
+                for i in [*np.flatnonzero(~stopped).tolist(), len(named)]:
+                    if i > lo:
+                        self._resume_many(named[lo:i])
+                    if i < len(named):
+                        self._serve_one(w, self.workers[wids[i]], pull)
+                    lo = i + 1
+                return
+        for wid in wids:
+            self._serve_one(w, self.workers[wid], pull)
+
+    def _serve_one(self, w: WorkerState | None, other: WorkerState, pull: str) -> None:
+        loop = self.loop
+        stopped = other is not w and loop.resumes(other)
+        if other is w or other.waiting or stopped:
+            self._piggyback(other, other.arrived if pull == "arrival" else None)
+            if other is not w:
+                other.waiting = False
+                if stopped:
+                    loop.resume(other)  # (stopped workers restart together)
+                else:
+                    loop.served_other()
+                    other.wake.succeed(RESTARTED)  # type: ignore[union-attr]
+
+    def _resume_many(self, wids: np.ndarray) -> None:
+        """`_serve_one` for stopped workers ``wids`` (distinct), served in a row."""
+        now = self.env.now
+        read = (now, now, self.server.versions())
+        self.policy.read_many(wids)
+        self.loop.resume_many(wids, read)  # type: ignore[union-attr]
 
     def _read_for(self, w: WorkerState, pull: str) -> Generator:
         """``w`` reads for itself: a request served as it arrives (rw: after a write in progress)."""
@@ -347,6 +388,8 @@ class TimingEngine:
         return self.result(time.perf_counter() - started)
 
     def result(self, wall_time_s: float = 0.0) -> TimingResult:
+        if self.callbacks:
+            self.loop.table.sync()  # type: ignore[union-attr]
         meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
         trace = self.trace.freeze(meta)
         for w in self.workers:

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 
+from ..algorithms.base import worker_array
 from ..trace import CANCELLED, TraceBuilder
+from .cohorts import Run, WorkerTable
 from .events import RESTARTED, Timeout
 from .network import FairShare
 from .stages import Context, Iteration
@@ -260,26 +262,65 @@ class CallbackLoop:
     once in the arrival's callback; only when it has to wait (a lock, an apply time, a hold) does
     it continue in a SimPy process of its own. Workers the server stops and serves anew at one
     instant restart together in one event, in the order they were served.
+
+    The workers' state is kept in numpy columns (`cohorts.WorkerTable`), so that many workers are
+    stopped (`stop_many`), served (`resume_many`) and restarted (`_restart`) in a few numpy steps:
+    the same draws, floating-point sums, trace rows and events as one at a time.
     """
+
+    BULK = 8  # fewer workers than this restart one at a time (the result is the same)
 
     def __init__(self, server: Server, workers: list[WorkerState]) -> None:
         self.server, self.env, self.workers = server, server.env, workers
-        self.serial = np.zeros(len(workers), np.int64)
+        self.table = WorkerTable(workers)
+        self.serial = self.table.serial
         self.arrivals: list[tuple[float, int, int, list[int]]] = []  # (arrive, worker, serial, gids)
-        self.runs: list[_Run] = []  # the arrivals of workers restarted together, in (arrive, worker) order
-        # Workers whose computations take plain draws (no slowdown window, no pipeline) restart in bulk.
-        self.plain = [w.slowdowns.empty and w.pipeline is None for w in workers]
         self.pump_key: tuple[float, int] | None = None  # (time, worker) the pending pump fires for
         self.pump_serial = 0
-        self.restarting: list[WorkerState] | None = None  # workers served anew, restarting at this instant
-        self.stopped = [False] * len(workers)
+        # Workers served anew, restarting at this instant: a worker id, or an array of them (a cohort).
+        self.restarting: list[int | np.ndarray] | None = None
 
     def start(self) -> None:
+        if self._pull_together_at_start():
+            return
         for w in self.workers:
             if w.start > 0:
                 self._after(w.start, w, self._iterate)
             else:
                 self._iterate(w)
+
+    def _pull_together_at_start(self) -> bool:
+        """When every worker starts at once and the latency is one constant, their first pulls
+        (explicit requests) all land at one instant, in worker order: one event at the first
+        one's place serves them all (`_pulled_together`). False: they pull one by one."""
+        latency = self.table.latency
+        if (len(self.workers) < self.BULK or self.server.local_steps != 1 or latency.any_random
+                or latency.const.min() != latency.const.max() or any(w.start > 0 for w in self.workers)):
+            return False
+        for w in self.workers:
+            w.interruptible = True
+        event = Timeout(self.env, float(latency.const[0]), self.workers[0].priority)
+        event.callbacks.append(partial(self._pulled_together, self.env.now))
+        return True
+
+    def _pulled_together(self, t_pull: float, event: Any) -> None:
+        """`_pulled` for every worker, in one step: one read, `read_many`, one cohort. Unless a
+        worker would arrive at this very instant (no latency, no compute), between the others'
+        pulls: then they pull one by one after all, at their own places."""
+        table, now = self.table, self.env.now
+        wids = np.arange(len(self.workers))
+        drawn = table.compute.positions()
+        times = table.times(wids, now, self.server.bandwidth)
+        if times[2].min() <= now:
+            table.compute.rewind(drawn)  # (one draw each: the workers draw the same values again)
+            for w in self.workers:
+                self._after(0.0, w, self._pulled, t_pull)
+            return
+        versions = self._read()
+        self.server.policy.read_many(wids)
+        table.serve(wids, (t_pull, now, versions))
+        table.start(wids, now, self.server.trace, self.server.bandwidth, times)
+        self._pump()
 
     def _after(self, delay: float, w: WorkerState, then: Any, *args: Any) -> None:
         """Call ``then(w, *args)`` after ``delay``, unless the worker is stopped first."""
@@ -299,14 +340,16 @@ class CallbackLoop:
             self._compute(w)
             self._pump()
 
-    def _pulled(self, w: WorkerState, t_pull: float) -> None:
+    def _read(self) -> list[int]:
         reader = self.server.read()
         try:
             next(reader)
             raise AssertionError("a read waited: no readers-writer lock runs with callbacks")
         except StopIteration as done:
-            versions = done.value
-        w.next_read = (t_pull, self.env.now, versions)
+            return done.value
+
+    def _pulled(self, w: WorkerState, t_pull: float) -> None:
+        w.next_read = (t_pull, self.env.now, self._read())
         self.server.policy.read(w.wid)
         self._compute(w)
         self._pump()
@@ -318,20 +361,19 @@ class CallbackLoop:
         start = now if w.has_params else now + w.latency()
         w.has_params = False
         arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
-        w.computing = True
         heappush(self.arrivals, (arrive, w.wid, self.serial[w.wid], gids))
 
-    def _earliest(self) -> tuple[float, int, _Run | None] | None:
+    def _earliest(self) -> tuple[float, int, Run | None] | None:
         """The earliest live arrival (time, worker, its run or None for the heap), skipping stopped
         entries; None when no computation is in progress."""
-        heap, serial = self.arrivals, self.serial
+        heap, serial, runs = self.arrivals, self.serial, self.table.runs
         while heap and heap[0][2] != serial[heap[0][1]]:
             heappop(heap)
         best = (heap[0][0], heap[0][1], None) if heap else None
-        for run in list(self.runs):
+        for run in list(runs):
             head = run.head(serial)
             if head is None:
-                self.runs.remove(run)
+                runs.remove(run)
             elif best is None or head < best[:2]:
                 best = (head[0], head[1], run)
         return best
@@ -354,12 +396,16 @@ class CallbackLoop:
         earliest = self._earliest()
         if earliest is not None and earliest[0] == self.env.now:
             arrive, wid, run = earliest
-            gids = heappop(self.arrivals)[3] if run is None else run.pop()
-            self._arrived(self.workers[wid], gids, arrive)
+            w = self.workers[wid]
+            if run is None:
+                gids = heappop(self.arrivals)[3]
+            else:
+                gids = run.pop()
+                self.table.attach(w)
+            self._arrived(w, gids, arrive)
         self._pump()
 
     def _arrived(self, w: WorkerState, gids: list[int], arrive: float) -> None:
-        w.computing = False
         tr = self.server.trace
         for gid in gids:
             tr.t_arrive[gid] = arrive
@@ -382,103 +428,100 @@ class CallbackLoop:
                 break
         self._iterate(w)
 
+    # ---- stops and restarts ------------------------------------------------------------------
+
     def stop(self, w: WorkerState) -> None:
         """Stop ``w``'s computation (or explicit pull) in progress: its pending arrival or pull goes
         stale, and it restarts once the server serves it (`resume`)."""
+        self.table.attach(w)
         self.serial[w.wid] += 1
-        self.stopped[w.wid] = True
-        w.computing = False
-        w.waiting = True
+        self.table.stopped[w.wid] = True
         abandon(w, self.server.trace, self.env.now)
+
+    def stop_many(self, wids: list[int]) -> None:
+        """`stop` every worker of ``wids`` that is computing or pulling (not at the server): the
+        detached ones in one numpy step (`WorkerTable.stop`), the others one by one."""
+        table, workers = self.table, self.workers
+        if len(wids) < self.BULK:
+            for wid in wids:
+                w = workers[wid]
+                if w.alive and (table.detached[wid] or w.interruptible):
+                    self.stop(w)
+            return
+        named = worker_array(wids)
+        detached = table.detached[named]
+        for wid in named[~detached].tolist():
+            w = workers[wid]
+            if w.alive and w.interruptible:
+                self.stop(w)
+        table.stop(named[detached], self.server.trace, self.env.now)
 
     def resumes(self, w: WorkerState) -> bool:
         """Whether serving ``w`` restarts it here (it was stopped), instead of waking its process."""
-        return self.stopped[w.wid]
+        self.table.attach(w)  # (it is served on its own: its WorkerState is read and written)
+        return bool(self.table.stopped[w.wid])
+
+    def resumable(self, wids: np.ndarray) -> np.ndarray | None:
+        """Per entry of ``wids``, whether it names a stopped worker that `resume_many` may serve;
+        None if the workers are better served one by one (one named twice, several gradients per
+        push)."""
+        if self.server.local_steps != 1 or np.bincount(wids, minlength=len(self.workers)).max() > 1:
+            return None
+        return self.table.stopped[wids]
 
     def resume(self, w: WorkerState) -> None:
         """The server served stopped worker ``w`` anew: it restarts at this instant, with the other
         stopped workers served in a row (one event, the place the first one's wake-up had)."""
-        self.stopped[w.wid] = False
+        self.table.stopped[w.wid] = False
+        self._restarting().append(w.wid)
+
+    def resume_many(self, wids: np.ndarray, read: tuple[float, float, list[int]]) -> None:
+        """`resume` for stopped workers ``wids`` (distinct), served ``read`` in a row."""
+        self.table.serve(wids, read)
+        self._restarting().append(wids)
+
+    def _restarting(self) -> list[int | np.ndarray]:
         if self.restarting is None:
             self.restarting = []
             event = self.env.event()
             event.callbacks.append(partial(self._restart, self.restarting))
             event.succeed()
-        self.restarting.append(w)
+        return self.restarting
 
     def served_other(self) -> None:
         """Another worker's wake-up was scheduled: later restarts go after it (a new event)."""
         self.restarting = None
 
-    def _restart(self, batch: list[WorkerState], event: Any) -> None:
+    def _restart(self, batch: list[int | np.ndarray], event: Any) -> None:
         if batch is self.restarting:
             self.restarting = None
-        bulk = self._bulk(batch)
-        for w in batch:
+        wids = np.concatenate([np.atleast_1d(np.asarray(item, np.int64)) for item in batch])
+        if len(wids) < self.BULK or self.server.local_steps != 1 or np.bincount(wids).max() > 1:
+            self._restart_each(wids.tolist())
+        else:
+            self._restart_together(wids)
+        self._pump()
+
+    def _restart_each(self, wids: list[int]) -> None:
+        for wid in wids:
+            w = self.workers[wid]
+            self.table.attach(w)
             w.interruptible = True
             if w.next_read is None:
                 self._after(w.latency(), w, self._pulled, self.env.now)
-            elif bulk is None:
+            else:
                 self._compute(w)
-        if bulk is not None:
-            self._compute_bulk(bulk)
-        self._pump()
 
-    def _bulk(self, batch: list[WorkerState]) -> list[WorkerState] | None:
-        """The batch, if it can restart with one append per trace column: one-step pushes of plain
-        workers all holding the same read (a round's broadcast); else None (one at a time)."""
-        if len(batch) < 8 or self.server.local_steps != 1:
-            return None
-        first = batch[0].next_read
-        if first is None:
-            return None
-        for w in batch:
-            read = w.next_read
-            if read is None or read[2] is not first[2] or read[0] != first[0] or read[1] != first[1] or not self.plain[w.wid]:
-                return None
-        return batch
-
-    def _compute_bulk(self, batch: list[WorkerState]) -> None:
-        """`_compute` for many workers: the same draws from each worker's streams, in the same order
-        (response latency, compute, push latency), the same floating-point sums, one trace append."""
-        now, n = self.env.now, len(batch)
-        t_pull, t_read, versions = batch[0].next_read  # type: ignore[misc]
-        wids = np.fromiter((w.wid for w in batch), np.int64, n)
-        ks = np.fromiter((w.k for w in batch), np.int64, n)
-        starts = np.fromiter((now if w.has_params else now + w.latency() for w in batch), np.float64, n)
-        ends = starts + np.fromiter((w.compute() for w in batch), np.float64, n)
-        arrives = ends + np.fromiter((w.latency() for w in batch), np.float64, n)
-        first = self.server.trace.new_gradients(wids, ks, t_pull, t_read, versions, starts, ends)
-        for i, (w, duration) in enumerate(zip(batch, (ends - starts).tolist())):
-            w.k += 1
-            w.unpushed = [first + i]
-            w.has_params = False
-            w.busy += duration
-            w.computing = True
-        order = np.lexsort((wids, arrives))
-        self.runs.append(_Run(arrives[order], wids[order], self.serial[wids[order]], first + order))
-
-
-class _Run:
-    """The arrivals of workers restarted together, sorted by (arrival time, worker); a cursor
-    walks them as they fire, skipping the stopped ones."""
-
-    __slots__ = ("arrive", "wid", "serial", "gid", "cursor")
-
-    def __init__(self, arrive: np.ndarray, wid: np.ndarray, serial: np.ndarray, gid: np.ndarray) -> None:
-        self.arrive, self.wid, self.serial, self.gid = arrive.tolist(), wid.tolist(), serial, gid.tolist()
-        self.cursor = 0
-
-    def head(self, serial: np.ndarray) -> tuple[float, int] | None:
-        """The earliest live entry, or None once the run is spent."""
-        i, n = self.cursor, len(self.wid)
-        if i < n and self.serial[i] != serial[self.wid[i]]:  # stopped: skip every stale entry at once
-            live = np.flatnonzero(self.serial[i:] == serial[self.wid[i:]])
-            i = i + int(live[0]) if live.size else n
-            self.cursor = i
-        return (self.arrive[i], self.wid[i]) if i < n else None
-
-    def pop(self) -> list[int]:
-        i = self.cursor
-        self.cursor = i + 1
-        return [self.gid[i]]
+    def _restart_together(self, wids: np.ndarray) -> None:
+        """Restart ``wids`` (distinct; one gradient per push) with one trace append and one `Run`;
+        the ones served on their own join the cohort, those without a read pull explicitly."""
+        table, together = self.table, np.ones(len(wids), bool)
+        for i in np.flatnonzero(~table.detached[wids]).tolist():
+            w = self.workers[int(wids[i])]
+            w.interruptible = True
+            if w.next_read is None:
+                self._after(w.latency(), w, self._pulled, self.env.now)
+                together[i] = False
+            else:
+                table.serve(wids[i:i + 1], w.next_read)
+        table.start(wids[together], self.env.now, self.server.trace, self.server.bandwidth)

@@ -1,0 +1,292 @@
+"""The benchmark matrix: every workload against the loop a researcher would write for it, in one process.
+
+Sections (``--only`` picks some; each prints ratios, never raw times alone, since this machine is noisy):
+
+- ``algorithms``: every algorithm kind at M = 6 and 64 on the digits MLP 64-256-256-10 (batch 32,
+  exponential compute, no network). The simulator (timing + numerics) against a hand loop that
+  replays the simulator's own schedule: per update, one jitted value_and_grad per gradient it
+  combines at the version its worker read (or the local steps of a push), their weighted
+  combination, one jitted optax step. Both compiled before timing; steady-state gradients/s.
+- ``restarts``: rounds that restart every worker (Rennala, k = 6) at n = 1,000 and 6,174 with
+  tau_i = sqrt(i): seconds for 460 rounds, timing only (issue 14's target: under 2 s at 6,174).
+- ``paper``: the Ringmaster paper's experiment (scenarios/papers/ringmaster_quadratic.toml: 3
+  methods, n = 6,174, 2,000 s) end to end against the numpy event loop of
+  benchmarks/ringmaster_numpy.py.
+- ``folder``: a timing-only run of 100,000 updates at M = 1,000: writing its run folder against
+  simulating it.
+
+    .venv/bin/python benchmarks/matrix.py [--only algorithms,restarts,paper,folder] [--quick]
+
+Prints one JSON object; each target says whether it is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (ringmaster_numpy beside this file)
+
+KINDS = {
+    "async": {}, "ssp": {"staleness_bound": 3}, "sync": {}, "k_sync": {"k": 3}, "k_async": {"k": 3},
+    "k_batch_sync": {"k": 3}, "k_batch_async": {"k": 2}, "rennala": {"k": 4}, "ringmaster": {"delay_threshold": 8},
+    "local_sgd": {"local_steps": 2}, "easgd": {"local_steps": 2}, "fedbuff": {"k": 3, "local_steps": 2},
+    "fedasync": {"local_steps": 2},
+}
+TARGETS = {"small": 1.0, "64": 1.3}  # simulator / hand loop, steady gradients/s (issue 14, CPU)
+
+
+def mlp_scenario(kind: str, workers: int, updates: int):
+    from asgd_sim.scenario import scenario_from_dict
+
+    algorithm = {"kind": kind, **KINDS[kind]}
+    if kind in ("k_sync", "k_async", "k_batch_sync", "k_batch_async") and algorithm.get("k", 0) > workers:
+        algorithm["k"] = workers
+    return scenario_from_dict({
+        "name": f"bench-{kind}-{workers}",
+        "run": {"until_updates": updates, "eval_every": updates},
+        "workers": [{"count": workers, "compute": {"dist": "exponential", "mean": 0.05}}],
+        "network": {"latency": 0.0, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
+        "server": {"apply_time": 0.0, "lock": "none"},
+        "algorithm": algorithm,
+        "model": {"name": "mlp", "hidden": [256, 256]},
+        "optimizer": {"name": "sgd", "learning_rate": 0.01},
+    })
+
+
+def simulator_steady(sc, warm: int) -> tuple[float, object]:
+    """The simulator's gradients/s after ``warm`` updates (everything compiled), and its trace."""
+    import jax
+
+    from asgd_sim.numerics.engine import NumericsEngine
+    from asgd_sim.numerics.stream import Metrics, drive
+    from asgd_sim.timing.engine import TimingEngine
+    from asgd_sim.trace import APPLIED
+
+    numerics = NumericsEngine(sc)
+    engine = TimingEngine(sc, param_bytes=numerics.problem.param_bytes)
+    metrics, total = Metrics(), sc.run.until_updates
+    engine.until_updates = warm
+    drive(engine, numerics, metrics)
+    jax.block_until_ready(numerics.params)
+    before = _applied_gradients(engine.trace, numerics.row)
+    start = time.perf_counter()
+    engine.until_updates, engine.stopped = total, ""
+    drive(engine, numerics, metrics)
+    jax.block_until_ready(numerics.params)
+    seconds = time.perf_counter() - start
+    trace = engine.trace.freeze({})
+    return (_applied_gradients(engine.trace, numerics.row) - before) / seconds, trace
+
+
+def _applied_gradients(tr, rows: int) -> int:
+    offsets = np.frombuffer(tr.u_offsets, np.int64)
+    return int(offsets[rows])
+
+
+class HandLoop:
+    """The loop a researcher writes for one algorithm, replaying a schedule (see the module docstring)."""
+
+    def __init__(self, sc) -> None:
+        import jax
+        import optax
+
+        from asgd_sim.algorithms import make_policy
+        from asgd_sim.numerics.problems import build_problem
+
+        self.problem = problem = build_problem(sc, sc.num_workers)
+        self.params = problem.init(jax.random.PRNGKey(sc.run.seed))
+        self.tx = optax.sgd(sc.optimizer.learning_rate)
+        self.state = self.tx.init(self.params)
+        policy = make_policy(sc)
+        self.update, self.steps = policy.model_update, policy.local_steps
+        self.lr = sc.optimizer.learning_rate
+        self.alpha, self.mixing = sc.algorithm.elastic_alpha, sc.algorithm.mixing
+        self.models: dict[int, object] = {}
+        self.versions: dict[int, object] = {0: self.params}  # the versions a worker still holds
+
+        def grad(p, worker, k):
+            return jax.grad(problem.loss)(p, problem.make_batch(worker, k))
+
+        def local(p, worker, ks):  # `steps` plain SGD steps from p
+            for k in ks:
+                p = jax.tree.map(lambda x, g: x - self.lr * g, p, grad(p, worker, k))
+            return p
+
+        def step(p, s, g):
+            u, s = self.tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        self.grad, self.local = jax.jit(grad), jax.jit(local, static_argnums=())
+        self.step = jax.jit(step)
+        self.axpy = jax.jit(lambda total, w, g: jax.tree.map(lambda a, b: a + w * b, total, g))
+        self.mix = jax.jit(lambda x, y, a: jax.tree.map(lambda u, v: (1 - a) * u + a * v, x, y))
+        self.zeros = jax.jit(lambda p: jax.tree.map(lambda x: 0 * x, p))
+
+    @staticmethod
+    def _last_use(trace) -> dict[int, list[int]]:
+        """Row -> the versions last read by a gradient it combines."""
+        last: dict[int, int] = {}
+        for r in range(trace.num_update_rows):
+            gids, _ = trace.members(r)
+            for g in gids.tolist():
+                last[int(trace.read_version[g, 0])] = r
+        by_row: dict[int, list[int]] = {}
+        for v, r in last.items():
+            by_row.setdefault(r, []).append(v)
+        return by_row
+
+    def run(self, trace, rows: range) -> int:
+        """Replay update rows; returns the gradients computed."""
+        import jax.numpy as jnp
+
+        versions, last_use = self.versions, self._last_use(trace)
+        params, state, computed = self.params, self.state, 0
+        for r in rows:
+            gids, weights = trace.members(r)
+            if self.update == "gradient":
+                total = self.zeros(params)
+                for g, w in zip(gids.tolist(), weights.tolist()):
+                    total = self.axpy(total, w, self.grad(versions[int(trace.read_version[g, 0])], jnp.int32(trace.worker[g]),
+                                                          jnp.int32(trace.k[g])))
+                    computed += 1
+                params, state = self.step(params, state, total)
+            else:
+                heads = gids[trace.local_step[gids] == 0]
+                total = self.zeros(params)
+                for h, w in zip(heads.tolist(), weights[trace.local_step[gids] == 0].tolist()):
+                    worker = int(trace.worker[h])
+                    start = self.models.get(worker, versions[0]) if self.update == "elastic" else versions[int(trace.read_version[h, 0])]
+                    ks = jnp.arange(int(trace.k[h]), int(trace.k[h]) + self.steps, dtype=jnp.int32)
+                    final = self.local(start, jnp.int32(worker), ks)
+                    computed += self.steps
+                    if self.update == "mix":
+                        params = self.mix(params, final, self.mixing)
+                    elif self.update == "elastic":
+                        diff = self.axpy(self.zeros(params), self.alpha, self.axpy(final, -1.0, params))
+                        params, self.models[worker] = self.axpy(params, 1.0, diff), self.axpy(final, -1.0, diff)
+                    else:
+                        change = self.axpy(start, -1.0, final)
+                        total = self.axpy(total, w / (self.lr if self.update == "local_average" else 1.0), change)
+                if self.update in ("local_average", "delta"):
+                    params, state = self.step(params, state, total)
+            versions[int(trace.u_version[r])] = params
+            for v in last_use.pop(r, ()):  # no later update reads it: free it, as a researcher would
+                versions.pop(v, None)
+        import jax
+
+        jax.block_until_ready(params)
+        self.params, self.state = params, state
+        return computed
+
+
+def algorithms(quick: bool) -> list[dict]:
+    rows = []
+    for workers in (6, 64):
+        for kind in KINDS:
+            updates = (600 if quick else 3000) if kind not in ("sync", "local_sgd") or workers < 64 else (100 if quick else 400)
+            warm = updates // 5
+            sc = mlp_scenario(kind, workers, updates)
+            sim, trace = simulator_steady(sc, warm)
+            hand = HandLoop(sc)
+            hand.run(trace, range(0, warm))  # compiles every function it uses
+            start = time.perf_counter()
+            computed = hand.run(trace, range(warm, trace.num_update_rows))
+            hand_rate = computed / (time.perf_counter() - start)
+            target = TARGETS["64" if workers == 64 else "small"]
+            rows.append({"kind": kind, "workers": workers, "updates": updates, "simulator_gradients_per_s": round(sim),
+                         "hand_loop_gradients_per_s": round(hand_rate), "ratio": round(sim / hand_rate, 3), "target": target,
+                         "met": bool(sim / hand_rate >= target)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def restarts(quick: bool) -> list[dict]:
+    from asgd_sim.scenario import scenario_from_dict
+    from asgd_sim.timing.engine import TimingEngine
+
+    rows = []
+    for n in (1000, 6174):
+        rounds = 46 if quick else 460
+        sc = scenario_from_dict({"workers": [{"count": n, "compute": {"dist": "constant", "value": "sqrt(i + 1)"}}],
+                                 "run": {"until_updates": rounds}, "algorithm": {"kind": "rennala", "k": 6},
+                                 "network": {"latency": 0.0, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
+                                 "server": {"apply_time": 0.0}, "model": {"param_bytes": 1.0}}, name=f"restarts-{n}")
+        start = time.perf_counter()
+        result = TimingEngine(sc).run()
+        seconds = time.perf_counter() - start
+        rows.append({"workers": n, "rounds": rounds, "seconds": round(seconds, 2), "restarts": int(result.trace.num_gradients),
+                     "us_per_restart": round(1e6 * seconds / result.trace.num_gradients, 2),
+                     "target_s": 2.0 * rounds / 460 if n == 6174 else None,
+                     "met": bool(seconds <= 2.0 * rounds / 460) if n == 6174 else None})
+    return rows
+
+
+def paper(quick: bool) -> dict:
+    import ringmaster_numpy
+
+    from asgd_sim.runner import simulate
+
+    horizon = 200.0 if quick else 2000.0
+    variants = {
+        "ringmaster": [],
+        "rennala": ["algorithm.kind=rennala", "algorithm.k=6", "algorithm.stops=false", "optimizer.learning_rate=1.0", "run.eval_every=2"],
+        "asgd": ["algorithm.kind=async", "algorithm.stops=false", "optimizer.learning_rate=0.00032", "optimizer.staleness_rule=adaptive",
+                 "run.eval_every=2000"],
+    }
+    sim_s, hand_s, rows = 0.0, 0.0, {}
+    for method, overrides in variants.items():
+        start = time.perf_counter()
+        result = simulate("scenarios/papers/ringmaster_quadratic.toml", [f"run.until_time={horizon}", *overrides])
+        seconds = time.perf_counter() - start
+        hand = ringmaster_numpy.run(method, 6174, horizon=horizon)
+        sim_s, hand_s = sim_s + seconds, hand_s + hand["wall_s"]
+        rows[method] = {"simulator_s": round(seconds, 2), "numpy_loop_s": round(hand["wall_s"], 2),
+                        "simulator_updates": int(result.summary["updates"]), "numpy_updates": hand["updates"]}
+    return {"horizon_s": horizon, "methods": rows, "simulator_s": round(sim_s, 2), "numpy_loop_s": round(hand_s, 2),
+            "ratio": round(hand_s / sim_s, 3), "met": bool(sim_s <= hand_s)}
+
+
+def folder(quick: bool) -> dict:
+    from asgd_sim.results.folder import write_run
+    from asgd_sim.runner import run_timing
+    from asgd_sim.scenario import scenario_from_dict
+
+    updates = 10_000 if quick else 100_000
+    sc = scenario_from_dict({"workers": [{"count": 1000, "compute": {"dist": "exponential", "mean": 1.0}}],
+                             "run": {"until_updates": updates}, "server": {"lock": "global", "apply_time": 0.0005}},
+                            name="folder")
+    start = time.perf_counter()
+    result = run_timing(sc)
+    simulated = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_run(result, Path(tmp) / "run")
+        written = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in (Path(tmp) / "run").iterdir())
+    return {"updates": updates, "workers": 1000, "simulate_s": round(simulated, 2), "write_s": round(written, 2),
+            "ratio_write_over_simulate": round(written / simulated, 3), "folder_mb": round(size / 2**20, 1),
+            "met": bool(written <= simulated)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="algorithms,restarts,paper,folder")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    args = parser.parse_args()
+    sections = {"algorithms": algorithms, "restarts": restarts, "paper": paper, "folder": folder}
+    out = {"benchmark": "matrix", "python": platform.python_version(), "quick": args.quick}
+    for name in args.only.split(","):
+        out[name] = sections[name.strip()](args.quick)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
