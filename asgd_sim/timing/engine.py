@@ -403,11 +403,16 @@ class TimingEngine:
         """Compute time up to now: ``w.busy`` also holds the scheduled rest of the compute in
         progress (recorded in full when it starts), which lies after the end of the run."""
         tr, now, busy = self.trace, self.env.now, w.busy
+        on_device = w.routes is not None and w.routes.device is not None
+        if w.chain is not None:  # an iteration in stages: its computations count once they start
+            if not tr.t_compute_start[w.chain.gids[0]] <= now:
+                return busy
+            busy = w.chain.busy(busy)
         for gid in w.unpushed:
             start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
             if end > now:  # (False for NaN: not started)
                 busy -= end - max(start, now)
-            elif end != end and start <= now:  # running on a device, its end not known yet
+            elif on_device and end != end and start <= now:  # running on a device, its end not known yet
                 busy += now - start
         return busy
 

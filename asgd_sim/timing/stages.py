@@ -139,7 +139,6 @@ class Iteration:
                         return
                     end = group.end  # type: ignore[assignment]
                 tr.t_compute_end[gid] = end
-                w.busy += end - t
                 t = end
         self._point_at(Timeout(ctx.env, t - ctx.env._now, w.priority, at=t))  # type: ignore[attr-defined]
 
@@ -169,9 +168,6 @@ class Iteration:
 
     def _unstamp(self, gid: int, start: bool) -> None:
         tr = self.ctx.trace
-        begun, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
-        if end == end and begun == begun:  # (not NaN) laid out: its time no longer counts as busy
-            self.w.busy -= end - begun
         tr.t_compute_end[gid] = _NAN
         if start:
             tr.t_compute_start[gid] = _NAN
@@ -180,9 +176,7 @@ class Iteration:
         k = group.tag
         code = self.plan[k]
         if code >= _COMPUTE:
-            tr, gid = self.ctx.trace, self.gids[code - _COMPUTE]
-            tr.t_compute_end[gid] = t
-            self.w.busy += t - tr.t_compute_start[gid]
+            self.ctx.trace.t_compute_end[self.gids[code - _COMPUTE]] = t
         self._run(k + 1, t)
 
     # ---- the end -------------------------------------------------------------------------------
@@ -191,6 +185,7 @@ class Iteration:
         """The worker's process resumed at its arrival: take the draws its stages read ahead."""
         if self.groups:
             self.groups.clear()  # (their entries may outlive them: they name their owner)
+        self.w.busy = self.busy(self.w.busy)
         if self.w.routes.pull is not None:
             self.w.compute.skip(len(self.gids))
             self.w.latency.skip(1)
@@ -224,11 +219,26 @@ class Iteration:
         tr, w, gids = self.ctx.trace, self.w, self.gids
         if w.routes.device is not None:
             for gid in gids:
-                start = tr.t_compute_start[gid]
-                if start <= now and tr.t_compute_end[gid] != tr.t_compute_end[gid]:  # in progress, end unknown
+                if tr.t_compute_start[gid] <= now and tr.t_compute_end[gid] != tr.t_compute_end[gid]:  # in progress, end unknown
                     tr.t_compute_end[gid] = now
-                    w.busy += now - start
-        if w.routes.pull is not None and tr.t_compute_start[gids[0]] <= now:  # (False for NaN: not started)
+        started = tr.t_compute_start[gids[0]] <= now  # (False for NaN: laid out before the cut)
+        if w.routes.pull is not None and started:
             w.compute.skip(len(gids))
             if tr.t_compute_end[gids[-1]] <= now:
                 w.latency.skip(1)
+        if started:  # counted in full, as a step-by-step loop does when computing starts; `abandon` cuts the rest
+            w.busy = self.busy(w.busy)
+        else:  # nothing computed: no stamps at all
+            for gid in gids:
+                tr.t_compute_start[gid] = tr.t_compute_end[gid] = _NAN
+
+    def busy(self, busy: float) -> float:
+        """``busy`` plus this iteration's computations laid out so far, one after the other. (Added
+        when they are final, not as they are laid out: a stage withdrawn and laid out again would
+        leave round-off in a running sum.)"""
+        tr = self.ctx.trace
+        for gid in self.gids:
+            start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
+            if end == end and start == start:  # (not NaN)
+                busy += float(end - start)
+        return busy
