@@ -76,7 +76,7 @@ def test_parameters_are_typed_and_per_check() -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--only", "C17"], "unknown check 'C17'; did you mean"),
+    (["--only", "C18"], "unknown check 'C18'; did you mean"),
     (["--only", "C7", "--set", "long=100"], "C7.long = 100: must be > C7.short (300)"),
     (["--only", "C12", "--set", "worker=32"], "unknown parameter 'worker' in 'worker=32'; did you mean 'workers'?"),
     (["--only", "C12", "--set", "workers=many"], "C12.workers = 'many': must be a whole number"),
