@@ -92,9 +92,11 @@ def measure(sc: Scenario) -> dict:
 
 
 # (workers, updates, worker link bytes/s, server NIC bytes/s): 1e18 never makes a transfer wait on
-# another; 1.25e9 (10 Gb/s, the default) lets a message meet another now and then; a NIC of 5e8 is
-# busy ~70 % of the time in each direction, so transfers share it often.
-FINITE = ((1000, 300_000, 1e18, 1e18), (1000, 300_000, 1.25e9, 1.25e9), (1000, 300_000, 1.25e9, 5e8))
+# another; 1.25e9 (10 Gb/s, the default) lets a message meet another now and then; a NIC of 5e8 at
+# M = 1,000 (5e9 at M = 10,000: ten times the messages) is busy ~70 % of the time in each
+# direction, so transfers share it often.
+FINITE = ((1000, 300_000, 1e18, 1e18), (1000, 300_000, 1.25e9, 1.25e9), (1000, 300_000, 1.25e9, 5e8),
+          (10_000, 1_000_000, 1e18, 1e18), (10_000, 1_000_000, 1.25e9, 5e9))
 
 
 def main() -> None:
