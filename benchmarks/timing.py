@@ -107,7 +107,8 @@ def main() -> None:
     rows = [measure(scenario(workers, updates // scale)) for workers, updates in ((8, 300_000), (1000, 300_000), (10_000, 1_000_000))]
     finite = []
     for workers, updates, bandwidth, server_bandwidth in FINITE:
-        row = measure(scenario(workers, updates // scale, bandwidth, server_bandwidth))
+        # (--quick: the M = 10,000 rows at 20,000 updates, a smoke test of a few seconds each)
+        row = measure(scenario(workers, updates // (scale * 5 if args.quick and workers >= 10_000 else scale), bandwidth, server_bandwidth))
         finite.append({"bandwidth": bandwidth, "server_bandwidth": server_bandwidth, **row})
     print(json.dumps({"benchmark": "timing", "python": platform.python_version(), "simpy": simpy.__version__,
                       "results": rows, "finite_bandwidth": finite}, indent=2))

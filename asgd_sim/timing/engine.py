@@ -390,14 +390,19 @@ class TimingEngine:
     def result(self, wall_time_s: float = 0.0) -> TimingResult:
         if self.callbacks:
             self.loop.table.sync()  # type: ignore[union-attr]
-        meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
-        trace = self.trace.freeze(meta)
-        for w in self.workers:
-            if w.chain is not None:  # an iteration in progress: only what has happened by now
-                w.chain.clip(trace.times, self.env.now)
+        trace = self.freeze(trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes))
         return TimingResult(trace=trace, stopped=self.stopped or "running", sim_time=float(self.env.now),
                             wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
                             deadlock=list(self.deadlock))
+
+    def freeze(self, meta: dict | None = None) -> Trace:
+        """The trace so far. An iteration in stages lays out its computations ahead of time: only
+        what has happened by now is kept (as a step-by-step loop would have stamped it)."""
+        trace = self.trace.freeze(meta)
+        for w in self.workers:
+            if w.chain is not None:
+                w.chain.clip(trace.times, self.env.now)
+        return trace
 
     def _busy_so_far(self, w: WorkerState) -> float:
         """Compute time up to now: ``w.busy`` also holds the scheduled rest of the compute in
