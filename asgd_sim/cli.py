@@ -71,10 +71,55 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--list", action="store_true", help="list the checks and their parameters, run nothing")
     val.set_defaults(handler=_cmd_validate)
     _add_study_commands(sub)
+    _add_timeline_command(sub)
     return parser
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _add_timeline_command(sub: Any) -> None:
+    tl = sub.add_parser("timeline", help="write a Perfetto timeline of any window of a run, or all of it, from its trace")
+    tl.add_argument("run_dir", type=Path, help="a results folder written by asgd-sim run")
+    tl.add_argument("--all", action="store_true",
+                    help="every gradient and update (a run folder's timeline.json holds 100,000 of the two together)")
+    tl.add_argument("--start", type=float, metavar="SECONDS", help="gradients pulled from this simulated time on")
+    tl.add_argument("--end", type=float, metavar="SECONDS", help="gradients pulled before this simulated time")
+    tl.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="at most N gradients and update rows together, the earliest in the window (default: 100,000; --all: "
+                    "no limit)")
+    tl.add_argument("--out", type=Path, help="the file to write (default: RUN_DIR/timeline-all.json or timeline-<start>-<end>s.json)")
+    tl.set_defaults(handler=_cmd_timeline)
+
+
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    import time
+
+    from .results.load import is_run_dir
+    from .results.timeline import DEFAULT_LIMIT, write_timeline
+    from .trace import Trace
+
+    if not is_run_dir(args.run_dir) or not (args.run_dir / "gradients.parquet").exists():
+        raise ScenarioError("run_dir", f"= {args.run_dir}: not a run folder (no summary.json and gradients.parquet); give a "
+                            "folder written by asgd-sim run")
+    if args.all and args.limit is not None:
+        raise ScenarioError("--limit", f"= {args.limit}: --all writes everything; drop one of the two")
+    if args.limit is not None and args.limit < 1:
+        raise ScenarioError("--limit", f"= {args.limit}: must be >= 1; or use --all for no limit")
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise ScenarioError("--end", f"= {args.end:g}: the window [--start, --end) must end after it starts ({args.start:g} s)")
+    limit = None if args.all else (args.limit or DEFAULT_LIMIT)
+    first, last = "start" if args.start is None else f"{args.start:g}", "end" if args.end is None else f"{args.end:g}"
+    window = "all" if args.all and args.start is None and args.end is None else f"{first}-{last}s"
+    out = args.out or args.run_dir / f"timeline-{window}.json"
+    started = time.perf_counter()
+    info = write_timeline(Trace.load(args.run_dir), out, limit, start=args.start, end=args.end)
+    end = info["window_s"][1]
+    print(f"timeline   {out}: {info['gradients_shown']:,} of {info['gradients_total']:,} gradients (pulled in "
+          f"[{first}, {'end' if end is None else f'{end:.6g}'}) s), {info['update_rows_shown']:,} update rows, "
+          f"{info['flows']:,} flows, {info['events']:,} events, {out.stat().st_size / 2**20:.1f} MB in {time.perf_counter() - started:.2g} s")
+    print("open       ui.perfetto.dev (Open trace file) or chrome://tracing")
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path, timeline: dict[str, Any] | None = None) -> None:
     clock = "measured" if summary.get("backend") else "simulated"  # a real backend's clock is real
     stale = summary["staleness"]
     replayed = summary.get("replay")
@@ -99,6 +144,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
                      + (" (STALLED: no progress over the last half of the run)" if summary.get("stalled") else ""))
     if summary.get("deadlock"):
         lines.append("deadlock   " + "; ".join(summary["deadlock"]))
+    if timeline is not None and timeline["truncated"]:
+        end = timeline["window_s"][1]
+        lines.append(f"timeline   the first {timeline['gradients_shown']:,} of {timeline['gradients_total']:,} gradients"
+                     + (f" (pulled before {end:.4g} s)" if end is not None else "") + f"; all of them: asgd-sim timeline {out} --all")
     lines.append(f"results    {out}")
     print("\n".join(lines))
 
@@ -116,7 +165,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
                           **options)
     if not args.quiet:
-        _print_summary(result.summary, out)
+        from .results.timeline import timeline_extent
+
+        _print_summary(result.summary, out, timeline_extent(result.trace))
         if args.backend != "sim":
             backend = result.summary["backend"]
             print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")

@@ -351,8 +351,10 @@ class Trace:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {b"asgd_sim": json.dumps({"shards": self.shards, **self.meta}, default=str).encode()}
         grads = self.gradients_table()
-        pq.write_table(grads.replace_schema_metadata(meta), folder / "gradients.parquet")
-        pq.write_table(self.updates_table(), folder / "updates.parquet")
+        # Dictionary encoding only where values repeat (fate): tried on every numeric column it made
+        # writing 3-4x slower and the files larger (100k gradients: 8.7 -> 7.3 MB, 4.8 -> 3.7 MB).
+        pq.write_table(grads.replace_schema_metadata(meta), folder / "gradients.parquet", use_dictionary=["fate"])
+        pq.write_table(self.updates_table(), folder / "updates.parquet", use_dictionary=False)
 
     @classmethod
     def load(cls, folder: str | Path) -> Trace:

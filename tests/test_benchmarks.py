@@ -34,8 +34,12 @@ def test_numerics_benchmark_reports_ratios_and_judges_targets() -> None:
     for ratio, simulate, hand in (("ratio_end_to_end", "simulate_end_to_end", "hand_loop_cold"),
                                   ("ratio_end_to_end_cached", "simulate_end_to_end_cached", "hand_loop_cached"),
                                   ("ratio_steady", "simulate_steady", "hand_loop_warm")):
-        expected = rates[f"{simulate}_updates_per_s"] / rates[f"{hand}_updates_per_s"]
-        assert row[ratio] == pytest.approx(expected, rel=1e-3, abs=2e-3), ratio
+        sim_rate, hand_rate = rates[f"{simulate}_updates_per_s"], rates[f"{hand}_updates_per_s"]
+        expected = sim_rate / hand_rate
+        # The rates are printed rounded to 0.1 and the ratio to 0.001: the ratio of the rounded
+        # rates is off by at most that much (slow rates on a loaded machine make it visible).
+        rounding = expected * (0.05 / sim_rate + 0.05 / hand_rate) + 0.0005
+        assert abs(row[ratio] - expected) <= rounding + 1e-9, (ratio, row[ratio], expected)
     # THEORY.md C2: the mean staleness of async SGD is M - 1 = 7 in the long run (300 updates: near it).
     assert 6 <= row["staleness_mean"] <= 8
     # The CPU target at M = 8 (issue 3: >= 1.0x), judged on the steady ratio.

@@ -356,7 +356,7 @@ def test_timeline_is_chrome_trace(tmp_path) -> None:
     data = json.loads(path.read_text())
     events = data["traceEvents"]
     complete = [e for e in events if e["ph"] == "X"]
-    assert complete and all(e["ph"] in ("X", "M") for e in events)
+    assert complete and {e["ph"] for e in events} == {"X", "M", "s", "f", "C"}
     for e in complete:
         assert {"name", "pid", "tid", "ts", "dur"} <= e.keys()
         assert e["dur"] >= 0 and math.isfinite(e["ts"])
@@ -365,9 +365,10 @@ def test_timeline_is_chrome_trace(tmp_path) -> None:
     assert workers == set(range(5)) and shards == {0, 1, 2}
     computes = [e for e in complete if e["name"].startswith("compute")]
     assert len(computes) == int((~np.isnan(tr.t_compute_start) & ~np.isnan(tr.t_compute_end)).sum())
-    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and "name" in e["args"]}
     # Each worker's track says its group (3 workers of g0, 2 of g1).
-    assert {"workers", "server shards", "worker 0 (g0)", "worker 2 (g0)", "worker 3 (g1)", "worker 4 (g1)", "shard 2"} <= names
+    assert {"workers", "server shards", "at the server", "worker 0 (g0)", "worker 2 (g0)", "worker 3 (g1)", "worker 4 (g1)",
+            "shard 2"} <= names
     assert tr.worker_groups() == ["g0"] * 3 + ["g1"] * 2
     # Each worker's compute spans never overlap (cancelled ones are cut at the cancellation).
     for w in workers:
