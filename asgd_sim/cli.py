@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit a scenario's timing (compute, latency, apply time) to a real run's trace")
     cal.add_argument("run_dir", type=Path, help="a results folder of a real run (asgd-sim run --backend devices|ray)")
     cal.add_argument("--out", type=Path, required=True, help="the calibrated scenario file to write (.toml)")
+    cal.add_argument("--devices", choices=("auto", "always", "none"), default="auto",
+                     help="the device model (workers sharing a device): kept when its AIC is lower (auto), always, or never")
     cal.add_argument("--quiet", action="store_true")
     cal.set_defaults(handler=_cmd_calibrate)
 
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--quiet", action="store_true")
     fid.set_defaults(handler=_cmd_fidelity)
 
-    val = sub.add_parser("validate", help="check the simulator against docs/THEORY.md (C1-C16): predicted vs simulated")
+    val = sub.add_parser("validate", help="check the simulator against docs/THEORY.md (C1-C17): predicted vs simulated")
     val.add_argument("--only", metavar="C4,C12", help="run only these checks (default: all)")
     val.add_argument("--quick", action="store_true", help="smaller sizes: all checks in about a minute")
     val.add_argument("--out", type=Path, help="report folder (default: results/validation-<timestamp>)")
@@ -226,7 +228,7 @@ def _real_run_options(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .studies.calibrate import calibrate_run
 
-    scenario, report = calibrate_run(args.run_dir, args.out)
+    scenario, report = calibrate_run(args.run_dir, args.out, args.devices)
     if not args.quiet:
         print(report)
         print(f"scenario   {args.out}")

@@ -1,8 +1,11 @@
 """Timing-engine throughput against a bare SimPy loop, in one process (ratios, not absolutes).
 
-Scenario: async, global lock, constant latency, no bandwidth limit (transfers take no time), constant compute.
-The baseline is the loop a SimPy user writes first: M processes, each step one timeout plus one
-Resource request/release. Prints one JSON object.
+Scenario: async, global lock, constant latency, constant compute, and either no bandwidth limit
+(transfers take no time: ``results``) or a finite, fairly shared network (``finite_bandwidth``:
+each worker's link of ``bandwidth`` and the server NIC of ``server_bandwidth`` per direction, the
+model's 340 kB messages). The baseline is the loop a SimPy user writes first: M processes, each
+step one timeout plus one Resource request/release. The two run in alternating slices of about
+1/40 of the run each, so that both see the same load on a shared machine. Prints one JSON object.
 
     .venv/bin/python benchmarks/timing.py [--quick]
 """
@@ -20,47 +23,80 @@ from asgd_sim.scenario.config import AlgorithmConfig, NetworkConfig, RunConfig, 
 from asgd_sim.scenario.distributions import Constant
 from asgd_sim.timing.engine import TimingEngine
 
+INF = float("inf")
+SLICES = 40
+
+
+class BareSimPy:
+    """M processes, each step one timeout and one request/release of a capacity-1 Resource."""
+
+    def __init__(self, workers: int) -> None:
+        self.env = env = simpy.Environment()
+        lock = simpy.Resource(env, capacity=1)
+        self.done = 0
+
+        def worker():
+            while True:
+                yield env.timeout(1.0)
+                with lock.request() as request:
+                    yield request
+                self.done += 1
+
+        for _ in range(workers):
+            env.process(worker())
+
+    def run(self, steps: int) -> float:
+        """Seconds to take ``steps`` more steps."""
+        target, step = self.done + steps, self.env.step
+        start = time.perf_counter()
+        while self.done < target:
+            step()
+        return time.perf_counter() - start
+
 
 def bare_simpy_steps_per_s(workers: int, steps: int) -> float:
-    env = simpy.Environment()
-    lock = simpy.Resource(env, capacity=1)
-    done = [0]
-
-    def worker(env: simpy.Environment):
-        while True:
-            yield env.timeout(1.0)
-            with lock.request() as request:
-                yield request
-            done[0] += 1
-
-    for _ in range(workers):
-        env.process(worker(env))
-    start = time.perf_counter()
-    while done[0] < steps:
-        env.step()
-    return steps / (time.perf_counter() - start)
+    return steps / BareSimPy(workers).run(steps)
 
 
-def scenario(workers: int, updates: int) -> Scenario:
+def scenario(workers: int, updates: int, bandwidth: float = INF, server_bandwidth: float = INF) -> Scenario:
     # Compute 1 s and apply 1/(2M) s: the global lock is busy about half the time.
     return Scenario(
         name=f"bench-async-global-{workers}",
         run=RunConfig(until_updates=updates),
         workers=(WorkerGroup(count=workers, compute=Constant(1.0)),),
-        network=NetworkConfig(latency=Constant(0.001), bandwidth=float("inf"), server_bandwidth=float("inf")),
+        network=NetworkConfig(latency=Constant(0.001), bandwidth=bandwidth, server_bandwidth=server_bandwidth),
         server=ServerConfig(lock="global", apply_time=Constant(0.5 / workers)),
         algorithm=AlgorithmConfig(kind="async"),
     )
 
 
-def engine_updates_per_s(workers: int, updates: int) -> tuple[float, float]:
-    start = time.perf_counter()
-    engine = TimingEngine(scenario(workers, updates))
-    built = time.perf_counter()
-    result = engine.run()
-    end = time.perf_counter()
-    assert result.updates == updates, result.stopped
-    return updates / (end - built), end - start
+def measure(sc: Scenario) -> dict:
+    """The engine and the bare loop in alternating slices: rates, their ratio and the engine's wall time."""
+    workers, updates = sc.num_workers, sc.run.until_updates
+    started = time.perf_counter()
+    engine = TimingEngine(sc)
+    bare = BareSimPy(workers)
+    engine_s = bare_s = 0.0
+    for i in range(1, SLICES + 1):
+        target = updates * i // SLICES
+        steps = target - engine.updates
+        t0 = time.perf_counter()
+        engine.step_until(target)
+        engine_s += time.perf_counter() - t0
+        bare_s += bare.run(steps)
+    assert engine.updates == updates, engine.stopped
+    ups, steps_per_s = updates / engine_s, updates / bare_s
+    return {"workers": workers, "updates": updates, "engine_updates_per_s": round(ups), "bare_simpy_steps_per_s": round(steps_per_s),
+            "ratio_vs_bare": round(ups / steps_per_s, 3), "total_wall_s": round(time.perf_counter() - started - bare_s, 2),
+            "loop": type(engine.loop).__name__}
+
+
+# (workers, updates, worker link bytes/s, server NIC bytes/s): 1e18 never makes a transfer wait on
+# another; 1.25e9 (10 Gb/s, the default) lets a message meet another now and then; a NIC of 5e8 at
+# M = 1,000 (5e9 at M = 10,000: ten times the messages) is busy ~70 % of the time in each
+# direction, so transfers share it often.
+FINITE = ((1000, 300_000, 1e18, 1e18), (1000, 300_000, 1.25e9, 1.25e9), (1000, 300_000, 1.25e9, 5e8),
+          (10_000, 1_000_000, 1e18, 1e18), (10_000, 1_000_000, 1.25e9, 5e9))
 
 
 def main() -> None:
@@ -68,16 +104,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
-    rows = []
-    for workers, updates in ((8, 300_000), (1000, 300_000), (10_000, 1_000_000)):
-        updates //= scale
-        bare = bare_simpy_steps_per_s(workers, updates)
-        ups, total = engine_updates_per_s(workers, updates)
-        rows.append({"workers": workers, "updates": updates, "engine_updates_per_s": round(ups),
-                     "bare_simpy_steps_per_s": round(bare), "ratio_vs_bare": round(ups / bare, 3),
-                     "total_wall_s": round(total, 2)})
+    rows = [measure(scenario(workers, updates // scale)) for workers, updates in ((8, 300_000), (1000, 300_000), (10_000, 1_000_000))]
+    finite = []
+    for workers, updates, bandwidth, server_bandwidth in FINITE:
+        # (--quick: the M = 10,000 rows at 20,000 updates, a smoke test of a few seconds each)
+        row = measure(scenario(workers, updates // (scale * 5 if args.quick and workers >= 10_000 else scale), bandwidth, server_bandwidth))
+        finite.append({"bandwidth": bandwidth, "server_bandwidth": server_bandwidth, **row})
     print(json.dumps({"benchmark": "timing", "python": platform.python_version(), "simpy": simpy.__version__,
-                      "results": rows}, indent=2))
+                      "results": rows, "finite_bandwidth": finite}, indent=2))
 
 
 if __name__ == "__main__":

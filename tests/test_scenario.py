@@ -187,7 +187,7 @@ def test_empirical_file_is_resolved_against_the_scenario_folder(tmp_path: Path, 
 def test_resolved_dump_has_every_default(tmp_path: Path) -> None:
     s = load_scenario(write(tmp_path, "", "empty.toml"))
     tree = tomllib.loads(dumps_scenario(s))
-    assert set(tree) == {"name", "run", "workers", "racks", "network", "server", "algorithm", "model", "data", "optimizer"}
+    assert set(tree) == {"name", "run", "workers", "racks", "devices", "network", "server", "algorithm", "model", "data", "optimizer"}
     assert tree["run"] == {"seed": 0, "until_updates": 5000, "eval_every": 100, "max_loss": 1e6, "window": 256, "batch_cap": 64}
     assert tree["workers"] == [{"name": "worker", "count": 4, "compute": {"dist": "constant", "value": 0.05}, "stagger": 0.0, "slowdowns": [], "failures": {"at": []}}]
     assert tree["server"] == {"shards": 1, "lock": "shard", "apply_time": {"dist": "constant", "value": 0.0005},

@@ -20,6 +20,7 @@ __all__ = [
     "Pipeline",
     "WorkerGroup",
     "Rack",
+    "Device",
     "NetworkConfig",
     "ServerConfig",
     "AlgorithmConfig",
@@ -103,6 +104,7 @@ class WorkerGroup:
     failures: Failures = field(default_factory=Failures)
     rack: str | None = None
     pipeline: Pipeline | None = None
+    device: str | None = None  # the [[devices]] entry its computations share (None: a device of its own)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,16 @@ class Rack:
 
     name: str
     slowdowns: tuple[Slowdown, ...] = ()
+
+
+@dataclass(frozen=True)
+class Device:
+    """Workers on one device share it: ``capacity`` computations run at full speed at once (cores, or
+    concurrent kernels); more share it fairly (processor sharing), so each stretches with the load.
+    A worker's compute time is then its work: seconds at full speed."""
+
+    name: str
+    capacity: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,7 @@ class Scenario:
     run: RunConfig = field(default_factory=RunConfig)
     workers: tuple[WorkerGroup, ...] = field(default_factory=lambda: (WorkerGroup(),))
     racks: tuple[Rack, ...] = ()
+    devices: tuple[Device, ...] = ()
     network: NetworkConfig = field(default_factory=NetworkConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

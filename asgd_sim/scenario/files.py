@@ -50,7 +50,7 @@ __all__ = [
 
 _HEADER = "# Resolved asgd-sim scenario: every key, with the defaults filled in.\n\n"
 _KEY_PART = re.compile(r"([A-Za-z_][\w-]*|\d+)((?:\[\d+\])*)")
-_ELEMENTS = {"workers": "worker group", "racks": "rack"}
+_ELEMENTS = {"workers": "worker group", "racks": "rack", "devices": "device"}
 
 
 def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:

@@ -22,6 +22,7 @@ from .config import (
     STALENESS_RULES,
     AlgorithmConfig,
     DataConfig,
+    Device,
     Failures,
     ModelConfig,
     NetworkConfig,
@@ -347,7 +348,7 @@ def _check_model(m: ModelConfig, table: dict[str, Any], path: str) -> ModelConfi
 
 
 def _check_scenario(s: Scenario) -> None:
-    for label, items in (("workers", s.workers), ("racks", s.racks)):
+    for label, items in (("workers", s.workers), ("racks", s.racks), ("devices", s.devices)):
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.name in seen:
@@ -358,6 +359,7 @@ def _check_scenario(s: Scenario) -> None:
         if group.rack is not None and group.rack not in racks:
             known = f"known racks: {', '.join(racks)}{_did_you_mean(group.rack, racks)}" if racks else f"no racks are defined; add [[racks]] with name = {group.rack!r}"
             raise bad(f"workers[{i}].rack", group.rack, f"unknown rack; {known}")
+    _check_devices(s)
     n, a = s.num_workers, s.algorithm
     _check_algorithm(s)
     if a.kind.startswith("k_") and a.k > n:
@@ -368,6 +370,27 @@ def _check_scenario(s: Scenario) -> None:
         raise bad("algorithm.backup", a.backup, f"must be < the number of workers ({n}); sync waits for workers - backup gradients")
     if s.data.name == "none" and s.model.name in MODELS_NEEDING_DATA:
         raise bad("data.name", "none", f"model {s.model.name!r} trains on data; choose one of digits, synthetic, text (none is for quadratic and least_squares)")
+
+
+def _check_devices(s: Scenario) -> None:
+    """A worker's device must be defined; its compute time is then work shared with the device's
+    other workers, which slowdown windows (group or rack) do not combine with."""
+    devices = [d.name for d in s.devices]
+    racks = {r.name: r for r in s.racks}
+    for i, group in enumerate(s.workers):
+        if group.device is None:
+            continue
+        if group.device not in devices:
+            known = (f"known devices: {', '.join(devices)}{_did_you_mean(group.device, devices)}" if devices
+                     else f"no devices are defined; add [[devices]] with name = {group.device!r} and its capacity")
+            raise bad(f"workers[{i}].device", group.device, f"unknown device; {known}")
+        if group.slowdowns:
+            raise bad(f"workers[{i}].slowdowns", [dataclasses.asdict(w) for w in group.slowdowns],
+                      f"a worker on a device (device = {group.device!r}) computes at its share of the device, which "
+                      "slowdown windows do not model; drop the slowdowns or the device")
+        if group.rack in racks and racks[group.rack].slowdowns:
+            raise bad(f"workers[{i}].rack", group.rack, f"rack {group.rack!r} has slowdowns, which a worker on a device "
+                      f"(device = {group.device!r}) does not model; drop the rack's slowdowns, the rack or the device")
 
 
 def _check_algorithm(s: Scenario) -> None:
@@ -412,8 +435,13 @@ WORKER: dict[str, Parser] = {
     "failures": section(Failures, FAILURES, "failures", _check_failures),
     "rack": text,
     "pipeline": section(Pipeline, PIPELINE, "a pipeline", _check_pipeline),
+    "device": text,
 }
 RACK: dict[str, Parser] = {"name": text, "slowdowns": _slowdowns}
+DEVICE: dict[str, Parser] = {
+    "name": text,
+    "capacity": number(0, open_low=True, why="computations at full speed at once, e.g. cores or concurrent kernels"),
+}
 RUN: dict[str, Parser] = {
     "seed": integer(0),
     "until_updates": integer(1, why="server updates"),
@@ -499,6 +527,7 @@ SCENARIO: dict[str, Parser] = {
     "run": section(RunConfig, RUN, "[run]", _check_run),
     "workers": array(section(WorkerGroup, WORKER, "a worker group", _check_group), "workers", nonempty=True),
     "racks": array(section(Rack, RACK, "a rack"), "racks"),
+    "devices": array(section(Device, DEVICE, "a device"), "devices"),
     "network": section(NetworkConfig, NETWORK, "[network]"),
     "server": section(ServerConfig, SERVER, "[server]"),
     "algorithm": section(AlgorithmConfig, ALGORITHM, "[algorithm]"),

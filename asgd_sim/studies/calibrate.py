@@ -13,11 +13,14 @@ What is fitted, from the trace alone:
   server pays it on every contended update (the waiter wakes and takes the GIL, the last holder's
   bookkeeping runs first); where the server's lock is the bottleneck it sets the throughput.
 
-Each sample is fitted by maximum likelihood (scipy.stats) as exponential, shifted exponential,
-lognormal and gamma, and the fit with the smallest AIC (2k - 2 log L) wins; a sample whose spread is
-under 1 % of its mean is a constant. If even the best fit is rejected by a Kolmogorov-Smirnov test
-(p < 0.01, with at least 50 samples), the measured values themselves are used (``empirical``). The
+Each sample is fitted by maximum likelihood, the family chosen by AIC (`studies.fits`). The
 calibrated scenario is the real run's scenario with one worker group per worker and these timings.
+
+The device model (`studies.calibrate_devices`): workers that share a device (the scenario's
+``workers[].device``, or else all of them on one device, as threads on one machine or kernels on
+one GPU are) stretch each other's computations. Its capacity and each worker's work distribution
+are fitted from the computations' overlap, and it replaces independent compute times when its AIC
+is lower (``devices="auto"``, what ``asgd-sim calibrate`` does; the report states both AICs).
 """
 
 from __future__ import annotations
@@ -29,75 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from ..scenario.config import NetworkConfig, Scenario, ServerConfig, WorkerGroup
-from ..scenario.distributions import Constant, Distribution, Empirical, Exponential, Gamma, LogNormal, ShiftedExponential
+from ..scenario.config import Device, NetworkConfig, Scenario, ServerConfig, WorkerGroup
+from ..scenario.distributions import Constant
 from ..errors import ScenarioError
 from ..trace import CANCELLED, Trace
+from .calibrate_devices import SHARED_DEVICE, fit_device
+from .fits import fit_distribution
 
-__all__ = ["fit_distribution", "calibrate", "calibrate_run", "lock_handoffs", "timing_samples"]
+__all__ = ["fit_distribution", "calibrate", "calibrate_models", "calibrate_run", "lock_handoffs", "timing_samples",
+           "DEVICE_CHOICES"]
 
-CONSTANT_CV = 0.01  # below this coefficient of variation a duration is taken as constant
-KS_REJECT_P = 0.01
-EMPIRICAL_MAX_VALUES = 2000  # an empirical fit keeps at most this many measured values
-
-
-def fit_distribution(samples: np.ndarray) -> tuple[Distribution, dict[str, Any]]:
-    """The maximum-likelihood fit with the best AIC, and the table of candidates."""
-    from scipy import stats
-
-    x = np.asarray(samples, np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        raise ValueError("no samples to fit")
-    x = np.maximum(x, 1e-9)
-    mean, std = float(x.mean()), float(x.std())
-    info: dict[str, Any] = {"n": int(x.size), "mean": mean, "cv": std / mean if mean > 0 else 0.0, "candidates": {}}
-    if x.size < 3 or std <= CONSTANT_CV * mean:
-        info["chosen"] = "constant"
-        return Constant(mean), info
-    fits: dict[str, tuple[Distribution, float, int, Any]] = {}
-    scale = float(np.exp(np.mean(np.log(x))))  # fit in units of the sample: better conditioned
-    y = x / scale
-    with np.errstate(all="ignore"):
-        loc, lam = stats.expon.fit(y, floc=0)
-        fits["exponential"] = (Exponential(lam * scale), float(stats.expon.logpdf(y, 0, lam).sum()), 1, stats.expon(0, lam))
-        shift = float(y.min()) * (1 - 1e-9)
-        tail = float(y.mean() - shift)
-        if tail > 0:
-            fits["shifted_exponential"] = (ShiftedExponential(shift * scale, tail * scale), float(stats.expon.logpdf(y, shift, tail).sum()), 2,
-                                           stats.expon(shift, tail))
-        s, _, sc = stats.lognorm.fit(y, floc=0)
-        fits["lognormal"] = (LogNormal(float(sc * math.exp(s * s / 2)) * scale, float(math.sqrt(math.expm1(s * s)))),
-                             float(stats.lognorm.logpdf(y, s, 0, sc).sum()), 2, stats.lognorm(s, 0, sc))
-        a, _, sc = stats.gamma.fit(y, floc=0)
-        fits["gamma"] = (Gamma(float(a * sc) * scale, float(1 / math.sqrt(a))), float(stats.gamma.logpdf(y, a, 0, sc).sum()), 2,
-                         stats.gamma(a, 0, sc))
-    best, best_aic = "", math.inf
-    for name, (dist, loglik, k, _) in fits.items():
-        # The log-likelihood of x (seconds) is that of y = x/scale minus n log(scale): the same for all.
-        loglik_x = loglik - x.size * math.log(scale)
-        aic = 2 * k - 2 * loglik_x if math.isfinite(loglik_x) else math.inf
-        info["candidates"][name] = {"aic": aic, "loglik": loglik_x, **dist.to_dict()}
-        if aic < best_aic:
-            best, best_aic = name, aic
-    if not best:
-        info["chosen"] = "empirical"
-        return Empirical(tuple(_thin(x))), info
-    p_value = float(stats.kstest(y, fits[best][3].cdf).pvalue)
-    info["ks_p"] = p_value
-    if p_value < KS_REJECT_P and x.size >= 50:
-        info["chosen"] = "empirical"
-        info["rejected"] = best
-        return Empirical(tuple(_thin(x))), info
-    info["chosen"] = best
-    return fits[best][0], info
-
-
-def _thin(x: np.ndarray) -> list[float]:
-    """At most EMPIRICAL_MAX_VALUES values, keeping the distribution (evenly spaced quantiles)."""
-    if x.size <= EMPIRICAL_MAX_VALUES:
-        return [float(v) for v in x]
-    return [float(v) for v in np.quantile(x, np.linspace(0, 1, EMPIRICAL_MAX_VALUES))]
+DEVICE_CHOICES = ("auto", "always", "none")  # the device model: kept when its AIC is lower, always, never
 
 
 def lock_handoffs(trace: Trace, server: ServerConfig) -> np.ndarray:
@@ -151,8 +96,10 @@ def timing_samples(trace: Trace, workers: int, server: ServerConfig | None = Non
             "handoff": handoff}
 
 
-def calibrate(scenario: Scenario, trace: Trace) -> tuple[Scenario, dict[str, Any]]:
-    """The scenario with its timing fitted to ``trace`` (a real run of ``scenario``)."""
+def calibrate_models(scenario: Scenario, trace: Trace, fit_devices: bool = True) -> tuple[Scenario, Scenario | None, dict[str, Any]]:
+    """The scenario fitted to ``trace`` (a real run of ``scenario``) with independent compute
+    times, the same with the device model (None if ``fit_devices`` is False), and the report
+    (``device_model["kept"]``: whether the device model's AIC is the lower)."""
     M = scenario.num_workers
     samples = timing_samples(trace, M, scenario.server)
     names = [g.name for g in scenario.workers for _ in range(g.count)]
@@ -168,24 +115,69 @@ def calibrate(scenario: Scenario, trace: Trace) -> tuple[Scenario, dict[str, Any
         dist, info = fit_distribution(samples[key]) if samples[key].size else (Constant(0.0), {"chosen": "constant", "n": 0})
         fitted[key] = dist
         report[name] = {**info, "fit": dist.to_dict()}
-    calibrated = dataclasses.replace(
-        scenario, name=f"{scenario.name}-calibrated", workers=tuple(groups), racks=(),
+    independent = dataclasses.replace(
+        scenario, name=f"{scenario.name}-calibrated", workers=tuple(groups), racks=(), devices=(),
         network=NetworkConfig(latency=fitted["latency"], bandwidth=math.inf, server_bandwidth=math.inf, compression=1.0),
         server=dataclasses.replace(scenario.server, apply_time=fitted["apply"], lock_handoff=fitted["handoff"]),
     )
-    return calibrated, report
+    if not fit_devices:
+        return independent, None, report
+    device, report["device_model"] = _device_model(scenario, trace, independent)
+    return independent, device, report
 
 
-def calibrate_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Scenario, str]:
-    """Calibrate from a run folder; write the scenario to ``out``; returns it and a printed report."""
-    from ..scenario.files import dump_scenario, load_scenario
+def _device_model(scenario: Scenario, trace: Trace, independent: Scenario) -> tuple[Scenario, dict[str, Any]]:
+    """``independent`` with its workers on devices (the scenario's, or one for all), their
+    capacities and work distributions fitted to ``trace``."""
+    on = [g.device for g in scenario.workers for _ in range(g.count)]
+    if not any(on):
+        on = [SHARED_DEVICE] * len(on)
+    groups = list(independent.workers)
+    devices, info = [], {"devices": [], "aic_device": 0.0, "aic_independent": 0.0}
+    for name in dict.fromkeys(d for d in on if d is not None):
+        workers = [w for w, d in enumerate(on) if d == name]
+        fit = fit_device(trace, workers)
+        devices.append(Device(name, fit["capacity"]))
+        works = []
+        for w, work in zip(workers, fit["work"]):
+            dist, _ = fit_distribution(work)
+            groups[w] = dataclasses.replace(groups[w], compute=dist, device=name)
+            works.append({"worker": w, "fit": dist.to_dict(), "n": int(work.size)})
+        info["devices"].append({"name": name, "workers": workers, "capacity": fit["capacity"],
+                                "most_in_progress": fit["most_in_progress"], "aic_device": fit["aic_device"],
+                                "aic_independent": fit["aic_independent"], "work": works})
+        info["aic_device"] += fit["aic_device"]
+        info["aic_independent"] += fit["aic_independent"]
+    info["kept"] = bool(info["aic_device"] < info["aic_independent"])
+    return dataclasses.replace(independent, workers=tuple(groups), devices=tuple(devices)), info
+
+
+def calibrate(scenario: Scenario, trace: Trace, devices: str = "auto") -> tuple[Scenario, dict[str, Any]]:
+    """The scenario with its timing fitted to ``trace`` (a real run of ``scenario``); ``devices``:
+    one of DEVICE_CHOICES (see the module docstring)."""
+    if devices not in DEVICE_CHOICES:
+        raise ScenarioError("--devices", devices, f"must be one of {', '.join(DEVICE_CHOICES)}")
+    independent, device, report = calibrate_models(scenario, trace, fit_devices=devices != "none")
+    keep = device is not None and (devices == "always" or report["device_model"]["kept"])
+    return (device if keep else independent), report  # type: ignore[return-value]
+
+
+def load_run(run_dir: str | Path) -> tuple[Scenario, Trace]:
+    """A run folder's scenario and trace (a clear error if it is not one)."""
+    from ..scenario.files import load_scenario
 
     run_dir = Path(run_dir)
     if not (run_dir / "scenario.toml").is_file() or not (run_dir / "gradients.parquet").is_file():
         raise ScenarioError(str(run_dir), "is not a run folder: it needs scenario.toml, gradients.parquet and updates.parquet")
-    scenario = load_scenario(run_dir / "scenario.toml")
-    trace = Trace.load(run_dir)
-    calibrated, report = calibrate(scenario, trace)
+    return load_scenario(run_dir / "scenario.toml"), Trace.load(run_dir)
+
+
+def calibrate_run(run_dir: str | Path, out: str | Path | None = None, devices: str = "auto") -> tuple[Scenario, str]:
+    """Calibrate from a run folder; write the scenario to ``out``; returns it and a printed report."""
+    from ..scenario.files import dump_scenario
+
+    scenario, trace = load_run(run_dir)
+    calibrated, report = calibrate(scenario, trace, devices)
     if out is not None:
         dump_scenario(calibrated, out)
     return calibrated, format_report(report)
@@ -201,4 +193,27 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(line("latency", report["latency"]))
     lines.append(line("apply time", report["apply_time"]))
     lines.append(line("lock handoff", report["lock_handoff"]))
+    model = report.get("device_model")
+    if model is not None:
+        lines.append(format_device_model(model))
     return "\n".join(lines)
+
+
+def format_device_model(model: dict[str, Any]) -> str:
+    """The device model's lines: each device's capacity and work fits, and the AIC comparison."""
+    lines = []
+    for device in model["devices"]:
+        lines.append(f"device       {device['name']}: workers {_span(device['workers'])}, capacity {device['capacity']:.3g} "
+                     f"(at most {device['most_in_progress']} computations at once in the trace)")
+        for w in device["work"]:
+            fit = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in w["fit"].items() if k != "values"}
+            extra = f" ({len(w['fit']['values'])} values)" if "values" in w["fit"] else ""
+            lines.append(f"{'  work ' + str(w['worker']):<12} n={w['n']:<6} {fit}{extra}")
+    verdict = "kept: the device model explains the trace better" if model["kept"] else "not kept: independent compute times explain the trace as well"
+    lines.append(f"device model AIC {model['aic_device']:.1f} vs {model['aic_independent']:.1f} with independent compute times "
+                 f"(lower is better; durations given the computations' overlap): {verdict}")
+    return "\n".join(lines)
+
+
+def _span(workers: list[int]) -> str:
+    return f"{workers[0]}-{workers[-1]}" if workers == list(range(workers[0], workers[-1] + 1)) and len(workers) > 1 else ", ".join(map(str, workers))

@@ -13,6 +13,11 @@ scenario with ``seeds`` seeds (run.seed, run.seed + 1, ...), and compares, side 
   ``loss_gap_over_band`` divides it by the band's largest width (max - min over seeds): below ~1
   the real curve is as close to the simulation as two simulated seeds are to each other.
 
+Both calibrations are simulated: independent compute times, and the device model (workers sharing
+a device, `studies.calibrate_devices`); the report's top-level figures are those of the one the
+calibration keeps (the lower AIC: ``calibrated.toml``), ``independent`` and ``device`` hold each
+one's, and the printed ``table`` shows both.
+
 Writes ``RUN_DIR/fidelity.json`` and ``RUN_DIR/calibrated.toml``; returns the report with a printed
 ``table``.
 """
@@ -100,25 +105,50 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def fidelity(run_dir: str | Path, seeds: int = 5, numerics: bool = True) -> dict[str, Any]:
-    """Calibrate, simulate ``seeds`` seeds, compare, and write ``RUN_DIR/fidelity.json``."""
-    from ..runner import run_scenario
-    from .calibrate import calibrate_run
+    """Calibrate, simulate ``seeds`` seeds of each calibration, compare, and write ``RUN_DIR/fidelity.json``."""
+    from ..scenario.files import dump_scenario
+    from .calibrate import calibrate_models, format_device_model, load_run
 
     run_dir = Path(run_dir)
     if seeds < 1:
         raise ScenarioError("--seeds", f"= {seeds}: must be >= 1")
-    calibrated, report = calibrate_run(run_dir, run_dir / "calibrated.toml")
-    real_trace = Trace.load(run_dir)
+    scenario, real_trace = load_run(run_dir)
+    independent, device, report = calibrate_models(scenario, real_trace)
+    kept = "device" if report["device_model"]["kept"] else "independent"
+    dump_scenario(device if kept == "device" else independent, run_dir / "calibrated.toml")
     real_summary = json.loads((run_dir / "summary.json").read_text())
     real_loss = _loss_curve(run_dir) if numerics else None
+    models = {"independent": independent, "device": device}
+    figures = {name: compare_with_simulation(real_summary, real_trace, _simulate(sc, seeds, real_loss is not None), real_loss)
+               for name, sc in models.items()}
+    out = dict(figures[kept])
+    out["kept"] = kept
+    out["independent"] = {k: v for k, v in figures["independent"].items() if k != "table"}
+    out["device"] = {k: v for k, v in figures["device"].items() if k != "table"}
+    capacities = ", ".join(f"{d.name} {d.capacity:.3g}" for d in device.devices)  # type: ignore[union-attr]
+    out["table"] = "\n\n".join([
+        f"independent compute times{' (kept)' if kept == 'independent' else ''}:\n{figures['independent']['table']}",
+        f"device model, capacity {capacities}{' (kept)' if kept == 'device' else ''}:\n{figures['device']['table']}",
+        format_device_model(report["device_model"]).splitlines()[-1]])
+    out["calibration"] = report
+    out["run_dir"] = str(run_dir)
+    (run_dir / "fidelity.json").write_text(json.dumps({k: v for k, v in out.items()}, indent=2, default=_plain) + "\n")
+    return out
+
+
+def _simulate(calibrated: Any, seeds: int, numerics: bool) -> list[dict[str, Any]]:
+    """``seeds`` runs of ``calibrated`` (run.seed, run.seed + 1, ...): summaries, staleness, loss."""
+    from ..runner import run_scenario
+
     sims = []
     for i in range(seeds):
         sc = dataclasses.replace(calibrated, run=dataclasses.replace(calibrated.run, seed=calibrated.run.seed + i))
-        result = run_scenario(sc, timing_only=real_loss is None)
-        loss = (result.metrics["sim_time"], result.metrics["train_loss"]) if real_loss is not None else None
+        result = run_scenario(sc, timing_only=not numerics)
+        loss = (result.metrics["sim_time"], result.metrics["train_loss"]) if numerics else None
         sims.append({"summary": result.summary, "staleness": result.trace.staleness[result.trace.fate == APPLIED], "loss": loss})
-    out = compare_with_simulation(real_summary, real_trace, sims, real_loss)
-    out["calibration"] = report
-    out["run_dir"] = str(run_dir)
-    (run_dir / "fidelity.json").write_text(json.dumps({k: v for k, v in out.items()}, indent=2, default=float) + "\n")
-    return out
+    return sims
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy values in the calibration report."""
+    return value.tolist() if isinstance(value, np.ndarray) else float(value)

@@ -38,7 +38,8 @@ from ..algorithms.base import worker_array
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
-from .network import Network
+from .network import FairShare
+from .stages import Routes
 from .locks import ParameterServer, Shard, find_wait_cycle
 from ..trace import CANCELLED, Trace, TraceBuilder, trace_meta
 from .workers import SERVER, Sampler, WorkerState, build_workers, stream
@@ -84,15 +85,8 @@ class TimingEngine:
         self.lock_handoff = Sampler(sc.server.lock_handoff, stream(sc.run.seed, SERVER, 2))
         self.workers = build_workers(sc, sc.network.latency)
         self.bandwidth = sc.network.bandwidth
-        self.network = Network(env)
-        self.fast_network = not sc.has_transfer_time
-        if not self.fast_network:
-            up = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
-            down = [self.network.add_link(sc.network.bandwidth) for _ in self.workers]
-            nic_in = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
-            nic_out = [self.network.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
-            self.push_links = [[(up[w], nic_in[s]) for s in range(self.S)] for w in range(self.M)]
-            self.pull_links = [[(nic_out[s], down[w]) for s in range(self.S)] for w in range(self.M)]
+        self.shares = FairShare(env)
+        self._build_routes()
         self.updates = 0  # logical updates: the slowest shard's version
         self.pushes = 0  # server requests (Apply decisions) so far: the trace's push numbers
         self.until_updates = sc.run.until_updates if sc.run.until_updates is not None else _INF
@@ -102,10 +96,34 @@ class TimingEngine:
         if loop == "callbacks" or (loop == "auto" and callbacks_suffice(sc, self.workers)):
             self.loop: ProcessLoop | CallbackLoop = CallbackLoop(self, self.workers)
         else:
-            links = (self.push_links, self.pull_links) if not self.fast_network else (None, None)
-            self.loop = ProcessLoop(self, self.workers, self.network, self.msg_bytes, *links)
+            self.loop = ProcessLoop(self, self.workers, self.shares, self.msg_bytes)
         self.callbacks = isinstance(self.loop, CallbackLoop)
         self.loop.start()
+
+    def _build_routes(self) -> None:
+        """The shared resources of the workers whose times depend on others: the links messages
+        cross (each worker's uplink and downlink, each shard's NIC per direction; a worker's own
+        links carry one message at a time) and the devices, each a link of ``capacity``
+        computations that each run at most at full speed (1)."""
+        sc, shares = self.scenario, self.shares
+        pulls = pushes = [None] * self.M
+        if sc.has_transfer_time:
+            up = [shares.add_link(sc.network.bandwidth, shared=False) for _ in self.workers]
+            down = [shares.add_link(sc.network.bandwidth, shared=False) for _ in self.workers]
+            nic_in = [shares.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            nic_out = [shares.add_link(sc.network.server_bandwidth) for _ in range(self.S)]
+            pulls = [shares.route([((nic_out[s], down[w]), math.inf) for s in range(self.S)]) for w in range(self.M)]
+            pushes = [shares.route([((up[w], nic_in[s]), math.inf) for s in range(self.S)]) for w in range(self.M)]
+        on = [sc.workers[w.group].device for w in self.workers]
+        devices = {}
+        for device in sc.devices:
+            users = on.count(device.name)
+            # Never over-subscribed when its workers at full speed fit in it: then it adds no contention.
+            link = shares.add_link(device.capacity, shared=users * min(1.0, device.capacity) > device.capacity)
+            devices[device.name] = shares.route([((link,), 1.0)])
+        for w, device, pull, push in zip(self.workers, on, pulls, pushes):
+            if pull is not None or device is not None:
+                w.routes = Routes(pull, push, devices[device] if device is not None else None)
 
     # ---- server: reads and applies -----------------------------------------------------------
 
@@ -372,19 +390,35 @@ class TimingEngine:
     def result(self, wall_time_s: float = 0.0) -> TimingResult:
         if self.callbacks:
             self.loop.table.sync()  # type: ignore[union-attr]
-        meta = trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes)
-        return TimingResult(trace=self.trace.freeze(meta), stopped=self.stopped or "running", sim_time=float(self.env.now),
+        trace = self.freeze(trace_meta(self.scenario, self.stopped, self.env.now, param_bytes=self.param_bytes))
+        return TimingResult(trace=trace, stopped=self.stopped or "running", sim_time=float(self.env.now),
                             wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
                             deadlock=list(self.deadlock))
+
+    def freeze(self, meta: dict | None = None) -> Trace:
+        """The trace so far. An iteration in stages lays out its computations ahead of time: only
+        what has happened by now is kept (as a step-by-step loop would have stamped it)."""
+        trace = self.trace.freeze(meta)
+        for w in self.workers:
+            if w.chain is not None:
+                w.chain.clip(trace.times, self.env.now)
+        return trace
 
     def _busy_so_far(self, w: WorkerState) -> float:
         """Compute time up to now: ``w.busy`` also holds the scheduled rest of the compute in
         progress (recorded in full when it starts), which lies after the end of the run."""
         tr, now, busy = self.trace, self.env.now, w.busy
+        on_device = w.routes is not None and w.routes.device is not None
+        if w.chain is not None:  # an iteration in stages: its computations count once they start
+            if not tr.t_compute_start[w.chain.gids[0]] <= now:
+                return busy
+            busy = w.chain.busy(busy)
         for gid in w.unpushed:
             start, end = tr.t_compute_start[gid], tr.t_compute_end[gid]
             if end > now:  # (False for NaN: not started)
                 busy -= end - max(start, now)
+            elif on_device and end != end and start <= now:  # running on a device, its end not known yet
+                busy += now - start
         return busy
 
 

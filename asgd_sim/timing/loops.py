@@ -4,10 +4,11 @@ Two implementations of one loop (pull -> compute -> push -> the server's answer)
 the same SimPy events in the same order, so a scenario gives the same trace with either:
 
 - `ProcessLoop`: each worker is a SimPy process (a plain generator, docs/STYLE.md 1). It models
-  everything: network transfers over fairly shared links, failures and restarts.
+  everything: network transfers over fairly shared links, computations sharing a device, failures
+  and restarts. Such a worker goes through its iteration as a chain of stages (`timing.stages`).
 - `CallbackLoop`: each worker is a chain of callbacks on its own timeouts, with no process and no
   generator to resume, for clusters whose messages take no transfer time, whose workers never
-  fail and whose locks are not readers-writer (a read there may wait). Thousands of workers, and
+  fail or share a device, and whose locks are not readers-writer (a read there may wait). Thousands of workers, and
   rounds that restart all of them, cost a few microseconds per computation instead of a process
   resumption or an interrupt each.
 
@@ -32,7 +33,8 @@ from ..algorithms.base import worker_array
 from ..trace import CANCELLED, TraceBuilder
 from .cohorts import Run, WorkerTable
 from .events import RESTARTED, Timeout
-from .network import Network
+from .network import FairShare
+from .stages import Context, Iteration
 from .workers import WorkerState
 
 __all__ = ["Server", "ProcessLoop", "CallbackLoop", "callbacks_suffice"]
@@ -55,9 +57,10 @@ class Server(Protocol):
 
 
 def callbacks_suffice(scenario: Any, workers: list[WorkerState]) -> bool:
-    """Whether `CallbackLoop` models the scenario: no transfer time, no failures, no rw lock."""
+    """Whether `CallbackLoop` models the scenario: no transfer time, no failures, no rw lock, and
+    no worker on a device (a computation's rate there changes with the device's load)."""
     return (not scenario.has_transfer_time and scenario.server.lock != "rw"
-            and not any(w.failure_times or w.mtbf is not None for w in workers))
+            and not any(w.failure_times or w.mtbf is not None or w.routes is not None for w in workers))
 
 
 def compute(w: WorkerState, gids: list[int], start: float, trace: TraceBuilder, bandwidth: float) -> float:
@@ -72,8 +75,11 @@ def compute(w: WorkerState, gids: list[int], start: float, trace: TraceBuilder, 
     return t
 
 
-def abandon(w: WorkerState, trace: TraceBuilder, now: float, network: Network | None = None) -> None:
+def abandon(w: WorkerState, trace: TraceBuilder, now: float) -> None:
     """The worker's unpushed gradients are cancelled at ``now`` (a failure, or a stop)."""
+    if w.chain is not None:  # its transfers and device work stop; what was laid out past now is cut below
+        w.chain.cancel(now)
+        w.chain = None
     for gid in w.unpushed:
         trace.fate[gid] = CANCELLED
         # The compute was recorded when scheduled (in full, possibly starting after a response
@@ -88,10 +94,6 @@ def abandon(w: WorkerState, trace: TraceBuilder, now: float, network: Network | 
             else:
                 trace.t_compute_end[gid] = now
     w.unpushed = []
-    if network is not None:
-        for done in w.transfers:
-            network.cancel(done)
-    w.transfers = []
     w.has_params = False
 
 
@@ -109,11 +111,10 @@ def _new_gradients(server: Server, w: WorkerState) -> list[int]:
 class ProcessLoop:
     """Each worker a SimPy process (see the module docstring)."""
 
-    def __init__(self, server: Server, workers: list[WorkerState], network: Network, msg_bytes: float,
-                 push_links: list | None, pull_links: list | None) -> None:
+    def __init__(self, server: Server, workers: list[WorkerState], shares: FairShare, msg_bytes: float) -> None:
         self.server, self.env, self.workers = server, server.env, workers
-        self.network, self.msg_bytes, self.push_links, self.pull_links = network, msg_bytes, push_links, pull_links
-        self.fast = push_links is None  # no transfer time: latency, compute and latency are one timeout
+        self.shares, self.msg_bytes = shares, msg_bytes
+        self.ctx = Context(self.env, shares, server.trace, msg_bytes, server.bandwidth)
 
     def start(self) -> None:
         for w in self.workers:
@@ -127,6 +128,7 @@ class ProcessLoop:
     def _worker(self, w: WorkerState) -> Generator:
         env, server = self.env, self.server
         tr = server.trace
+        chain = Iteration(self.ctx, w) if w.routes is not None else None
         if w.start > 0:
             yield self._timeout(w.start, w)
         while True:
@@ -141,7 +143,7 @@ class ProcessLoop:
                     w.next_read = (t_pull, env.now, versions)
                     server.policy.read(w.wid)
                 gids = _new_gradients(server, w)
-                if self.fast:
+                if w.routes is None:  # no transfer time, no shared device: one timeout to the arrival
                     now = env.now
                     start = now if w.has_params else now + w.latency()
                     w.has_params = False
@@ -154,10 +156,21 @@ class ProcessLoop:
                     for gid in gids:
                         tr.t_arrive[gid] = arrive
                 else:
-                    yield from self._network_iteration(w, gids)
+                    w.chain = chain
+                    event = chain.begin(gids)
+                    chain.waiting = True
+                    w.computing = w.routes.pull is None  # (no transfers: a stop detaches it, as on the fast path)
+                    outcome = yield event
+                    w.computing = False
+                    if outcome is RESTARTED:  # stopped, then served anew: its next read is set
+                        continue
+                    w.chain = None
+                    chain.arrived()
+                    for gid in gids:
+                        tr.t_arrive[gid] = env.now
             except simpy.Interrupt as interrupt:
                 w.computing = False
-                abandon(w, tr, env.now, self.network)
+                abandon(w, tr, env.now)
                 if interrupt.cause == "fail":
                     yield from self._down(w)
                     if not w.alive:
@@ -173,24 +186,6 @@ class ProcessLoop:
                 yield from self._down(w)
                 if not w.alive:
                     return
-
-    def _network_iteration(self, w: WorkerState, gids: list[int]) -> Generator:
-        env, tr = self.env, self.server.trace
-        if not w.has_params:
-            yield self._timeout(w.latency(), w)
-            yield from self._transfer(w, self.pull_links[w.wid])  # type: ignore[index]
-        w.has_params = False
-        end = compute(w, gids, env.now, tr, self.server.bandwidth)
-        yield Timeout(env, end - env.now, w.priority, at=end)
-        yield self._timeout(w.latency(), w)
-        yield from self._transfer(w, self.push_links[w.wid])  # type: ignore[index]
-        for gid in gids:
-            tr.t_arrive[gid] = env.now
-
-    def _transfer(self, w: WorkerState, links: list[tuple[int, int]]) -> Generator:
-        w.transfers = [self.network.transfer(self.msg_bytes, pair) for pair in links]
-        yield self.env.all_of(w.transfers)
-        w.transfers = []
 
     def stop(self, w: WorkerState) -> None:
         """Stop ``w``'s computation in progress; it resumes once the server serves it.
@@ -208,7 +203,7 @@ class ProcessLoop:
             process._target.callbacks.remove(process._resume)  # type: ignore[union-attr]
             w.wake.callbacks.append(process._resume)  # type: ignore[union-attr]
             process._target = w.wake  # type: ignore[union-attr]  (a later failure interrupt detaches from it)
-            abandon(w, self.server.trace, self.env.now, self.network)
+            abandon(w, self.server.trace, self.env.now)
         else:
             process.interrupt("cancel")  # type: ignore[union-attr]
 

@@ -59,6 +59,21 @@ class Sampler:
         self.index += 1
         return value
 
+    def peek(self, ahead: int = 0) -> float:
+        """The draw ``ahead`` places after the next one, without taking it (`skip` takes them).
+        (For a sampler outside a `SamplerBank`: the process loop's workers.)"""
+        if self.const is not None:
+            return self.const
+        while self.index + ahead >= len(self.buffer):  # the blocks a later refill would draw
+            self.buffer = self.buffer[self.index:] + self.block().tolist()
+            self.index = 0
+        return self.buffer[self.index + ahead]
+
+    def skip(self, n: int) -> None:
+        """Take ``n`` draws already seen with `peek`."""
+        if self.const is None:
+            self.index += n
+
     def block(self) -> np.ndarray:
         """The next block of draws from the stream."""
         if isinstance(self.rng, tuple):
@@ -197,12 +212,13 @@ class WorkerState:
     k: int = 0
     alive: bool = True
     interruptible: bool = False
-    computing: bool = False  # waiting on its compute timeout (fast network path)
+    computing: bool = False  # waiting on its compute timeout (fast path)
     pending_failure: bool = False
     next_read: tuple[float, float, list[int]] | None = None  # (t_pull, t_read, versions)
     has_params: bool = False  # k_batch_sync: keeps computing on the parameters it holds
     unpushed: list[int] = field(default_factory=list)
-    transfers: list[simpy.Event] = field(default_factory=list)
+    routes: Any = None  # its `stages.Routes` when its times depend on others (shared links or device); None: fast path
+    chain: Any = None  # the `stages.Iteration` in progress (routes only)
     wake: simpy.Event | None = None
     waiting: bool = False  # held or stopped by the server, until its wake event fires
     read_on_wake: str = ""  # released to read for itself: the pull time to record ("held" | "arrival")

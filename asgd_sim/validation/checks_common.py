@@ -37,8 +37,8 @@ def scenario(workers: list[dict[str, Any]] | dict[str, Any], *, updates: int, se
         "data": {"name": "none"},
         "optimizer": {"name": "sgd", "learning_rate": 0.05},
     }
-    for section, values in sections.items():
-        data[section] = {**data.get(section, {}), **values}
+    for section, values in sections.items():  # a table merges into the default; an array ([[devices]]) is set
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return scenario_from_dict(data, name="validate")
 
 

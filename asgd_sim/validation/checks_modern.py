@@ -1,9 +1,11 @@
-"""The checks of ``asgd-sim validate`` for the methods of heterogeneous workers: C13-C16.
+"""The checks of ``asgd-sim validate`` for the methods of heterogeneous workers (C13-C16) and for
+workers that share a device (C17).
 
 C13-C15 run the timing engine only (fixed compute times tau_i = sqrt(i), the papers' 'sqrt' model,
 on the ideal cluster); C16 runs the whole simulator on Nesterov's worst-case quadratic and reports
 each method's time to a target against the optimal time (information: the theory's constants are
-unknown). The closed forms are `asgd_sim.validation.theory_modern`.
+unknown). C17 runs the timing engine with M workers on one device. The closed forms are
+`asgd_sim.validation.theory_modern`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import math
 import numpy as np
 
 from . import theory_modern as modern
-from ..trace import DROPPED
+from ..trace import APPLIED, DROPPED
 from .checks_common import POSITIVE, applied_staleness, scenario, timing
 from .framework import Check, Params, Recorder
 
-__all__ = ["C13", "C14", "C15", "C16"]
+__all__ = ["C13", "C14", "C15", "C16", "C17"]
 
 
 def _sqrt_group(n: int) -> dict:
@@ -128,3 +130,32 @@ C16 = Check("C16", "The optimal time and m* under fixed compute times (Tyurin & 
             quick={"workers": 40, "horizon": 150.0},
             limits={"workers": POSITIVE, "dim": (2, "a dimension"), "noise": (0.0, "a standard deviation"),
                     "target": (1e-12, "a target"), "horizon": (1e-9, "seconds"), "updates": POSITIVE, "eval_every": POSITIVE})
+
+
+# --- C17 processor sharing on a shared device --------------------------------------------------------
+
+PS_WORK = {"exponential": {"dist": "exponential", "mean": 1.0}, "lognormal cv 1.5": {"dist": "lognormal", "mean": 1.0, "cv": 1.5},
+           "constant": 1.0}
+
+
+def check_c17(p: Params, rec: Recorder) -> None:
+    cases = [(m, p["capacity"], "exponential") for m in p["workers"]]
+    cases += [(p["other_workers"], c, label) for c in p["other_capacities"] for label in PS_WORK if label != "exponential"]
+    for m, capacity, label in cases:
+        tr = timing({"count": m, "compute": PS_WORK[label], "device": "d"}, updates=p["updates"], seed=m,
+                    devices=[{"name": "d", "capacity": capacity}], server={"lock": "none"}).trace
+        done = tr.fate == APPLIED
+        span = float(np.max(tr.u_applied))
+        predicted = modern.processor_sharing(m, capacity, 1.0)
+        rec.add(f"throughput min(M, c)/E[work], M={m}, c={capacity:g}, {label}", predicted["throughput"],
+                tr.num_update_rows / span, p["tolerance"])
+        rec.add(f"computation time max(1, M/c) E[work], M={m}, c={capacity:g}, {label}", predicted["time"],
+                float(np.mean(tr.t_compute_end[done] - tr.t_compute_start[done])), p["tolerance"])
+
+
+C17 = Check("C17", "Processor sharing: workers on one device (Kleinrock 1967)", check_c17,
+            full={"workers": (1, 2, 4, 8), "capacity": 2.0, "other_workers": 6, "other_capacities": (2.5,), "updates": 40_000,
+                  "tolerance": 0.02},
+            quick={"updates": 10_000, "tolerance": 0.03},
+            limits={"workers": POSITIVE, "capacity": (1e-9, "a capacity"), "other_workers": POSITIVE,
+                    "other_capacities": (1e-9, "a capacity"), "updates": (1000, "a mean")})

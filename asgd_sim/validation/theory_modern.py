@@ -1,4 +1,5 @@
-"""Closed forms of the asynchronous methods for heterogeneous workers (docs/THEORY.md C13-C16).
+"""Closed forms of the asynchronous methods for heterogeneous workers (docs/THEORY.md C13-C16), and
+of workers that share a device (C17).
 
 The fixed computation model: worker i needs tau_i seconds per stochastic gradient, workers sorted
 so that tau_1 <= ... <= tau_n. Pure functions (numpy only), arguments validated with ValueError.
@@ -7,7 +8,9 @@ Sources: Tyurin & Richtarik, "Optimal time complexities of parallel stochastic o
 under a fixed computation model", NeurIPS 2023 (arXiv:2305.12387): Rennala SGD and the optimal
 time; Maranjyan, Tyurin & Richtarik, "Ringmaster ASGD", ICML 2025 (arXiv:2501.16168); Koloskova,
 Stich & Jaggi, NeurIPS 2022 (arXiv:2206.08307), Remark 5; Nesterov, "Introductory Lectures on
-Convex Optimization" (2004), section 2.1.2 (the worst-case quadratic).
+Convex Optimization" (2004), section 2.1.2 (the worst-case quadratic); Kleinrock, "Time-shared
+systems: a theoretical analysis", JACM 14(2), 1967, and Little, "A proof for the queuing formula
+L = lambda W", Operations Research 9(3), 1961 (processor sharing).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["rennala_round_time", "rennala_round_bound", "ringmaster_window_bound", "optimal_workers", "optimal_time",
-           "async_mean_delay", "worst_case_quadratic_constants", "sqrt_times"]
+           "async_mean_delay", "worst_case_quadratic_constants", "sqrt_times", "processor_sharing"]
 
 
 def _times(taus: Sequence[float]) -> np.ndarray:
@@ -109,3 +112,17 @@ def worst_case_quadratic_constants(dim: int, smoothness: float = 1.0, noise: flo
     f0 = L * d / 4.0 + L * root / 4.0
     grad0 = (L * root / 2.0 + L / 4.0) ** 2 + ((L * root / 4.0) ** 2 if d > 1 else 0.0)
     return {"f_star": f_star, "delta": f0 - f_star, "grad_norm_sq_0": grad0, "sigma2": noise**2 * d}
+
+
+def processor_sharing(workers: int, capacity: float, mean_work: float) -> dict[str, float]:
+    """M always-busy workers sharing a device of capacity c by processor sharing, each computation
+    at most at full speed (Kleinrock 1967): the device does min(M, c) seconds of work per second,
+    so ``throughput`` = min(M, c) / E[work] computations per second, and with M computations in
+    progress at every instant each takes ``time`` = M / throughput = max(1, M / c) E[work] on
+    average (Little 1961). Whatever the work's distribution."""
+    M = _count("workers", workers)
+    for name, value in (("capacity", capacity), ("mean_work", mean_work)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} = {value!r}: must be a finite number > 0")
+    throughput = min(M, capacity) / mean_work
+    return {"throughput": throughput, "time": M / throughput}
