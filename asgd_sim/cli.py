@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="a check parameter, e.g. --set workers=32 or --set C12.workers=2,5 (see --list)")
     val.add_argument("--list", action="store_true", help="list the checks and their parameters, run nothing")
     val.set_defaults(handler=_cmd_validate)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of scenario files (for TOML editors: completion and checks)")
+    sch.add_argument("--out", type=Path, help="write it to this file instead of printing it")
+    sch.set_defaults(handler=_cmd_schema)
     _add_study_commands(sub)
     return parser
 
@@ -185,6 +189,20 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(report["table"])
         print(f"written    {args.run_dir / 'fidelity.json'}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .scenario.json_schema import scenario_json_schema
+
+    text = json.dumps(scenario_json_schema(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"schema     {args.out} (first line of a scenario file: #:schema {args.out})")
     return 0
 
 
