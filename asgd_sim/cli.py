@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", metavar="ADDR", help="ray backend: an existing Ray cluster (default: start a local one)")
     run.add_argument("--resume", action="store_true",
                      help="real backends: continue the run in --out from its last checkpoint (server.checkpoint_every)")
+    run.add_argument("--tensorboard", type=Path, metavar="DIR",
+                     help="also write TensorBoard event files of every evaluation to DIR (pip install 'asgd-sim[tensorboard]')")
     run.set_defaults(handler=_cmd_run)
 
     rep = sub.add_parser("replay", help="re-run the numerics on a saved run's schedule (e.g. another update rule)")
@@ -115,8 +117,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.backend != "sim" or args.resume or args.emulate:
         options = _real_run_options(args)
-    result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
-                          **options)
+    logger = _tensorboard(args.tensorboard, args.timing_only)
+    try:
+        result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
+                              callbacks=[logger] if logger else [], **options)
+    finally:
+        if logger:
+            logger.close()
     if not args.quiet:
         _print_summary(result.summary, out)
         if args.backend != "sim":
@@ -154,6 +161,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_summary(result.summary, out)
     return 0
+
+
+def _tensorboard(log_dir: Path | None, timing_only: bool) -> Any:
+    """``--tensorboard DIR``: the logger of one run (None without the flag)."""
+    if log_dir is None:
+        return None
+    if timing_only:
+        raise ScenarioError("--tensorboard", "logs evaluations, and a --timing-only run takes none; drop one of them")
+    from .results.tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(log_dir)
 
 
 def _real_run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,6 +257,8 @@ def _add_study_commands(sub: Any) -> None:
     sw.add_argument("--executor", choices=("processes", "ray"), default="processes",
                     help="run the points in local processes (default) or as Ray tasks (pip install 'asgd-sim[ray]')")
     sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
+    sw.add_argument("--tensorboard", type=Path, metavar="DIR",
+                    help="TensorBoard event files of every run's evaluations, one sub-folder per run: DIR/<point>-seed<k>")
     sw.set_defaults(handler=_cmd_sweep)
 
     cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with outcomes and the winner")
@@ -272,6 +292,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only,
                        tune=args.tune)
+    if args.tensorboard is not None:  # (refused before any run: --timing-only, or tensorboardX missing)
+        if args.timing_only:
+            raise ScenarioError("--tensorboard", "logs evaluations, and a --timing-only run takes none; drop one of them")
+        from .results.tensorboard import TensorBoardLogger
+
+        TensorBoardLogger.check_installed()
     state: dict[str, Any] = {}
 
     def on_start(todo: int, total: int) -> None:
@@ -286,7 +312,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(sweep, args.out, jobs=args.jobs, retry_failed=args.retry_failed,
                             progress=lambda record: state["progress"](record), on_start=on_start,
-                            executor=args.executor, ray_address=args.ray_address)
+                            executor=args.executor, ray_address=args.ray_address, tensorboard=args.tensorboard)
     finally:
         if "close" in state:
             state["close"]()

@@ -54,6 +54,13 @@ class Problem:
     param_count: int
     param_bytes: int  # float32 bytes of one copy of the parameters
     optimum: Params | None = None  # the exact minimiser, where known (quadratic, least_squares)
+    # A model with mutable state (numerics.user_problem): (tree, batch) -> (loss, gradient tree),
+    # whose "state" part is the change the forward pass made to the state. None: a plain loss.
+    train_step: Callable[[Params, Batch], tuple[jax.Array, Params]] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.train_step is not None
 
 
 
