@@ -126,6 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             logger.close()
     if not args.quiet:
         _print_summary(result.summary, out)
+        if logger:
+            print(f"tensorboard {args.tensorboard} (view: tensorboard --logdir {args.tensorboard})")
         if args.backend != "sim":
             backend = result.summary["backend"]
             print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
@@ -329,6 +331,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"           {line}")
     print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
     print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
+    if args.tensorboard is not None:
+        print(f"tensorboard {args.tensorboard}/<run> (view: tensorboard --logdir {args.tensorboard})")
     if outcome.failed:
         first = outcome.failed[0]
         print(f"error: {len(outcome.failed)} of {outcome.total} runs failed (first: {first['run']}: {first['error']}); each error is in "

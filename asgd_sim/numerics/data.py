@@ -262,7 +262,7 @@ def _class_parts(labels: np.ndarray, num_workers: int, per_worker: int, rng: np.
     if c > C:
         raise ScenarioError("data.classes_per_worker", f"= {c}: the training set has only {C} classes; choose 1..{C}")
     if num_workers * c < C:
-        raise ScenarioError("data.classes_per_worker", f"= {c}: {num_workers} workers x {c} classes hold only {num_workers * c} of "
+        raise ScenarioError("data.classes_per_worker", f"= {c}: {num_workers} workers x {c} class{'es' if c > 1 else ''} hold only {num_workers * c} of "
                             f"the {C} classes, so some classes would never be trained on; raise it to >= {-(-C // num_workers)} "
                             "or add workers")
     order = classes[rng.permutation(C)]
