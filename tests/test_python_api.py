@@ -11,6 +11,7 @@ forward pass's new state) for the stateful model on one worker.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import struct
 import sys
 from pathlib import Path
@@ -128,10 +129,11 @@ def test_sweep_tensorboard_writes_one_sub_folder_per_run(tmp_path, capsys):
 
 # --- models as objects: keys and mutable state ----------------------------------------------------
 
-pytest.importorskip("flax")
-pytest.importorskip("equinox")
+flax_and_equinox = pytest.mark.skipif(importlib.util.find_spec("flax") is None or importlib.util.find_spec("equinox") is None,
+                                      reason="the examples need flax and equinox (the test extra installs them)")
 
 
+@flax_and_equinox
 @pytest.mark.slow
 def test_flax_nnx_example_with_batch_norm_state_equals_a_hand_written_loop_on_one_worker():
     """One worker, no staleness: the server's parameters and batch-norm statistics after 25
@@ -161,6 +163,7 @@ def test_flax_nnx_example_with_batch_norm_state_equals_a_hand_written_loop_on_on
     assert np.abs(np.asarray(result.params["state"]["norm"]["mean"]) - np.asarray(initial_mean)).max() > 1e-2  # it moved
 
 
+@flax_and_equinox
 def test_flax_nnx_example_learns_asynchronously():
     from examples.flax_nnx_model import FlaxMLP
 
@@ -169,6 +172,7 @@ def test_flax_nnx_example_learns_asynchronously():
     assert result.metrics["test_accuracy"][-1] > 0.8 and result.summary["staleness"]["mean"] > 1
 
 
+@flax_and_equinox
 @pytest.mark.slow
 def test_equinox_example_with_dropout_learns_and_its_key_is_the_seeds():
     from examples.equinox_model import EquinoxMLP
@@ -215,8 +219,16 @@ def test_bad_problem_objects_are_one_clear_error(obj, overrides, message):
         simulate(SMALL, overrides, problem=obj)
 
 
+@flax_and_equinox
 def test_a_stateful_model_with_an_algorithm_that_pushes_models_is_refused():
     from examples.flax_nnx_model import FlaxMLP
 
     with pytest.raises(ScenarioError, match="algorithm.kind = 'local_sgd': its workers push models"):
         simulate(SMALL, ["algorithm.kind=local_sgd"], problem=FlaxMLP(hidden=8))
+
+
+def test_tensorboard_without_tensorboardx_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    code = main(["run", "scenarios/quickstart.toml", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and "--tensorboard: needs tensorboardX: pip install 'asgd-sim[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -12,6 +12,7 @@ as a scalar at each step, for the mapping from updates to simulated time.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,9 @@ class TensorBoardLogger:
 
     @staticmethod
     def check_installed() -> None:
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("tensorboardX") is None:
             raise ScenarioError("--tensorboard", "needs tensorboardX: pip install 'asgd-sim[tensorboard]' "
-                                "(or pip install tensorboardX)") from None
+                                "(or pip install tensorboardX)")
 
     def __call__(self, row: dict[str, Any]) -> None:
         step, sim_time = int(row["update"]), float(row["sim_time"])
