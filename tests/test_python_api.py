@@ -118,13 +118,17 @@ def test_sweep_tensorboard_writes_one_sub_folder_per_run(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
     code = main(["sweep", "scenarios/quickstart.toml", "--grid", "server.lock=global,shard", "--seeds", "1", "--jobs", "2",
                  "--quiet", "--out", str(tmp_path / "sweep"), "--tensorboard", str(tmp_path / "tb"),
-                 "--set", "run.until_updates=100", "--set", "run.eval_every=50", "--set", "model.hidden=[16]"])
+                 "--set", "run.until_updates=100", "--set", "run.eval_every=50",
+                 "--set", "model.name=quadratic", "--set", "model.dim=8", "--set", "data.name=none"])  # (quick to compile)
     assert code == 0
     runs = sorted(p.name for p in (tmp_path / "sweep" / "runs").iterdir())
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == runs == ["p000-seed0", "p001-seed0"]
     for run in runs:
-        steps = sorted(step for tag, step, *_ in read_events(tmp_path / "tb" / run) if tag == "metrics/train_loss")
-        assert steps == [0, 50, 100]
+        events = read_events(tmp_path / "tb" / run)
+        metrics = pd.read_csv(tmp_path / "sweep" / "runs" / run / "metrics.csv")
+        logged = sorted((step, value) for tag, step, value, _ in events if tag == "metrics/suboptimality")  # known for a quadratic
+        assert [step for step, _ in logged] == metrics["update"].tolist() == [0, 50, 100]
+        np.testing.assert_allclose([value for _, value in logged], metrics["suboptimality"], rtol=1e-6)
 
 
 # --- models as objects: keys and mutable state ----------------------------------------------------
@@ -164,26 +168,16 @@ def test_flax_nnx_example_with_batch_norm_state_equals_a_hand_written_loop_on_on
 
 
 @flax_and_equinox
-def test_flax_nnx_example_learns_asynchronously():
-    from examples.flax_nnx_model import FlaxMLP
-
-    sc = scenario(MLP32, run={"until_updates": 200, "eval_every": 200, "seed": 2}, workers=[{"count": 4, "compute": EXP1}])
-    result = simulate(sc, problem=FlaxMLP(hidden=32))
-    assert result.metrics["test_accuracy"][-1] > 0.8 and result.summary["staleness"]["mean"] > 1
-
-
-@flax_and_equinox
 @pytest.mark.slow
-def test_equinox_example_with_dropout_learns_and_its_key_is_the_seeds():
+def test_equinox_example_with_dropout_learns_and_its_key_reaches_the_model():
     from examples.equinox_model import EquinoxMLP
 
     sc = scenario(MLP32, run={"until_updates": 150, "eval_every": 150, "seed": 3}, workers=[{"count": 4, "compute": EXP1}],
                   optimizer={"name": "sgd", "learning_rate": 0.2})
     a = simulate(sc, problem=EquinoxMLP(width=32, rate=0.2))
-    b = simulate(sc, problem=EquinoxMLP(width=32, rate=0.2))
-    assert a.metrics["test_accuracy"][-1] > 0.6
-    np.testing.assert_array_equal(ravel_pytree(a.params)[0], ravel_pytree(b.params)[0])  # deterministic with the seed
-    # without dropout the same schedule gives other numbers: the key does reach the model
+    assert a.metrics["test_accuracy"][-1] > 0.6 and a.summary["staleness"]["mean"] > 1  # learns asynchronously
+    # without dropout the same schedule gives other numbers: the key does reach the model (that
+    # the key is the seed's, exactly, is the Flax test above: deterministic by construction)
     c = simulate(sc, problem=EquinoxMLP(width=32, rate=0.0))
     assert not np.array_equal(ravel_pytree(a.params)[0], ravel_pytree(c.params)[0])
 
