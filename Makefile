@@ -1,18 +1,24 @@
 # Two entry points: `make demo` and `make test` (`make test-fast` skips the slow tests). Each creates .venv when missing.
+# The demo installs the core dependencies only; the tests add the test and Ray extras (two stamps).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
+STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast bench gallery clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(CORE)
+
+$(STAMP): $(CORE)
 	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	rm -rf results/demo
 	$(BIN)/asgd-sim run scenarios/quickstart.toml --out results/demo
 	@echo "plots: results/demo/*.png  timeline: results/demo/timeline.json (open in ui.perfetto.dev)"

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", metavar="ADDR", help="ray backend: an existing Ray cluster (default: start a local one)")
     run.add_argument("--resume", action="store_true",
                      help="real backends: continue the run in --out from its last checkpoint (server.checkpoint_every)")
+    run.add_argument("--tensorboard", type=Path, metavar="DIR",
+                     help="also write TensorBoard event files of every evaluation to DIR (pip install 'asgd-sim[tensorboard]')")
     run.set_defaults(handler=_cmd_run)
 
     rep = sub.add_parser("replay", help="re-run the numerics on a saved run's schedule (e.g. another update rule)")
@@ -70,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="a check parameter, e.g. --set workers=32 or --set C12.workers=2,5 (see --list)")
     val.add_argument("--list", action="store_true", help="list the checks and their parameters, run nothing")
     val.set_defaults(handler=_cmd_validate)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of scenario files (for TOML editors: completion and checks)")
+    sch.add_argument("--out", type=Path, help="write it to this file instead of printing it")
+    sch.set_defaults(handler=_cmd_schema)
     _add_study_commands(sub)
     _add_timeline_command(sub)
     return parser
@@ -162,12 +168,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.backend != "sim" or args.resume or args.emulate:
         options = _real_run_options(args)
-    result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
-                          **options)
+    logger = _tensorboard(args.tensorboard, args.timing_only)
+    try:
+        result = run_scenario(scenario, out, timing_only=args.timing_only, backend=args.backend, show_progress=not args.quiet,
+                              callbacks=[logger] if logger else [], **options)
+    finally:
+        if logger:
+            logger.close()
     if not args.quiet:
         from .results.timeline import timeline_extent
 
         _print_summary(result.summary, out, timeline_extent(result.trace))
+        if logger:
+            print(f"tensorboard {args.tensorboard} (view: tensorboard --logdir {args.tensorboard})")
         if args.backend != "sim":
             backend = result.summary["backend"]
             print(f"backend    {backend['name']}" + (" (emulated timing)" if backend.get("emulate") else "")
@@ -209,6 +222,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tensorboard(log_dir: Path | None, timing_only: bool) -> Any:
+    """``--tensorboard DIR``: the logger of one run (None without the flag)."""
+    if log_dir is None:
+        return None
+    if timing_only:
+        raise ScenarioError("--tensorboard", "logs evaluations, and a --timing-only run takes none; drop one of them")
+    from .results.tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(log_dir)
+
+
 def _real_run_options(args: argparse.Namespace) -> dict[str, Any]:
     """``run --backend devices|ray``: the real backend's options (flags that need one are refused without it)."""
     if args.backend == "sim" or args.timing_only:
@@ -245,6 +269,20 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .scenario.json_schema import scenario_json_schema
+
+    text = json.dumps(scenario_json_schema(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"schema     {args.out} (first line of a scenario file: #:schema {args.out})")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .validation.command import run_cli
 
@@ -278,6 +316,8 @@ def _add_study_commands(sub: Any) -> None:
     sw.add_argument("--executor", choices=("processes", "ray"), default="processes",
                     help="run the points in local processes (default) or as Ray tasks (pip install 'asgd-sim[ray]')")
     sw.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (default: a local Ray)")
+    sw.add_argument("--tensorboard", type=Path, metavar="DIR",
+                    help="TensorBoard event files of every run's evaluations, one sub-folder per run: DIR/<point>-seed<k>")
     sw.set_defaults(handler=_cmd_sweep)
 
     cmp = sub.add_parser("compare", help="overlay runs or sweep points (mean and 95%% band over seeds); a table with outcomes and the winner")
@@ -311,6 +351,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = plan_sweep(args.scenario, args.grid, args.variant, seeds=args.seeds, overrides=args.overrides, timing_only=args.timing_only,
                        tune=args.tune)
+    if args.tensorboard is not None:  # (refused before any run: --timing-only, or tensorboardX missing)
+        if args.timing_only:
+            raise ScenarioError("--tensorboard", "logs evaluations, and a --timing-only run takes none; drop one of them")
+        from .results.tensorboard import TensorBoardLogger
+
+        TensorBoardLogger.check_installed()
     state: dict[str, Any] = {}
 
     def on_start(todo: int, total: int) -> None:
@@ -325,7 +371,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(sweep, args.out, jobs=args.jobs, retry_failed=args.retry_failed,
                             progress=lambda record: state["progress"](record), on_start=on_start,
-                            executor=args.executor, ray_address=args.ray_address)
+                            executor=args.executor, ray_address=args.ray_address, tensorboard=args.tensorboard)
     finally:
         if "close" in state:
             state["close"]()
@@ -342,6 +388,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"           {line}")
     print(f"results    {outcome.table} (one row per run: asgd_sim.load_sweep('{args.out}'))")
     print(f"next       asgd-sim compare {args.out}   |   asgd-sim report {args.out}")
+    if args.tensorboard is not None:
+        print(f"tensorboard {args.tensorboard}/<run> (view: tensorboard --logdir {args.tensorboard})")
     if outcome.failed:
         first = outcome.failed[0]
         print(f"error: {len(outcome.failed)} of {outcome.total} runs failed (first: {first['run']}: {first['error']}); each error is in "

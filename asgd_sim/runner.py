@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,29 +36,42 @@ REPLAY_KEYS = ("optimizer.", "run.eval_every", "run.target_accuracy", "run.max_l
                "algorithm.elastic_alpha")
 
 Progress = Callable[[int, float], None]  # (logical updates so far, simulated or real seconds)
+Callback = Callable[[dict[str, float]], Any]  # one evaluation row: {"update": int, "sim_time": s, "train_loss": ..., ...}
 
 
 def simulate(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str] = (), *,
-             progress: Progress | None = None) -> Result:
+             progress: Progress | None = None, callbacks: Sequence[Callback] = (), problem: Any = None) -> Result:
     """Simulate a scenario end to end: real JAX gradients at the simulated stale parameters.
 
     ``scenario`` is a Scenario or a TOML path; ``overrides`` are ``key=value`` strings as on the
     command line. A diverging run is a result (``result.diverged``), not an exception.
+    ``callbacks`` are called with every evaluation row as it is taken (the rows of metrics.csv, as
+    dicts: TensorBoard, W&B, MLflow, a live plot). ``problem`` is a model object with ``init(key)``,
+    ``loss(params, batch[, key=..., state=...])`` and optionally ``accuracy(params, batch)``
+    (`asgd_sim.numerics.user_problem`), trained on the scenario's ``[data]``; it replaces
+    ``[model]`` (whose name then only labels the run).
     """
     from .numerics.engine import NumericsEngine
+    from .numerics.problems import problem_from_object
     from .numerics.stream import Metrics, drive
 
     sc = _load(scenario, overrides)
     started = time.perf_counter()
-    numerics = NumericsEngine(sc)
+    numerics = NumericsEngine(sc, problem_from_object(problem, sc, sc.num_workers) if problem is not None else None)
     engine = TimingEngine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
-    metrics = Metrics()
+    metrics = Metrics(callbacks)
     stopped = drive(engine, numerics, metrics, progress)
-    return _finish(sc, engine, numerics, metrics, stopped, time.perf_counter() - started)
+    result = _finish(sc, engine, numerics, metrics, stopped, time.perf_counter() - started)
+    if problem is not None:  # (the scenario's [model] did not run: say what did; replay it with the same object)
+        result.summary["problem"] = numerics.problem.name
+    return result
 
 
-def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, progress: Progress | None = None) -> Result:
-    """Re-run the numerics on the trace saved in ``run_dir`` (same schedule, e.g. another rule)."""
+def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, progress: Progress | None = None,
+           callbacks: Sequence[Callback] = (), problem: Any = None) -> Result:
+    """Re-run the numerics on the trace saved in ``run_dir`` (same schedule, e.g. another rule);
+    ``callbacks`` and ``problem`` (the object a run from `simulate(..., problem=...)` trained) as
+    in `simulate`."""
     from .numerics.engine import NumericsEngine
     from .numerics.stream import Metrics, drive
 
@@ -72,9 +85,11 @@ def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, 
     sc = _load(run_dir / "scenario.toml", overrides)
     saved = Trace.load(run_dir)
     started = time.perf_counter()
-    numerics = NumericsEngine(sc)
+    from .numerics.problems import problem_from_object
+
+    numerics = NumericsEngine(sc, problem_from_object(problem, sc, sc.num_workers) if problem is not None else None)
     schedule = _SavedSchedule(saved)
-    metrics = Metrics()
+    metrics = Metrics(callbacks)
     stopped = drive(schedule, numerics, metrics, progress)
     result = _finish(sc, schedule, numerics, metrics, stopped, time.perf_counter() - started)
     from .scenario.files import scenario_changes
@@ -96,11 +111,15 @@ def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
 
 
 def run_scenario(scenario: Scenario, out: str | Path | None = None, *, timing_only: bool = False, backend: str = "sim",
-                 show_progress: bool = False, **backend_options: Any) -> Result:
+                 show_progress: bool = False, callbacks: Sequence[Callback] = (), **backend_options: Any) -> Result:
     """Run ``scenario`` (simulated, timing only, or on a real backend) and write ``out`` if given.
 
-    ``backend_options`` go to the real backend (`asgd_sim.backends.run_backend`).
+    ``callbacks`` get every evaluation row: live in a simulation; after the run for a real
+    backend, whose evaluations are taken on its saved parameters at the end. A timing-only run
+    has no evaluations. ``backend_options`` go to the real backend (`asgd_sim.backends.run_backend`).
     """
+    if callbacks and timing_only:
+        raise ScenarioError("--timing-only", "a timing-only run takes no evaluations, so there is nothing to log; drop one of them")
     make_policy(scenario)  # a bad user algorithm fails here, before any work (one line, exit 2)
     update, close = progress_bar(scenario.run.until_updates or math.inf, "upd", show_progress)
     try:
@@ -108,8 +127,11 @@ def run_scenario(scenario: Scenario, out: str | Path | None = None, *, timing_on
             from .backends import run_backend
 
             result = run_backend(backend, scenario, out, progress=update, **backend_options)
+            for row in result.metrics_frame.drop(columns="throughput").to_dict("records") if callbacks else ():
+                for callback in callbacks:
+                    callback({**row, "update": int(row["update"])})
         else:
-            result = run_timing(scenario, update) if timing_only else simulate(scenario, progress=update)
+            result = run_timing(scenario, update) if timing_only else simulate(scenario, progress=update, callbacks=callbacks)
     finally:
         close()
     if out is not None:

@@ -1,6 +1,6 @@
 """End to end: asynchronous SGD really learns, and its run folder holds what DESIGN.md promises.
 
-One run (module fixture) of an MLP (default hidden [256, 256]) on scikit-learn's digits with 8
+One run (module fixture) of an MLP (default hidden [256, 256]) on the 8x8 digits with 8
 asynchronous exponential workers on the ideal cluster; the tests read its result and run folder.
 """
 

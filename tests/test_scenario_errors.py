@@ -89,7 +89,7 @@ CASES = {
     "width-heads": ("[model]\nwidth = 65", ["model.width", "65", "multiple of heads (4)"]),
     "eigen-dim-mismatch": ("[model]\ndim = 3\neigenvalues = [1.0, 2.0]", ["model.dim", "3", "number of eigenvalues (2)"]),
     "eigen-min-above-max": ("[model]\neigenvalues = { min = 2.0, max = 1.0 }", ["model.eigenvalues.max", "1.0", "must be >= min (2.0)"]),
-    "data-none-for-mlp": ('[data]\nname = "none"', ["data.name", "'none'", "model 'mlp'", "digits, synthetic, text"]),
+    "data-none-for-mlp": ('[data]\nname = "none"', ["data.name", "'none'", "model 'mlp'", "digits, mnist1d, synthetic, text"]),
     # TOML syntax
     "toml-unquoted-string": ("[server]\nshards = 2\nlock = global\n", ["scen.toml", "invalid TOML", "line 3", "'lock = global'", "quotes"]),
     "toml-duplicate-key": ("[run]\nseed = 1\nseed = 2\n", ["scen.toml", "invalid TOML", "line 3"]),

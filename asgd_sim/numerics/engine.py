@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..algorithms import make_policy
+from ..errors import ScenarioError
 from ..scenario.config import Scenario
 from ..trace import APPLIED, TraceBuilder
 from .compile_cache import enable_compilation_cache
@@ -57,6 +58,10 @@ class NumericsEngine:
         self.problem = problem or build_problem(sc, self.M)
         self.layout = layout = Layout(self.problem, self.S, sc.run.seed)
         self.P, self.chunk = layout.P, layout.chunk
+        if layout.state_mask is not None and self.model_update != "gradient":
+            raise ScenarioError("algorithm.kind", f"= {sc.algorithm.kind!r}: its workers push models, not gradients, and "
+                                f"{self.problem.name}'s loss takes mutable state, which then has no defined update; use a "
+                                "gradient algorithm (async, sync, k_*, ssp, rennala, ringmaster) or a loss without state")
         self.rule = make_server_rule(sc.optimizer, self.M)
         self.members_max = policy.gradients_per_update
         self.computed = 0  # gradients computed (with shards, some are read from the cache instead)
@@ -83,7 +88,8 @@ class NumericsEngine:
         # Rows whose gradients all read the parameters just before them (rounds) are one backward
         # pass over their members' batches together (`_pooled_impl`): one shard, gradient
         # updates, and a rule linear in the gradients (DC-ASGD's compensation is not).
-        planner.pooling = self.S == 1 and gradient_updates and self.members_max > 1 and not self.rule.needs_read_params
+        planner.pooling = (self.S == 1 and gradient_updates and self.members_max > 1 and not self.rule.needs_read_params
+                           and layout.state_mask is None)  # (a stateful model's state changes are per gradient)
         # One more row than slots: the scratch row that padding rows write (`planner.scratch`).
         history = np.zeros((planner.slots.capacity + 1, self.S, self.chunk), np.float32)
         history[0] = layout.initial
@@ -143,7 +149,7 @@ class NumericsEngine:
         """
         self._traces += 1
         S = self.S
-        grad = jax.vmap(jax.value_and_grad(self.layout.flat_loss))
+        grad = jax.vmap(self.layout.value_and_grad)
 
         def wave(i: jax.Array, carry: tuple) -> tuple:
             params, state, history, gcache, bad = carry
@@ -214,6 +220,7 @@ class NumericsEngine:
         Inactive (padding) rows change nothing.
         """
         rule, needs_read = self.rule, self.rule.needs_read_params
+        state_mask = None if self.layout.state_mask is None else jnp.asarray(self.layout.state_mask)
         # DC-ASGD's read parameters are gathered before the loop: every version a wave's gradients
         # read exists at its start, and a gather from the history inside the loop body makes XLA
         # copy the whole ring on every step (measured ~8x slower).
@@ -231,6 +238,11 @@ class NumericsEngine:
             mine_grads = grads[members[:, 0]] if self.S == 1 else grads[members[:, 0], s]
             new, new_state = rule.apply(params[s], mine, mine_grads, weights=weight,
                                         staleness=members[:, 1], workers=members[:, 2], read_params=read)
+            if state_mask is not None:  # a model's state moves by the mean change of the update's gradients (user_problem)
+                live = weight > 0
+                share = jnp.where(live, weight, 0.0) / jnp.maximum(jnp.sum(jnp.where(live, weight, 0.0)), 1e-30)
+                change = jnp.dot(share, jnp.where(live[:, None], mine_grads, 0.0), precision=jax.lax.Precision.HIGHEST)
+                new = jnp.where(state_mask[s], params[s] - change, new)
             new = jnp.where(active, new, params[s])
             new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, mine)
             if self.S == 1:  # whole arrays: no dynamic update (XLA copied the carried params for it)

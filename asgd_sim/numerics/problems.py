@@ -23,9 +23,10 @@ from ..scenario.plugins import load_object
 from .data import load_dataset
 from .networks import classifier, transformer
 from .sampling import Problem, dataset_problem
+from .user_problem import model_problem, takes
 from .theory_problems import least_squares, quadratic, worst_case_quadratic
 
-__all__ = ["Problem", "build_problem", "BUILTIN_MODELS"]
+__all__ = ["Problem", "build_problem", "problem_from_object", "BUILTIN_MODELS"]
 
 BUILTIN_MODELS = ("quadratic", "worst_case_quadratic", "least_squares", "logreg", "mlp", "cnn", "transformer")
 
@@ -45,7 +46,7 @@ def build_problem(scenario: Scenario, num_workers: int) -> Problem:
         return transformer(model, data, seed, num_workers)
     if ":" in model.name:
         init, loss, accuracy = _user_model(model)
-        return dataset_problem(model.name, init, loss, accuracy, load_dataset(data, seed), data, seed, num_workers)
+        return model_problem(model.name, init, loss, accuracy, load_dataset(data, seed), data, seed, num_workers)
     if model.name in ("logreg", "mlp", "cnn"):
         dataset = load_dataset(data, seed)
         init, loss, accuracy = classifier(model, data, dataset)
@@ -56,6 +57,28 @@ def build_problem(scenario: Scenario, num_workers: int) -> Problem:
         f"unknown model {model.name!r}" + (f": did you mean {hint!r}?" if hint else "")
         + f" (built in: {' | '.join(BUILTIN_MODELS)}; a user model is written 'package.module:factory')",
     )
+
+
+def problem_from_object(obj: Any, scenario: Scenario, num_workers: int) -> Problem:
+    """``simulate(..., problem=obj)``: an object with ``init(key)``, ``loss(params, batch, ...)`` and
+    optionally ``accuracy(params, batch, ...)`` (see `user_problem`), trained on the data set the
+    scenario's ``[data]`` names. A built `Problem` is taken as it is."""
+    if isinstance(obj, Problem):
+        return obj
+    name = getattr(obj, "name", None) or type(obj).__name__
+    missing = [m for m in ("init", "loss") if not callable(getattr(obj, m, None))]
+    if missing:
+        raise ScenarioError("problem", f"{name}: has no {' or '.join(missing)} method; a problem object needs init(key) and "
+                            "loss(params, batch), and may have accuracy(params, batch)")
+    accuracy = getattr(obj, "accuracy", None)
+    if accuracy is not None and not callable(accuracy):
+        raise ScenarioError("problem", f"{name}: accuracy must be a method accuracy(params, batch) or absent")
+    _check_init(obj.init, f"{name}.init", stateful=takes(obj.loss, "state"))
+    data = scenario.data
+    if data.batch_size < 1:
+        raise ScenarioError("data.batch_size", f"= {data.batch_size}: must be >= 1")
+    return model_problem(name, obj.init, obj.loss, accuracy, load_dataset(data, scenario.run.seed), data, scenario.run.seed,
+                         num_workers, where="problem")
 
 
 def _user_model(model: ModelConfig) -> tuple[Callable, Callable, Callable | None]:
@@ -71,14 +94,15 @@ def _user_model(model: ModelConfig) -> tuple[Callable, Callable, Callable | None
     if not (isinstance(out, tuple) and len(out) in (2, 3) and all(callable(f) for f in out)):
         raise ScenarioError("model.name", f"{model.name}(**model.options) must return (init, loss) or (init, loss, accuracy), got {out!r:.80}")
     init, loss, *rest = out
-    _check_init(init, model.name)
+    _check_init(init, model.name, stateful=takes(loss, "state"))
     return init, loss, rest[0] if rest else None
 
 
-def _check_init(init: Callable, name: str) -> None:
+def _check_init(init: Callable, name: str, stateful: bool = False) -> None:
     """A user model's ``init(key)`` must return a pytree of floating-point arrays (the parameters
-    the server updates). Anything else (an Equinox module with its activation functions, integer
-    buffers, strings) would end in a long JAX traceback: say what it returned and the fix."""
+    the server updates; with a stateful loss, a pair (params, state) of them). Anything else (an
+    Equinox module with its activation functions, integer buffers, strings) would end in a long
+    JAX traceback: say what it returned and the fix."""
     returned: dict[str, Any] = {}
 
     def probe(key: jax.Array) -> list[Any]:
@@ -87,6 +111,9 @@ def _check_init(init: Callable, name: str) -> None:
 
     jax.eval_shape(probe, jax.random.PRNGKey(0))  # traced only: nothing is computed
     out = returned["out"]
+    if stateful and not (isinstance(out, tuple) and len(out) == 2):
+        raise ScenarioError("model.name", f"{name}: its loss takes state, so init must return (params, state); it returned "
+                            f"a {type(out).__name__}")
     leaves = jax.tree_util.tree_flatten_with_path(out)[0]
     bad = [(path, leaf) for path, leaf in leaves if not _float_array(leaf)]
     if leaves and not bad:

@@ -54,6 +54,13 @@ class Problem:
     param_count: int
     param_bytes: int  # float32 bytes of one copy of the parameters
     optimum: Params | None = None  # the exact minimiser, where known (quadratic, least_squares)
+    # A model with mutable state (numerics.user_problem): (tree, batch) -> (loss, gradient tree),
+    # whose "state" part is the change the forward pass made to the state. None: a plain loss.
+    train_step: Callable[[Params, Batch], tuple[jax.Array, Params]] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.train_step is not None
 
 
 
@@ -67,12 +74,12 @@ def sampled_problem(
     labels: np.ndarray | None, n: int, data: DataConfig, seed: int, num_workers: int, optimum: Params = None,
 ) -> Problem:
     """A problem whose batch is `gather(example indices)` drawn from the worker's shard."""
-    if data.partition == "dirichlet" and labels is None:
-        raise ScenarioError("data.partition", f"'dirichlet' skews class labels, and {name}'s data has none: use 'iid'")
+    if data.partition in ("dirichlet", "classes") and labels is None:
+        raise ScenarioError("data.partition", f"{data.partition!r} deals out class labels, and {name}'s data has none: use 'iid'")
     shared = data.partition == "shared"  # every worker samples the whole training set (identical data)
     parts = [np.arange(n)] if shared else partition_indices(
         labels if labels is not None else np.zeros(n, np.int32),
-        num_workers, data.partition, data.alpha, data_rng(seed, "partition"),
+        num_workers, data.partition, data.alpha, data_rng(seed, "partition"), classes_per_worker=data.classes_per_worker,
     )
     sizes = np.array([len(p) for p in parts], np.int32)
     table = np.zeros((len(parts), sizes.max()), np.int32)  # padded: row w holds worker w's examples

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -47,8 +47,10 @@ class Metrics:
 
     COLUMNS = ("update", "sim_time", *METRICS, "staleness_mean")
 
-    def __init__(self) -> None:
+    def __init__(self, callbacks: Sequence[Callable[[dict[str, float]], Any]] = ()) -> None:
         self.columns: dict[str, list[float]] = {name: [] for name in self.COLUMNS}
+        # Called with each evaluation row once it is final (`emit`): TensorBoard, W&B, a live plot.
+        self.callbacks = list(callbacks)
         # Where the target was located between evaluations (`locate_crossing`): the two
         # evaluations it fell between, the evaluations it took and their wall time. Not a column.
         self.search: dict[str, Any] = {}
@@ -71,6 +73,14 @@ class Metrics:
 
     def last(self, name: str) -> float:
         return self.columns[name][-1]
+
+    def emit(self) -> None:
+        """Hand the last row to every callback: ``{"update": int, "sim_time": float, ...}``."""
+        if self.callbacks:
+            row = {name: values[-1] for name, values in self.columns.items()}
+            row["update"] = int(row["update"])
+            for callback in self.callbacks:
+                callback(dict(row))
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(values) for name, values in self.columns.items()}
@@ -95,6 +105,7 @@ def drive(engine: Schedule, numerics: NumericsEngine, metrics: Metrics,
         initial = jnp.copy(numerics.params)
         numerics.compile_evaluation_in_background()
     elif _record(numerics, metrics, 0.0):  # a target already met at update 0: the run stops there
+        metrics.emit()
         return "target_accuracy"
     while True:
         running = engine.step_until(numerics.logical_updates() + window)
@@ -124,7 +135,8 @@ def drive(engine: Schedule, numerics: NumericsEngine, metrics: Metrics,
 def _evaluation(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuilder) -> str:
     """Check for divergence, evaluate and record; the reason to stop, or ''."""
     if numerics.diverged(tr):
-        _record(numerics, metrics, _now(numerics, tr))
+        if _record(numerics, metrics, _now(numerics, tr)):
+            metrics.emit()  # (a row that reached the target was not emitted yet)
         return "diverged"
     if _record(numerics, metrics, _now(numerics, tr)):
         _stop_at_crossing(numerics, metrics, tr)
@@ -166,6 +178,7 @@ def _stop_at_crossing(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuild
     """The evaluation just recorded reached the target accuracy: end the run at the first update
     since the previous evaluation that reached it (its evaluation replaces the one recorded)."""
     if len(metrics.update) < 2 or metrics.update[-1] - metrics.update[-2] <= 1:
+        metrics.emit()
         return  # nothing in between
     started = time.perf_counter()
     target = numerics.scenario.run.target_accuracy
@@ -177,14 +190,21 @@ def _stop_at_crossing(numerics: NumericsEngine, metrics: Metrics, tr: TraceBuild
     metrics.search = {"between": [before, after], "evaluations": numerics.logical_updates() - before,
                       "wall_s": round(time.perf_counter() - started, 4), "found": found is not None}
     numerics.flags.clear()  # (the fold again saw no divergence: the run did not diverge before `after`)
+    metrics.emit()
 
 
 def _record(numerics: NumericsEngine, metrics: Metrics, now: float, initial: jax.Array | None = None,
             values: dict[str, float] | None = None) -> bool:
     """Evaluate now (or the ``initial`` parameters, as update 0; or take the evaluation
-    ``values`` made now) and record it; True when the target accuracy is reached."""
+    ``values`` made now) and record it; True when the target accuracy is reached.
+
+    The row goes to the callbacks now unless it reached the target: the run then ends at the
+    update where it did (`_stop_at_crossing`), whose row replaces this one and is emitted there."""
     values = values if values is not None else numerics.evaluate(initial)
     metrics.append(numerics.logical_updates() if initial is None else 0, now, values,
                    numerics.staleness_mean() if initial is None else 0.0)
     target = numerics.scenario.run.target_accuracy
-    return target is not None and values["test_accuracy"] >= target
+    reached = target is not None and values["test_accuracy"] >= target
+    if not reached:
+        metrics.emit()
+    return reached

@@ -14,17 +14,29 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..scenario.config import Scenario
 from ..scenario.files import dump_scenario
+from ..trace import Trace
+from .columns import METRIC_COLUMNS
 from .plots import plot_metrics, write_timing_plots
-from .result import METRIC_COLUMNS, Result
 from .timeline import write_timeline
 
-__all__ = ["write_run", "start_run_folder", "default_out_dir", "write_json", "write_metrics_csv"]
+__all__ = ["write_run", "start_run_folder", "default_out_dir", "write_json", "write_metrics_csv", "RunOutput"]
+
+
+class RunOutput(Protocol):
+    """What a run folder is written from: a `results.result.Result` (which calls `write_run` in
+    its ``save``, so this module names only the fields it reads)."""
+
+    scenario: Scenario
+    trace: Trace
+    metrics: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    flat_params: np.ndarray | None
 
 
 def default_out_dir(scenario: Scenario, root: str | Path = "results") -> Path:
@@ -39,7 +51,7 @@ def start_run_folder(scenario: Scenario, out: Path) -> None:
     dump_scenario(scenario, out / "scenario.toml")
 
 
-def write_run(result: Result, out: str | Path) -> dict[str, float]:
+def write_run(result: RunOutput, out: str | Path) -> dict[str, float]:
     """Write the whole run folder of ``result``; returns the seconds each part took (``trace``:
     the Parquet files, ``timeline``, ``plots``, ``other``: scenario, summary, metrics, parameters).
 
@@ -69,7 +81,7 @@ def write_run(result: Result, out: str | Path) -> dict[str, float]:
     return seconds
 
 
-def _write_trace_files(result: Result, out: Path) -> dict[str, float]:
+def _write_trace_files(result: RunOutput, out: Path) -> dict[str, float]:
     begun = time.perf_counter()
     result.trace.save(out)
     saved = time.perf_counter()

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScenarioError
-from .result import METRIC_COLUMNS as RUN_METRIC_COLUMNS
+from .columns import FRAME_COLUMNS as METRIC_COLUMNS
+from .columns import metrics_frame
 
 __all__ = ["load_run", "load_sweep", "build_runs_table", "write_runs_table", "is_run_dir", "is_sweep_dir",
            "METRIC_COLUMNS", "flatten_summary"]
 
-METRIC_COLUMNS = (*RUN_METRIC_COLUMNS, "throughput")
 RUN_TABLES = ("metrics", "gradients", "updates")
 SWEEP_TABLES = ("runs", "metrics")
 
@@ -85,24 +85,8 @@ def _scenario(folder: Path) -> dict[str, Any]:
 
 def _metrics_frame(folder: Path) -> pd.DataFrame:
     csv = folder / "metrics.csv"
-    if csv.is_file():
-        frame = pd.read_csv(csv)
-    else:
-        frame = _metrics_from_trace(folder)
-    frame["throughput"] = _rate(frame["update"].to_numpy(float), frame["sim_time"].to_numpy(float))
-    # The known columns first (NaN where an older run folder lacks one), then any other column
-    # the run's metrics.csv has (a target or a curve may be on any of them).
-    return frame.reindex(columns=list(dict.fromkeys([*METRIC_COLUMNS, *frame.columns])))
-
-
-def _rate(updates: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Updates per simulated second between consecutive rows (NaN for the first row)."""
-    rate = np.full(updates.shape, np.nan)
-    if updates.size > 1:
-        dt = np.diff(times)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rate[1:] = np.where(dt > 0, np.diff(updates) / dt, np.nan)
-    return rate
+    # (a target or a curve may be on any column the run's metrics.csv has: all are kept)
+    return metrics_frame(pd.read_csv(csv) if csv.is_file() else _metrics_from_trace(folder))
 
 
 def _metrics_from_trace(folder: Path) -> pd.DataFrame:

@@ -185,10 +185,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | text (quadratic / least_squares need none)
+    name: str = "digits"  # digits | mnist1d | synthetic | text (quadratic / least_squares need none)
     batch_size: int = 32
-    partition: str = "iid"  # iid | dirichlet | shared (every worker samples the whole training set)
+    partition: str = "iid"  # iid | dirichlet | classes | shared (every worker samples the whole training set)
     alpha: float = 0.5  # dirichlet concentration (smaller: more label skew)
+    classes_per_worker: int = 2  # partition = "classes": each worker holds this many classes
     test_fraction: float = 0.25
     samples: int = 2000  # synthetic / least_squares
     difficulty: float = 1.0  # synthetic: class overlap

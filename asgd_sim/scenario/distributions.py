@@ -25,6 +25,7 @@ from ..errors import ScenarioError, closest
 from .expressions import parse_formula
 
 __all__ = [
+    "distribution_json_schema",
     "Distribution",
     "Constant",
     "Exponential",
@@ -292,6 +293,26 @@ def _number(value: Any, path: str) -> float:
 
 
 _RULE_TEXT = {">=0": "must be >= 0", ">0": "must be > 0", ">1": "must be > 1"}
+_RULE_SCHEMA = {">=0": {"minimum": 0}, ">0": {"exclusiveMinimum": 0}, ">1": {"exclusiveMinimum": 1}}
+
+
+def distribution_json_schema(*, formulas: bool) -> dict[str, Any]:
+    """The JSON Schema of what `parse_distribution` accepts (from `_PARAMS`): a bare number >= 0 or
+    one ``{ dist = ..., ... }`` table per kind; ``formulas``: a parameter may be a formula string of
+    the worker index (a worker group's compute)."""
+    def parameter(rule: str) -> dict[str, Any]:
+        value = {"type": "number", **_RULE_SCHEMA[rule]}
+        return {"anyOf": [value, {"type": "string", "description": "a formula of i and n"}]} if formulas else value
+
+    tables = [{"type": "object", "properties": {"dist": {"const": kind}, **{key: parameter(rule) for key, rule in params.items()}},
+               "required": ["dist", *params], "additionalProperties": False}
+              for kind, params in _PARAMS.items() if kind != "empirical"]
+    seconds = {"type": "number", "minimum": 0}
+    tables.append({"type": "object", "properties": {"dist": {"const": "empirical"}, "values": {"type": "array", "items": seconds, "minItems": 1},
+                                                    "file": {"type": "string"}},
+                   "required": ["dist"], "oneOf": [{"required": ["values"]}, {"required": ["file"]}], "additionalProperties": False})
+    return {"anyOf": [{**seconds, "description": "a constant, in seconds"}, *tables],
+            "description": f"seconds: a number or {{ dist = ... }} with dist one of {', '.join(_PARAMS)}"}
 _WHY = {"cv": "coefficient of variation", "alpha": "tail index; alpha <= 1 has an infinite mean"}
 
 

@@ -35,9 +35,9 @@ from .config import (
     Slowdown,
     WorkerGroup,
 )
-from .distributions import Distribution, bind_to_group, parse_distribution, reject_formulas
+from .distributions import Distribution, bind_to_group, distribution_json_schema, parse_distribution, reject_formulas
 from .optimizer import check_optimizer
-from .plugins import is_object_path
+from .plugins import OBJECT_PATH, is_object_path
 from ..errors import ScenarioError, closest
 
 __all__ = ["build_scenario", "show", "join"]
@@ -46,8 +46,8 @@ Parser = Callable[[Any, str, "Path | None"], Any]
 
 MODELS = ("quadratic", "worst_case_quadratic", "least_squares", "logreg", "mlp", "cnn", "transformer")
 MODELS_NEEDING_DATA = ("logreg", "mlp", "cnn", "transformer")
-DATA_SETS = ("digits", "synthetic", "text", "none")
-PARTITIONS = ("iid", "dirichlet", "shared")
+DATA_SETS = ("digits", "mnist1d", "synthetic", "text", "none")
+PARTITIONS = ("iid", "dirichlet", "classes", "shared")
 LOCK_ORDERS = ("sorted", "random")
 NOISE_MODES = ("independent", "shared")
 MIXING_DECAYS = ("constant", "polynomial", "hinge")
@@ -90,6 +90,18 @@ def reject_unknown(table: dict[str, Any], allowed: Sequence[str], path: str) -> 
 
 
 # ---------------------------------------------------------------------------------- parsers
+# Each parser carries the JSON Schema of what it accepts (``parser.json_schema``), so the schema
+# editors check files against (`scenario.json_schema`, ``asgd-sim schema``) is generated from the
+# same tables that validate a scenario and cannot drift from them.
+
+
+def describe(parse: Parser, fragment: dict[str, Any]) -> Parser:
+    parse.json_schema = fragment  # type: ignore[attr-defined]
+    return parse
+
+
+def _text_of(why: str) -> dict[str, str]:
+    return {"description": why} if why else {}
 
 
 def integer(low: int, why: str = "") -> Parser:
@@ -101,7 +113,7 @@ def integer(low: int, why: str = "") -> Parser:
             raise bad(path, value, f"must be an integer >= {low}{_why(why)}")
         return int(value)
 
-    return parse
+    return describe(parse, {"type": "integer", "minimum": low, **_text_of(why)})
 
 
 def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False, inf: bool = False, why: str = "") -> Parser:
@@ -129,7 +141,9 @@ def number(low: float | None = None, high: float | None = None, *, open_low: boo
             raise bad(path, value, rule)
         return x
 
-    return parse
+    bounds = {**({} if low is None else {"exclusiveMinimum" if open_low else "minimum": low}),
+              **({} if high is None else {"exclusiveMaximum" if open_high else "maximum": high})}
+    return describe(parse, {"type": "number", **bounds, **_text_of(why)})
 
 
 def boolean(value: Any, path: str, base_dir: Path | None) -> bool:
@@ -138,13 +152,16 @@ def boolean(value: Any, path: str, base_dir: Path | None) -> bool:
     return value
 
 
+describe(boolean, {"type": "boolean"})
+
+
 def choice(options: Sequence[str], what: str) -> Parser:
     def parse(value: Any, path: str, base_dir: Path | None) -> str:
         if not isinstance(value, str) or value not in options:
             raise bad(path, value, f"unknown {what}; choose one of {', '.join(options)}{_did_you_mean(value, options)}")
         return value
 
-    return parse
+    return describe(parse, {"enum": list(options), "description": what})
 
 
 def text(value: Any, path: str, base_dir: Path | None) -> str:
@@ -159,6 +176,11 @@ def factory(value: Any, path: str, base_dir: Path | None) -> str:
     return value
 
 
+describe(text, {"type": "string", "minLength": 1})
+OBJECT_PATH_SCHEMA = {"type": "string", "pattern": f"^{OBJECT_PATH.pattern}$"}
+describe(factory, {**OBJECT_PATH_SCHEMA, "description": "'pkg.module:factory'"})
+
+
 def builtin_or_path(options: Sequence[str], what: str, example: str) -> Parser:
     """One of ``options``, or the user's own, written like ``example`` ('pkg.module:name')."""
 
@@ -170,7 +192,7 @@ def builtin_or_path(options: Sequence[str], what: str, example: str) -> Parser:
         raise bad(path, value, f"unknown {what}; choose one of {', '.join(options)}, or name your own as "
                   f"'{example}'{_did_you_mean(value, options)}")
 
-    return parse
+    return describe(parse, {"anyOf": [{"enum": list(options)}, OBJECT_PATH_SCHEMA], "description": f"{what}, or your own '{example}'"})
 
 
 model_name = builtin_or_path(MODELS, "model", "pkg.module:factory")
@@ -180,10 +202,16 @@ def dist(value: Any, path: str, base_dir: Path | None) -> Any:
     return reject_formulas(parse_distribution(value, path, base_dir), path)
 
 
+describe(dist, distribution_json_schema(formulas=False))
+
+
 def worker_dist(value: Any, path: str, base_dir: Path | None) -> Any:
     """A worker group's distribution: its parameters may be formulas of the worker index, which the
     group's check binds to its count (`_check_group`)."""
     return parse_distribution(value, path, base_dir)
+
+
+describe(worker_dist, distribution_json_schema(formulas=True))
 
 
 def list_of(item: Parser, *, nonempty: bool = False, what: str = "numbers") -> Parser:
@@ -194,7 +222,7 @@ def list_of(item: Parser, *, nonempty: bool = False, what: str = "numbers") -> P
             raise bad(path, value, f"must list at least one of {what}")
         return tuple(item(v, f"{path}[{i}]", base_dir) for i, v in enumerate(value))
 
-    return parse
+    return describe(parse, {"type": "array", "items": item.json_schema, **({"minItems": 1} if nonempty else {})})  # type: ignore[attr-defined]
 
 
 def toml_table(value: Any, path: str, base_dir: Path | None) -> dict[str, Any]:
@@ -217,6 +245,9 @@ def toml_table(value: Any, path: str, base_dir: Path | None) -> dict[str, Any]:
     return copy(value, path)
 
 
+describe(toml_table, {"type": "object", "description": "free-form options (any TOML table)"})
+
+
 def eigenvalues(value: Any, path: str, base_dir: Path | None) -> Any:
     """A spectrum: ``{min, max}`` (spread over dim) or an explicit list of positive values."""
     positive = number(0, open_low=True, why="eigenvalues of a quadratic must be positive")
@@ -231,6 +262,12 @@ def eigenvalues(value: Any, path: str, base_dir: Path | None) -> Any:
     if isinstance(value, (list, tuple)):
         return list_of(positive, nonempty=True, what="positive eigenvalues")(value, path, base_dir)
     raise bad(path, value, "must be a table { min = 0.1, max = 1.0 } or a list of positive eigenvalues")
+
+
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+describe(eigenvalues, {"anyOf": [
+    {"type": "object", "properties": {"min": _POSITIVE, "max": _POSITIVE}, "additionalProperties": False},
+    {"type": "array", "items": _POSITIVE, "minItems": 1}], "description": "{ min, max } spread over dim, or a list"})
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -270,7 +307,23 @@ def section(cls: type, spec: dict[str, Parser], what: str, check: Check | None =
         obj = build(cls, table, path, spec, base_dir, what)
         return check(obj, table, path) if check else obj
 
-    return parse
+    return describe(parse, table_json_schema(cls, spec, what))
+
+
+def table_json_schema(cls: type, spec: dict[str, Parser], what: str) -> dict[str, Any]:
+    """The JSON Schema of a table built by `build`: its keys (with their defaults where JSON can
+    hold them), no others, and the keys without a default required."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    properties = {}
+    for key, parse in spec.items():
+        fragment = dict(parse.json_schema)  # type: ignore[attr-defined]
+        default = fields[key].default
+        if isinstance(default, (bool, int, float, str)) and not (isinstance(default, float) and not math.isfinite(default)):
+            fragment["default"] = default
+        properties[key] = fragment
+    required = [k for k in spec if fields[k].default is dataclasses.MISSING and fields[k].default_factory is dataclasses.MISSING]
+    return {"type": "object", "description": what, "properties": properties, "additionalProperties": False,
+            **({"required": required} if required else {})}
 
 
 def array(item: Parser, toml_name: str, *, nonempty: bool = False) -> Parser:
@@ -283,7 +336,7 @@ def array(item: Parser, toml_name: str, *, nonempty: bool = False) -> Parser:
             raise bad(path, value, f"needs at least one entry; add a [[{toml_name}]] table")
         return tuple(item(v, f"{path}[{i}]", base_dir) for i, v in enumerate(value))
 
-    return parse
+    return describe(parse, {"type": "array", "items": item.json_schema, **({"minItems": 1} if nonempty else {})})  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -369,7 +422,7 @@ def _check_scenario(s: Scenario) -> None:
     if a.backup >= n:
         raise bad("algorithm.backup", a.backup, f"must be < the number of workers ({n}); sync waits for workers - backup gradients")
     if s.data.name == "none" and s.model.name in MODELS_NEEDING_DATA:
-        raise bad("data.name", "none", f"model {s.model.name!r} trains on data; choose one of digits, synthetic, text (none is for quadratic and least_squares)")
+        raise bad("data.name", "none", f"model {s.model.name!r} trains on data; choose one of digits, mnist1d, synthetic, text (none is for quadratic and least_squares)")
 
 
 def _check_devices(s: Scenario) -> None:
@@ -414,6 +467,7 @@ SLOWDOWN: dict[str, Parser] = {
     "end": number(0, inf=True, why="seconds of simulated time; inf: until the end"),
     "factor": number(0, open_low=True, why="compute-time multiplier; below 1 is a speed-up"),
 }
+describe(_slowdowns, list_of(section(Slowdown, SLOWDOWN, "a slowdown"), what="{ start, end, factor } tables").json_schema)  # type: ignore[attr-defined]
 FAILURES: dict[str, Parser] = {
     "at": list_of(number(0, why="crash times in seconds"), what="crash times in seconds"),
     "mtbf": number(0, open_low=True, why="mean seconds between failures"),
@@ -505,6 +559,7 @@ DATA: dict[str, Parser] = {
     "batch_size": integer(1),
     "partition": choice(PARTITIONS, "partition"),
     "alpha": number(0, open_low=True, why="Dirichlet concentration"),
+    "classes_per_worker": integer(1, why="partition = 'classes': the classes each worker holds"),
     "test_fraction": number(0, 1, open_low=True, open_high=True),
     "samples": integer(10),
     "difficulty": number(0, open_low=True),

@@ -74,12 +74,13 @@ class SweepOutcome:
 
 def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: bool = False,
               progress: Callable[[dict[str, Any]], None] | None = None, on_start: Callable[[int, int], None] | None = None,
-              executor: str = "processes", ray_address: str | None = None) -> SweepOutcome:
+              executor: str = "processes", ray_address: str | None = None, tensorboard: str | Path | None = None) -> SweepOutcome:
     """Run the runs of ``sweep`` not yet committed in ``out``; rebuild ``runs.parquet``.
 
     ``progress(record)`` is called as each run finishes; ``on_start(todo, total)`` once before.
     ``executor`` is "processes" (``jobs`` local processes) or "ray" (each run a Ray task, on a
     local Ray or the cluster at ``ray_address``; ``out`` must be on a filesystem the tasks see).
+    ``tensorboard``: a folder for TensorBoard event files, one sub-folder per run (its run name).
     Refuses (ScenarioError) a folder that holds a different sweep, or one another process writes.
     """
     if executor not in ("processes", "ray"):
@@ -106,6 +107,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, retry_failed: boo
             if (runs_dir / name).exists():
                 shutil.rmtree(runs_dir / name)  # a failed run to retry, or a folder without result.json
             todo.append(_task(sweep, point, candidate, seed, name, runs_dir))
+            if tensorboard is not None:
+                todo[-1]["tensorboard"] = str(Path(tensorboard) / name)
         total = len(sweep.run_names())
         if on_start:
             on_start(len(todo), total)
@@ -331,7 +334,17 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         scenario = scenario_from_dict(task["scenario"], name=task["name"])
         from ..runner import run_scenario
 
-        result = run_scenario(scenario, partial, timing_only=task["timing_only"])
+        callbacks = []
+        if task.get("tensorboard"):  # a retried run starts its events afresh
+            from ..results.tensorboard import TensorBoardLogger
+
+            shutil.rmtree(task["tensorboard"], ignore_errors=True)
+            callbacks.append(TensorBoardLogger(task["tensorboard"]))
+        try:
+            result = run_scenario(scenario, partial, timing_only=task["timing_only"], callbacks=callbacks)
+        finally:
+            for logger in callbacks:
+                logger.close()
         record.update(status="ok", error=None, summary=result.summary)
     except Exception as error:  # recorded, and the sweep goes on
         record.update(status="error", error=f"{type(error).__name__}: {error}", summary=None, traceback=traceback.format_exc())
