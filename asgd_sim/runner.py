@@ -158,7 +158,8 @@ def _load(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str
 
 def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stopped: str, wall: float) -> Result:
     rows = numerics.row
-    trace = schedule.trace.freeze(trace_meta(scenario, getattr(schedule, "stopped", ""), schedule.env.now))
+    # (the run is over: the trace takes the builder's buffers rather than a copy of them)
+    trace = schedule.trace.freeze(trace_meta(scenario, getattr(schedule, "stopped", ""), schedule.env.now), copy=False)
     if stopped in ("target_accuracy", "diverged"):  # the run ends at its last applied update
         trace = trace.truncated(rows)
         sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0
