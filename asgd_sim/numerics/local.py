@@ -159,8 +159,12 @@ class LocalModels:
         self.scan = scan
         self.models = jnp.broadcast_to(params, (self.M, *params.shape)) if self.elastic else None  # EASGD's x_i
         self.traces = 0  # compilations of the jitted functions below
+        # EASGD's models ([M, S, chunk]) are donated to single-output calls that write one row: XLA
+        # updates them in place there (a call with a second output copied all M models every push).
         self._local = jax.jit(self._local_impl)
-        self._exchange = jax.jit(self._exchange_impl)
+        self._set_model = jax.jit(self._set_model_impl, donate_argnums=(0,))
+        self._exchange_center = jax.jit(self._exchange_center_impl)
+        self._exchange_model = jax.jit(self._exchange_model_impl, donate_argnums=(0,))
         self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
         self._apply_push = jax.jit(self._apply_push_impl, donate_argnums=(0, 1, 2))
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
@@ -178,9 +182,8 @@ class LocalModels:
                     ks: jax.Array, ok: jax.Array) -> tuple:
         """The local steps of one update's pushes: from the versions they read (history slots
         ``read_slots[push, shard]``) or, EASGD, from the worker's own model; ``ks.shape[1]`` plain
-        SGD steps each (vmapped over pushes). Returns (final, origin, EASGD's models with the
-        worker's new one, ok): ``ok`` stays True while every local loss so far is finite and at
-        most ``run.max_loss``; EASGD's model changes only then."""
+        SGD steps each (vmapped over pushes). Returns (final, origin, ok): ``ok`` stays True
+        while every local loss so far is finite and at most ``run.max_loss``."""
         self.traces += 1
         step = local_step(self.layout, self.lr)
         if self.elastic:
@@ -202,24 +205,40 @@ class LocalModels:
         else:
             final, losses = jax.vmap(one)(origin, workers, ks)
         ok = ok & jnp.all(losses <= self.max_loss)  # NaN compares false
-        if self.elastic:
-            models = models.at[workers[0]].set(jnp.where(ok, final[0], models[workers[0]]))
-        return final, origin, models, ok
+        return final, origin, ok
 
-    def _exchange_impl(self, center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array,
-                       ok: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The elastic exchange of one shard: d = alpha (x_i - x_center); x_i -= d; x_center += d."""
+    def _exchange(self, center: jax.Array, models: jax.Array, worker: np.int32, shard: np.int32,
+                  ok: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The elastic exchange of one shard (d = alpha (x_i - x_center); x_i -= d; x_center += d),
+        guarded by ``ok``: the new (center, models); ``models`` is donated (updated in place)."""
+        new_center = self._exchange_center(center, models, worker, shard, ok)
+        return new_center, self._exchange_model(models, center, worker, shard, ok)
+
+    def _set_model_impl(self, models: jax.Array, worker: jax.Array, final: jax.Array, ok: jax.Array) -> jax.Array:
+        """EASGD: worker's own model after its local steps (``final[0]``), unless a loss diverged."""
         self.traces += 1
-        new_center, new_model = elastic_exchange(center[shard], models[worker, shard], self.alpha)
-        new_center = jnp.where(ok, new_center, center[shard])
-        new_model = jnp.where(ok, new_model, models[worker, shard])
-        return center.at[shard].set(new_center), models.at[worker, shard].set(new_model)
+        return models.at[worker].set(jnp.where(ok, final[0], models[worker]))
+
+    def _exchange_center_impl(self, center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array,
+                              ok: jax.Array) -> jax.Array:
+        """The center's side of the elastic exchange of one shard: x_center + alpha (x_i - x_center)."""
+        self.traces += 1
+        new_center, _ = elastic_exchange(center[shard], models[worker, shard], self.alpha)
+        return center.at[shard].set(jnp.where(ok, new_center, center[shard]))
+
+    def _exchange_model_impl(self, models: jax.Array, center: jax.Array, worker: jax.Array, shard: jax.Array,
+                             ok: jax.Array) -> jax.Array:
+        """The worker's side, from the center before the exchange: x_i - alpha (x_i - x_center)."""
+        self.traces += 1
+        _, new_model = elastic_exchange(center[shard], models[worker, shard], self.alpha)
+        return models.at[worker, shard].set(jnp.where(ok, new_model, models[worker, shard]))
 
     def _mix_impl(self, params: jax.Array, history: jax.Array, final: jax.Array, weight: jax.Array, shard: jax.Array,
                   slot: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker, written to the new version's slot."""
+        """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker (``final[0]``: the push's model),
+        written to the new version's slot."""
         self.traces += 1
-        new = jnp.where(ok, mix_rows(params[shard], final[shard], weight), params[shard])
+        new = jnp.where(ok, mix_rows(params[shard], final[0, shard], weight), params[shard])
         return params.at[shard].set(new), history.at[slot, shard].set(new)
 
     def _apply_push_impl(self, params: jax.Array, state: Any, history: jax.Array, origin: jax.Array, final: jax.Array,
@@ -269,12 +288,12 @@ class LocalModels:
                     checks.append((r, ok, (planner.versions.copy(), out.computed + len(gids), out.stale_sum, out.stale_count)))
                     reads = column(tr.read_version, np.int64).reshape(-1, self.S)[heads]
                     read_slots = planner.slots.lookup(reads) if not self.elastic else np.zeros_like(reads, np.int32)
-                    final, origin, models, ok = self._local(out.history, self.models, read_slots, workers.astype(np.int32),
-                                                            ks.astype(np.int32), ok)
+                    final, origin, ok = self._local(out.history, self.models, read_slots, workers.astype(np.int32),
+                                                    ks.astype(np.int32), ok)
                     out.computed += len(gids)
                     self._cache = (key, (workers, final, origin, heads))
                     if self.elastic:  # the worker's model after its local steps, before the exchange
-                        self.models = models
+                        self.models = self._set_model(self.models, np.int32(workers[0]), final, ok)
                         self._stepped[int(workers[0])] = key
             workers, final, origin, heads = self._cache[1]
             if self.elastic:
@@ -286,7 +305,7 @@ class LocalModels:
                 version = int(column(tr.u_version, np.int64)[r])
                 stale = version - 1 - int(column(tr.read_version, np.int64).reshape(-1, self.S)[heads[0], shard])
                 weight = np.float32(mixing_weight(self.scenario.algorithm, stale))
-                out.params, out.history = self._mix(out.params, out.history, final[0], weight, np.int32(shard), np.int32(slot), ok)
+                out.params, out.history = self._mix(out.params, out.history, final, weight, np.int32(shard), np.int32(slot), ok)
             else:
                 member_weight = dict(zip(gids.tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
                 grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
