@@ -30,9 +30,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The benchmarks print JSON (ratios against baselines run in the same process); the matrix covers
+# every algorithm, round restarts, the Ringmaster paper experiment and run folders (~15 min on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/timing.py
 	$(BIN)/python benchmarks/numerics.py
+	$(BIN)/python benchmarks/matrix.py
 
 # The README gallery: four sweeps (2-4 minutes each on 2 cores) and the scripts that draw them.
 gallery: $(STAMP)

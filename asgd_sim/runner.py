@@ -181,7 +181,8 @@ def _load(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[str
 def _finish(scenario: Scenario, schedule: Any, numerics: Any, metrics: Any, stopped: str, wall: float) -> Result:
     rows = numerics.row
     meta = trace_meta(scenario, getattr(schedule, "stopped", ""), schedule.env.now)
-    trace = schedule.freeze(meta) if hasattr(schedule, "freeze") else schedule.trace.freeze(meta)
+    # (the run is over: the trace takes the builder's buffers rather than a copy of them)
+    trace = schedule.freeze(meta, copy=False) if hasattr(schedule, "freeze") else schedule.trace.freeze(meta, copy=False)
     if stopped in ("target_accuracy", "diverged"):  # the run ends at its last applied update
         trace = trace.truncated(rows)
         sim_time = float(trace.u_applied[rows - 1]) if rows else 0.0

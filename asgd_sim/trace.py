@@ -194,9 +194,17 @@ class TraceBuilder:
         builder.resolved = array("i", [trace.shards]) * len(trace.worker)  # a finished trace: all settled
         return builder
 
-    def freeze(self, meta: dict[str, Any] | None = None) -> Trace:
+    def freeze(self, meta: dict[str, Any] | None = None, *, copy: bool = True) -> Trace:
+        """The columns as a `Trace`. ``copy=False`` hands the builder's buffers over instead of
+        copying them (a finished run: a Rennala run at n = 6,174 holds ~290 MB of trace, which a
+        copy would double); the builder can then no longer grow (array.array refuses to resize
+        while the trace's views exist), so only the last user of a builder may pass it."""
+
         def arr(column: array, dtype: Any) -> np.ndarray:
-            return np.frombuffer(column, dtype=dtype).copy() if len(column) else np.zeros(0, dtype)
+            if not len(column):
+                return np.zeros(0, dtype)
+            view = np.frombuffer(column, dtype=dtype)
+            return view.copy() if copy else view
 
         n = self.num_gradients
         return Trace(

@@ -9,7 +9,8 @@
 # is one, else python3 (PYTHON=... picks another), with asgd_sim importable (the repository root is
 # put on PYTHONPATH). It stops with status 3 when JAX sees no GPU, rather than measuring a CPU and
 # calling it a GPU; ALLOW_CPU=1 runs it on the CPU anyway, to check the script itself, and UPDATES,
-# NUMERICS_UPDATES (0: no numerics benchmark), REPEAT and LONG_UPDATES (0: no long run) shorten it. Each stage has a time
+# NUMERICS_UPDATES (0: no numerics benchmark), REPEAT, LONG_UPDATES (0: no long run), MATRIX_UPDATES
+# (0: no matrix), MATRIX_KINDS and MATRIX_WORKERS shorten it. Each stage has a time
 # limit (STAGE_LIMIT seconds) and a failing stage does not stop the later ones: the exit status
 # says whether all passed.
 set -uo pipefail
@@ -25,8 +26,11 @@ NUMERICS_UPDATES=${NUMERICS_UPDATES:-5000}
 REPEAT=${REPEAT:-3}
 LONG_UPDATES=${LONG_UPDATES:-20000}
 STAGE_LIMIT=${STAGE_LIMIT:-240}
+MATRIX_UPDATES=${MATRIX_UPDATES:-1500}
+MATRIX_KINDS=${MATRIX_KINDS:-}     # empty: every algorithm kind of benchmarks/matrix.py
+MATRIX_WORKERS=${MATRIX_WORKERS:-6,64}
 mkdir -p "$OUT"
-rm -f "$OUT"/numerics_benchmark*.json "$OUT/gpu_tests.txt"
+rm -f "$OUT"/numerics_benchmark*.json "$OUT/gpu_tests.txt" "$OUT/matrix_algorithms.json"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # 8 worker threads and the server share one GPU's memory
 
 "$PY" - <<'PYEOF' || exit 3
@@ -113,6 +117,12 @@ if [ "$LONG_UPDATES" -gt 0 ]; then
     "'$PY' benchmarks/numerics.py --updates $LONG_UPDATES --workers 64 --repeat 1 > '$OUT/numerics_benchmark_long.json'"
 fi
 
+if [ "$MATRIX_UPDATES" -gt 0 ]; then
+  # Every algorithm kind against its own hand loop (benchmarks/matrix.py's algorithms section);
+  # its JSON judges the CPU targets, the summary below the GPU one (>= 10x at M = 64).
+  stage "matrix: every algorithm vs its hand loop, $MATRIX_UPDATES updates, M = $MATRIX_WORKERS" sh -c \
+    "'$PY' benchmarks/matrix.py --only algorithms --updates $MATRIX_UPDATES --workers $MATRIX_WORKERS ${MATRIX_KINDS:+--kinds $MATRIX_KINDS} > '$OUT/matrix_algorithms.json'"
+fi
 if [ "$NUMERICS_UPDATES" -gt 0 ]; then
   stage "profile of simulate at M = 64 (where the host's time goes)" "$PY" - "$OUT" <<'PYEOF'
 import cProfile, io, pstats, sys
@@ -168,6 +178,12 @@ for name in ("numerics_benchmark.json", "numerics_benchmark_long.json"):
     for target in (bench or {}).get("targets", []):
         print(f"target   M={target['workers']:<3} {target['updates']:>6} upd  >= {target['target']:g}x steady: "
               f"{'met' if target['met'] else 'NOT met'} ({target['ratio_steady']:.2f}x)")
+matrix = load("matrix_algorithms.json")
+for row in (matrix or {}).get("algorithms", []):
+    goal = 10.0 if row["workers"] >= 64 else 1.0
+    print(f"matrix {row['kind']:<13} M={row['workers']:<3} {row['ratio']:6.2f}x its hand loop "
+          f"({row['simulator_gradients_per_s']} vs {row['hand_loop_gradients_per_s']} gradients/s; GPU goal >= {goal:g}x: "
+          f"{'met' if row['ratio'] >= goal else 'NOT met'}; max |params - hand loop's| {row['max_abs_param_diff']:.2g})")
 PYEOF
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'failed stage: %s\n' "${failed[@]}"

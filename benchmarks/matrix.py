@@ -62,8 +62,9 @@ def mlp_scenario(kind: str, workers: int, updates: int):
     })
 
 
-def simulator_steady(sc, warm: int) -> tuple[float, object]:
-    """The simulator's gradients/s after ``warm`` updates (everything compiled), and its trace."""
+def simulator_steady(sc, warm: int) -> tuple[float, object, np.ndarray, float]:
+    """The simulator's gradients/s after ``warm`` updates (everything compiled), its trace, its
+    final parameters (flat) and its gradients per second of process CPU time."""
     import jax
 
     from asgd_sim.numerics.engine import NumericsEngine
@@ -78,13 +79,20 @@ def simulator_steady(sc, warm: int) -> tuple[float, object]:
     drive(engine, numerics, metrics)
     jax.block_until_ready(numerics.params)
     before = _applied_gradients(engine.trace, numerics.row)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     engine.until_updates, engine.stopped = total, ""
     drive(engine, numerics, metrics)
     jax.block_until_ready(numerics.params)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     trace = engine.trace.freeze({})
-    return (_applied_gradients(engine.trace, numerics.row) - before) / seconds, trace
+    done = _applied_gradients(engine.trace, numerics.row) - before
+    return done / seconds, trace, _flat(numerics.current_params()), done / cpu
+
+
+def _flat(params) -> np.ndarray:
+    from jax.flatten_util import ravel_pytree
+
+    return np.asarray(ravel_pytree(params)[0])
 
 
 def _applied_gradients(tr, rows: int) -> int:
@@ -112,6 +120,7 @@ class HandLoop:
         self.alpha, self.mixing = sc.algorithm.elastic_alpha, sc.algorithm.mixing
         self.models: dict[int, object] = {}
         self.versions: dict[int, object] = {0: self.params}  # the versions a worker still holds
+        self.initial = self.params  # (EASGD: a worker's own model starts there)
 
         def grad(p, worker, k):
             return jax.grad(problem.loss)(p, problem.make_batch(worker, k))
@@ -146,8 +155,6 @@ class HandLoop:
 
     def run(self, trace, rows: range) -> int:
         """Replay update rows; returns the gradients computed."""
-        import jax.numpy as jnp
-
         versions, last_use = self.versions, self._last_use(trace)
         params, state, computed = self.params, self.state, 0
         for r in rows:
@@ -155,8 +162,8 @@ class HandLoop:
             if self.update == "gradient":
                 total = self.zeros(params)
                 for g, w in zip(gids.tolist(), weights.tolist()):
-                    total = self.axpy(total, w, self.grad(versions[int(trace.read_version[g, 0])], jnp.int32(trace.worker[g]),
-                                                          jnp.int32(trace.k[g])))
+                    total = self.axpy(total, w, self.grad(versions[int(trace.read_version[g, 0])], np.int32(trace.worker[g]),
+                                                          np.int32(trace.k[g])))
                     computed += 1
                 params, state = self.step(params, state, total)
             else:
@@ -164,9 +171,9 @@ class HandLoop:
                 total = self.zeros(params)
                 for h, w in zip(heads.tolist(), weights[trace.local_step[gids] == 0].tolist()):
                     worker = int(trace.worker[h])
-                    start = self.models.get(worker, versions[0]) if self.update == "elastic" else versions[int(trace.read_version[h, 0])]
-                    ks = jnp.arange(int(trace.k[h]), int(trace.k[h]) + self.steps, dtype=jnp.int32)
-                    final = self.local(start, jnp.int32(worker), ks)
+                    start = self.models.get(worker, self.initial) if self.update == "elastic" else versions[int(trace.read_version[h, 0])]
+                    ks = np.arange(int(trace.k[h]), int(trace.k[h]) + self.steps, dtype=np.int32)
+                    final = self.local(start, np.int32(worker), ks)
                     computed += self.steps
                     if self.update == "mix":
                         params = self.mix(params, final, self.mixing)
@@ -188,23 +195,31 @@ class HandLoop:
         return computed
 
 
-def algorithms(quick: bool) -> list[dict]:
+def algorithms(quick: bool, kinds: list[str] | None = None, workers_list: tuple[int, ...] = (6, 64),
+               updates_override: int | None = None) -> list[dict]:
+    """Every kind (or ``kinds``) at each M of ``workers_list``: steady gradients/s of the simulator
+    over its hand loop, and how far the hand loop's final parameters are from the simulator's (the
+    same computation: float rounding only)."""
     rows = []
-    for workers in (6, 64):
-        for kind in KINDS:
+    for workers in workers_list:
+        for kind in kinds or KINDS:
             updates = (600 if quick else 3000) if kind not in ("sync", "local_sgd") or workers < 64 else (100 if quick else 400)
+            updates = updates_override or updates
             warm = updates // 5
             sc = mlp_scenario(kind, workers, updates)
-            sim, trace = simulator_steady(sc, warm)
+            sim, trace, sim_params, sim_cpu = simulator_steady(sc, warm)
             hand = HandLoop(sc)
             hand.run(trace, range(0, warm))  # compiles every function it uses
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             computed = hand.run(trace, range(warm, trace.num_update_rows))
-            hand_rate = computed / (time.perf_counter() - start)
-            target = TARGETS["64" if workers == 64 else "small"]
+            hand_rate, hand_cpu = computed / (time.perf_counter() - start), computed / (time.process_time() - cpu)
+            target = TARGETS["64" if workers >= 64 else "small"]
             rows.append({"kind": kind, "workers": workers, "updates": updates, "simulator_gradients_per_s": round(sim),
                          "hand_loop_gradients_per_s": round(hand_rate), "ratio": round(sim / hand_rate, 3), "target": target,
-                         "met": bool(sim / hand_rate >= target)})
+                         "met": bool(sim / hand_rate >= target),
+                         # Per second of this process's CPU time: what a loaded machine changes least.
+                         "ratio_cpu": round(sim_cpu / hand_cpu, 3),
+                         "max_abs_param_diff": float(np.abs(_flat(hand.params) - sim_params).max())})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -220,39 +235,51 @@ def restarts(quick: bool) -> list[dict]:
                                  "run": {"until_updates": rounds}, "algorithm": {"kind": "rennala", "k": 6},
                                  "network": {"latency": 0.0, "bandwidth": float("inf"), "server_bandwidth": float("inf")},
                                  "server": {"apply_time": 0.0}, "model": {"param_bytes": 1.0}}, name=f"restarts-{n}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = TimingEngine(sc).run()
-        seconds = time.perf_counter() - start
-        rows.append({"workers": n, "rounds": rounds, "seconds": round(seconds, 2), "restarts": int(result.trace.num_gradients),
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rows.append({"workers": n, "rounds": rounds, "seconds": round(seconds, 2), "cpu_s": round(cpu, 2),
+                     "restarts": int(result.trace.num_gradients),
                      "us_per_restart": round(1e6 * seconds / result.trace.num_gradients, 2),
                      "target_s": 2.0 * rounds / 460 if n == 6174 else None,
                      "met": bool(seconds <= 2.0 * rounds / 460) if n == 6174 else None})
     return rows
 
 
-def paper(quick: bool) -> dict:
+def paper(quick: bool, horizon: float | None = None) -> dict:
     import ringmaster_numpy
 
     from asgd_sim.runner import simulate
 
-    horizon = 200.0 if quick else 2000.0
+    horizon = horizon or (200.0 if quick else 2000.0)
+    # The process's one-time costs (importing JAX and the engines, starting JAX's CPU client) are
+    # paid before timing, as the numpy loop's (importing numpy) are: what is timed is the run.
+    import jax
+
+    import asgd_sim.numerics.engine  # noqa: F401
+    import asgd_sim.numerics.stream  # noqa: F401
+
+    jax.block_until_ready(jax.numpy.zeros(1) + 1)
     variants = {
         "ringmaster": [],
         "rennala": ["algorithm.kind=rennala", "algorithm.k=6", "algorithm.stops=false", "optimizer.learning_rate=1.0", "run.eval_every=2"],
         "asgd": ["algorithm.kind=async", "algorithm.stops=false", "optimizer.learning_rate=0.00032", "optimizer.staleness_rule=adaptive",
                  "run.eval_every=2000"],
     }
-    sim_s, hand_s, rows = 0.0, 0.0, {}
+    sim_s, hand_s, sim_cpu, hand_cpu, rows = 0.0, 0.0, 0.0, 0.0, {}
     for method, overrides in variants.items():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = simulate("scenarios/papers/ringmaster_quadratic.toml", [f"run.until_time={horizon}", *overrides])
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        hand_start = time.process_time()
         hand = ringmaster_numpy.run(method, 6174, horizon=horizon)
-        sim_s, hand_s = sim_s + seconds, hand_s + hand["wall_s"]
+        hand_cpu_s = time.process_time() - hand_start
+        sim_s, hand_s, sim_cpu, hand_cpu = sim_s + seconds, hand_s + hand["wall_s"], sim_cpu + cpu, hand_cpu + hand_cpu_s
         rows[method] = {"simulator_s": round(seconds, 2), "numpy_loop_s": round(hand["wall_s"], 2),
+                        "simulator_cpu_s": round(cpu, 2), "numpy_loop_cpu_s": round(hand_cpu_s, 2),
                         "simulator_updates": int(result.summary["updates"]), "numpy_updates": hand["updates"]}
     return {"horizon_s": horizon, "methods": rows, "simulator_s": round(sim_s, 2), "numpy_loop_s": round(hand_s, 2),
-            "ratio": round(hand_s / sim_s, 3), "met": bool(sim_s <= hand_s)}
+            "ratio": round(hand_s / sim_s, 3), "ratio_cpu": round(hand_cpu / sim_cpu, 3), "met": bool(sim_s <= hand_s)}
 
 
 def folder(quick: bool) -> dict:
@@ -288,15 +315,35 @@ def folder(quick: bool) -> dict:
             "met": bool(first["wall_s"] <= simulated and first["cpu_s"] <= simulated_cpu)}
 
 
+def _device() -> str:
+    import jax
+
+    return str(jax.devices()[0].device_kind if jax.default_backend() != "cpu" else "cpu")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="algorithms,restarts,paper,folder")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument("--kinds", help=f"algorithms: these kinds only (comma-separated; default all: {','.join(KINDS)})")
+    parser.add_argument("--workers", help="algorithms: these M (comma-separated; default 6,64)")
+    parser.add_argument("--updates", type=int, help="algorithms: updates per run (default 3,000; 600 with --quick)")
+    parser.add_argument("--horizon", type=float, help="paper: simulated seconds (default 2,000; 200 with --quick)")
     args = parser.parse_args()
-    sections = {"algorithms": algorithms, "restarts": restarts, "paper": paper, "folder": folder}
-    out = {"benchmark": "matrix", "python": platform.python_version(), "quick": args.quick}
+    kinds = args.kinds.split(",") if args.kinds else None
+    unknown = sorted(set(kinds or ()) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; choose from {', '.join(KINDS)}")
+    sections = {
+        "algorithms": lambda quick: algorithms(quick, kinds, tuple(int(m) for m in args.workers.split(",")) if args.workers else (6, 64),
+                                               args.updates),
+        "restarts": restarts, "paper": lambda quick: paper(quick, args.horizon), "folder": folder,
+    }
+    out = {"benchmark": "matrix", "python": platform.python_version(), "device": _device(), "quick": args.quick}
     for name in args.only.split(","):
-        out[name] = sections[name.strip()](args.quick)
+        if name.strip() not in sections:
+            parser.error(f"--only: unknown section {name.strip()!r}; choose from {', '.join(sections)}")
+        out[name.strip()] = sections[name.strip()](args.quick)
     print(json.dumps(out, indent=2))
 
 

@@ -61,3 +61,28 @@ def test_timing_benchmark_quick_run() -> None:
     assert [(row["workers"], row["server_bandwidth"]) for row in finite] == [(1000, 1e18), (1000, 1.25e9), (1000, 5e8), (10_000, 1e18), (10_000, 5e9)]
     for row in finite:  # a finite bandwidth needs the process loop; the rows ran their updates
         assert row["loop"] == "ProcessLoop" and row["updates"] in (30_000, 20_000) and row["ratio_vs_bare"] > 0
+
+
+@pytest.mark.slow
+def test_matrix_benchmark_quick_run() -> None:
+    """benchmarks/matrix.py in small: its JSON shape, positive ratios judged against their targets,
+    and the hand loop computing what the simulator computed (same final parameters)."""
+    out = run_benchmark("matrix.py", "--only", "algorithms,restarts,paper", "--quick", "--kinds", "async,rennala,fedbuff",
+                        "--workers", "4", "--updates", "30", "--horizon", "5")
+    assert out["benchmark"] == "matrix" and out["quick"] is True
+    assert [(row["kind"], row["workers"]) for row in out["algorithms"]] == [("async", 4), ("rennala", 4), ("fedbuff", 4)]
+    for row in out["algorithms"]:
+        assert row["simulator_gradients_per_s"] > 0 and row["hand_loop_gradients_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["simulator_gradients_per_s"] / row["hand_loop_gradients_per_s"], rel=2e-2)
+        assert row["target"] == 1.0 and row["met"] == (row["ratio"] >= 1.0) and row["ratio_cpu"] > 0
+        # The same 30 updates on both sides: float rounding apart, the same parameters.
+        assert row["max_abs_param_diff"] < 1e-4, row
+    assert [row["workers"] for row in out["restarts"]] == [1000, 6174]
+    for row in out["restarts"]:
+        assert row["rounds"] == 46 and row["seconds"] > 0
+        assert row["restarts"] >= row["rounds"] * 6  # each round gathers k = 6 gradients at least
+    paper = out["paper"]
+    assert paper["horizon_s"] == 5.0 and set(paper["methods"]) == {"ringmaster", "rennala", "asgd"}
+    for method in paper["methods"].values():
+        assert method["simulator_s"] > 0 and method["numpy_loop_s"] >= 0
+    assert paper["ratio"] > 0 and paper["ratio_cpu"] > 0 and paper["met"] == (paper["simulator_s"] <= paper["numpy_loop_s"])

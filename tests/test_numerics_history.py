@@ -132,6 +132,24 @@ def test_slot_reuse_is_exact(sections: dict[str, Any]) -> None:
     assert_matches_fold(numerics, trace)
 
 
+# Every built-in algorithm whose updates combine gradients, on the straggler cluster: round-based
+# ones go through the pooled path (one backward pass per round), the others through waves.
+GRADIENT_KINDS = {
+    "async": {}, "ssp": {"staleness_bound": 2}, "sync": {}, "k_sync": {"k": 3}, "k_async": {"k": 3},
+    "k_batch_sync": {"k": 4}, "k_batch_async": {"k": 2}, "rennala": {"k": 4},
+    "ringmaster": {"delay_threshold": 3, "stops": True},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", GRADIENT_KINDS)
+def test_every_gradient_algorithm_matches_the_fold(kind: str) -> None:
+    numerics, trace = run(run={"until_updates": 60, "eval_every": 25}, workers=STRAGGLER,
+                          algorithm={"kind": kind, **GRADIENT_KINDS[kind]})
+    assert numerics.row == trace.num_update_rows > 0
+    assert_matches_fold(numerics, trace)
+
+
 SHARDED = {"server": {"shards": 4, "lock": "shard", "apply_time": {"dist": "exponential", "mean": 0.05}},
            "network": {"latency": {"dist": "exponential", "mean": 0.2}}}
 

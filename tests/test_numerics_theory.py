@@ -280,9 +280,10 @@ def test_c11_easgd_exchange_conserves_the_sum() -> None:
     exchanges: list[tuple[np.ndarray, ...]] = []
     original = numerics.local._exchange
 
-    def exchange(center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array) -> tuple[jax.Array, jax.Array]:
-        new_center, new_models = original(center, models, worker, shard)
-        exchanges.append((np.asarray(center), np.asarray(models[int(worker)]), np.asarray(new_center), np.asarray(new_models[int(worker)])))
+    def exchange(center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array, *guard: Any) -> tuple[jax.Array, jax.Array]:
+        before = np.asarray(center), np.asarray(models[int(worker)])  # (read first: the call updates models in place)
+        new_center, new_models = original(center, models, worker, shard, *guard)  # (guard: whether no local loss diverged)
+        exchanges.append((*before, np.asarray(new_center), np.asarray(new_models[int(worker)])))
         return new_center, new_models
 
     numerics.local._exchange = exchange

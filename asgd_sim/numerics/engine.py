@@ -69,7 +69,6 @@ class NumericsEngine:
         self._traces = 0  # compilations of this engine's jitted functions
         self._waves = jax.jit(self._waves_impl, donate_argnums=(0, 1, 2, 3))
         self._pooled = jax.jit(self._pooled_impl, donate_argnums=(0, 1, 2))
-        self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1, 2))
         self._evaluate = jax.jit(self._evaluate_impl)
         self._evaluate_compiled: Future | None = None
         self._init_state = jax.jit(jax.vmap(self.rule.init))
@@ -106,7 +105,7 @@ class NumericsEngine:
             from .local import LocalModels
 
             if self.local is None:
-                self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply, members_max=self.members_max)
+                self.local = LocalModels(sc, self.model_update, layout, self.params, self._scan, members_max=self.members_max)
             else:
                 self.local.reset(self.params)
 
@@ -204,12 +203,6 @@ class NumericsEngine:
 
         bad = jnp.zeros(row_ints.shape[0], bool)
         return jax.lax.fori_loop(0, count, row, (params, state, history, bad))
-
-    def _apply_impl(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
-                    row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
-        """Apply updates whose (pseudo-)gradients are given (local SGD)."""
-        self._traces += 1
-        return self._scan(params, state, history, grads, row_ints, member_ints, weights)
 
     def _scan(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
               row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:

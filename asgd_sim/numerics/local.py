@@ -132,56 +132,125 @@ class LocalOutcome:
     stale_count: int
 
 
-class LocalModels:
-    """Local SGD (``update = "local_average"``) or EASGD (``"elastic"``) over the server arrays.
+UNROLLED_STEPS = 16  # local steps traced one after the other (more: a loop on the device)
 
-    ``apply`` is the numerics engine's jitted scan (params, state, history, pseudo-gradients, row
-    tables) -> (params, state, history); ``members_max`` the width it was compiled for.
+
+class LocalModels:
+    """Local SGD (``update = "local_average"``), FedBuff (``"delta"``), FedAsync (``"mix"``) or EASGD
+    (``"elastic"``) over the server arrays.
+
+    ``scan`` is the numerics engine's update scan (params, state, history, pseudo-gradients, row
+    tables) -> (params, state, history), traced here into `_apply_push`; ``members_max`` the width
+    of its tables.
+
+    Each push costs two device calls (its local steps; the server's combination of it) and no wait:
+    whether a local loss diverged is a device flag carried from push to push, which guards every
+    write (a row after a bad push changes nothing), and the host reads the flags once per
+    `run_rows` call, not once per push.
     """
 
-    def __init__(self, scenario: Scenario, update: str, layout: Layout, params: jax.Array, apply: Callable[..., tuple],
+    def __init__(self, scenario: Scenario, update: str, layout: Layout, params: jax.Array, scan: Callable[..., tuple],
                  *, members_max: int) -> None:
         self.scenario, self.update, self.elastic, self.layout = scenario, update, update == "elastic", layout
         self.S, self.M, self.members_max = layout.S, scenario.num_workers, members_max
         self.lr = local_rate(scenario)
         self.alpha = float(scenario.algorithm.elastic_alpha)
         self.max_loss = scenario.run.max_loss
-        self.apply = apply
-        self.models = jnp.broadcast_to(params, (self.M, *params.shape))  # EASGD's x_i
+        self.scan = scan
+        self.models = jnp.broadcast_to(params, (self.M, *params.shape)) if self.elastic else None  # EASGD's x_i
         self.traces = 0  # compilations of the jitted functions below
-        self._steps = jax.jit(self._steps_impl)
-        self._exchange = jax.jit(self._exchange_impl)
+        # EASGD's models ([M, S, chunk]) are donated to single-output calls that write one row: XLA
+        # updates them in place there (a call with a second output copied all M models every push).
+        self._local = jax.jit(self._local_impl)
+        self._set_model = jax.jit(self._set_model_impl, donate_argnums=(0,))
+        self._exchange_center = jax.jit(self._exchange_center_impl)
+        self._exchange_model = jax.jit(self._exchange_model_impl, donate_argnums=(0,))
         self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
+        self._apply_push = jax.jit(self._apply_push_impl, donate_argnums=(0, 1, 2))
         self._cache: tuple[int, Any] | None = None  # the last push's local result, reused by each shard's row
         self._stepped: dict[int, int] = {}  # EASGD: per worker, the push whose local steps its model holds
 
     def reset(self, params: jax.Array) -> None:
         """Every worker's model back to ``params`` (the engine restarts from update 0)."""
-        self.models = jnp.broadcast_to(params, (self.M, *params.shape))
+        self.models = jnp.broadcast_to(params, (self.M, *params.shape)) if self.elastic else None
         self._cache = None
+        self._stepped = {}
 
-    def _steps_impl(self, start: jax.Array, workers: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``ks.shape[1]`` local SGD steps for each worker from ``start[w]`` (vmapped over workers)."""
+    # ---- jitted pieces -----------------------------------------------------------------------
+
+    def _local_impl(self, history: jax.Array, models: jax.Array | None, read_slots: jax.Array, workers: jax.Array,
+                    ks: jax.Array, ok: jax.Array) -> tuple:
+        """The local steps of one update's pushes: from the versions they read (history slots
+        ``read_slots[push, shard]``) or, EASGD, from the worker's own model; ``ks.shape[1]`` plain
+        SGD steps each (vmapped over pushes). Returns (final, origin, ok): ``ok`` stays True
+        while every local loss so far is finite and at most ``run.max_loss``."""
         self.traces += 1
         step = local_step(self.layout, self.lr)
+        if self.elastic:
+            origin = models[workers[0]][None]
+        else:
+            origin = history[read_slots, jnp.arange(self.S)[None, :]]
 
         def one(x: jax.Array, worker: jax.Array, kk: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return jax.lax.scan(lambda x, k: step(x, worker, k), x, kk)
+            if kk.shape[0] > UNROLLED_STEPS:
+                return jax.lax.scan(lambda x, k: step(x, worker, k), x, kk)
+            losses = []
+            for i in range(kk.shape[0]):  # unrolled: XLA:CPU ran these gradients far slower inside a loop body
+                x, loss = step(x, worker, kk[i])
+                losses.append(loss)
+            return x, jnp.stack(losses)
 
-        return jax.vmap(one)(start, workers, ks)
+        if origin.shape[0] == 1:  # one push (FedAsync, EASGD): no batch axis
+            final, losses = jax.tree.map(lambda a: a[None], one(origin[0], workers[0], ks[0]))
+        else:
+            final, losses = jax.vmap(one)(origin, workers, ks)
+        ok = ok & jnp.all(losses <= self.max_loss)  # NaN compares false
+        return final, origin, ok
 
-    def _exchange_impl(self, center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The elastic exchange of one shard: d = alpha (x_i - x_center); x_i -= d; x_center += d."""
+    def _exchange(self, center: jax.Array, models: jax.Array, worker: np.int32, shard: np.int32,
+                  ok: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The elastic exchange of one shard (d = alpha (x_i - x_center); x_i -= d; x_center += d),
+        guarded by ``ok``: the new (center, models); ``models`` is donated (updated in place)."""
+        new_center = self._exchange_center(center, models, worker, shard, ok)
+        return new_center, self._exchange_model(models, center, worker, shard, ok)
+
+    def _set_model_impl(self, models: jax.Array, worker: jax.Array, final: jax.Array, ok: jax.Array) -> jax.Array:
+        """EASGD: worker's own model after its local steps (``final[0]``), unless a loss diverged."""
         self.traces += 1
-        new_center, new_model = elastic_exchange(center[shard], models[worker, shard], self.alpha)
-        return center.at[shard].set(new_center), models.at[worker, shard].set(new_model)
+        return models.at[worker].set(jnp.where(ok, final[0], models[worker]))
+
+    def _exchange_center_impl(self, center: jax.Array, models: jax.Array, worker: jax.Array, shard: jax.Array,
+                              ok: jax.Array) -> jax.Array:
+        """The center's side of the elastic exchange of one shard: x_center + alpha (x_i - x_center)."""
+        self.traces += 1
+        new_center, _ = elastic_exchange(center[shard], models[worker, shard], self.alpha)
+        return center.at[shard].set(jnp.where(ok, new_center, center[shard]))
+
+    def _exchange_model_impl(self, models: jax.Array, center: jax.Array, worker: jax.Array, shard: jax.Array,
+                             ok: jax.Array) -> jax.Array:
+        """The worker's side, from the center before the exchange: x_i - alpha (x_i - x_center)."""
+        self.traces += 1
+        _, new_model = elastic_exchange(center[shard], models[worker, shard], self.alpha)
+        return models.at[worker, shard].set(jnp.where(ok, new_model, models[worker, shard]))
 
     def _mix_impl(self, params: jax.Array, history: jax.Array, final: jax.Array, weight: jax.Array, shard: jax.Array,
-                  slot: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker, written to the new version's slot."""
+                  slot: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """FedAsync's mix of one shard row, x <- (1 - a) x + a x_worker (``final[0]``: the push's model),
+        written to the new version's slot."""
         self.traces += 1
-        new = mix_rows(params[shard], final[shard], weight)
+        new = jnp.where(ok, mix_rows(params[shard], final[0, shard], weight), params[shard])
         return params.at[shard].set(new), history.at[slot, shard].set(new)
+
+    def _apply_push_impl(self, params: jax.Array, state: Any, history: jax.Array, origin: jax.Array, final: jax.Array,
+                         ok: jax.Array, row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """Local SGD and FedBuff: the pushes' pseudo-gradients (`push_payload`) through the server's
+        update scan; the row is inactive (changes nothing) unless ``ok``."""
+        self.traces += 1
+        pseudo = _pad(push_payload(self.update, origin, final, self.lr), self.members_max)
+        row_ints = row_ints.at[:, 2].multiply(ok.astype(row_ints.dtype))
+        return self.scan(params, state, history, pseudo, row_ints, member_ints, weights)
+
+    # ---- host side ---------------------------------------------------------------------------
 
     def _pushes(self, tr: TraceBuilder, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pushes an update combines, in (worker, iteration) order: (heads, workers, ks [pushes, H])."""
@@ -192,22 +261,17 @@ class LocalModels:
         heads = gids[::steps]
         return heads, workers_all[::steps], ks_all.reshape(len(heads), steps)
 
-    def _origins(self, tr: TraceBuilder, heads: np.ndarray, workers: np.ndarray, planner: WavePlanner,
-                 history: jax.Array) -> jax.Array:
-        """Each push's starting point: EASGD's own model, else the version its worker read."""
-        if self.elastic:
-            return self.models[int(workers[0])][None]
-        reads = column(tr.read_version, np.int64).reshape(-1, self.S)[heads]
-        if (reads == reads[0]).all():  # (local SGD: a round's workers all read its version)
-            origin = history[planner.slots.lookup(reads[:1]), jnp.arange(self.S)[None, :]]
-            return jnp.broadcast_to(origin, (len(heads), self.S, self.layout.chunk))
-        return history[planner.slots.lookup(reads), jnp.arange(self.S)[None, :]]
-
     def run_rows(self, tr: TraceBuilder, start: int, end: int, planner: WavePlanner, params: jax.Array, state: Any,
                  history: jax.Array) -> LocalOutcome:
-        """Apply update rows [start, end) of ``tr``; the planner's cursor and versions follow."""
+        """Apply update rows [start, end) of ``tr``; the planner's cursor and versions follow.
+
+        If a local loss diverged, the rows from the first push that saw it on changed nothing on
+        the device, and the outcome (``ok`` False, the planner's cursor, versions and counts) ends
+        before that row, as if the rows had been applied one by one up to it."""
         out = LocalOutcome(params, state, history, True, 0, 0.0, 0)
         offsets = column(tr.u_offsets, np.int64)[start:end + 1]
+        ok = jnp.ones((), bool)
+        checks: list[tuple[int, jax.Array, tuple]] = []  # (row, ok after its local steps, what the host had before it)
         for r in range(start, end):
             lo, hi = offsets[r - start], offsets[r - start + 1]
             gids = column(tr.u_gid, np.int64)[lo:hi]
@@ -221,42 +285,48 @@ class LocalModels:
                     # yet still hold their result (taking them again would step twice).
                     self._cache = (key, (workers, None, None, heads))
                 else:
-                    origin = self._origins(tr, heads, workers, planner, out.history)
-                    final, losses = self._steps(origin, jnp.asarray(workers, jnp.int32), jnp.asarray(ks, jnp.int32))
-                    losses = np.asarray(losses)
+                    checks.append((r, ok, (planner.versions.copy(), out.computed + len(gids), out.stale_sum, out.stale_count)))
+                    reads = column(tr.read_version, np.int64).reshape(-1, self.S)[heads]
+                    read_slots = planner.slots.lookup(reads) if not self.elastic else np.zeros_like(reads, np.int32)
+                    final, origin, ok = self._local(out.history, self.models, read_slots, workers.astype(np.int32),
+                                                    ks.astype(np.int32), ok)
                     out.computed += len(gids)
-                    if not np.all(losses <= self.max_loss):  # NaN, Inf or blow-up
-                        planner.row = r  # rows before r were applied; this one and the rest never will be
-                        out.ok = False
-                        return out
                     self._cache = (key, (workers, final, origin, heads))
                     if self.elastic:  # the worker's model after its local steps, before the exchange
-                        self.models = self.models.at[int(workers[0])].set(final[0])
+                        self.models = self._set_model(self.models, np.int32(workers[0]), final, ok)
                         self._stepped[int(workers[0])] = key
             workers, final, origin, heads = self._cache[1]
             if self.elastic:
-                out.params, self.models = self._exchange(out.params, self.models, jnp.int32(workers[0]), jnp.int32(shard))
+                out.params, self.models = self._exchange(out.params, self.models, np.int32(workers[0]), np.int32(shard), ok)
             elif self.update == "mix":
                 grow, slot = self._new_version_slot(tr, r, planner)
                 if grow:
                     out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
                 version = int(column(tr.u_version, np.int64)[r])
                 stale = version - 1 - int(column(tr.read_version, np.int64).reshape(-1, self.S)[heads[0], shard])
-                weight = jnp.float32(mixing_weight(self.scenario.algorithm, stale))
-                out.params, out.history = self._mix(out.params, out.history, final[0], weight, jnp.int32(shard), jnp.int32(slot))
+                weight = np.float32(mixing_weight(self.scenario.algorithm, stale))
+                out.params, out.history = self._mix(out.params, out.history, final, weight, np.int32(shard), np.int32(slot), ok)
             else:
-                pseudo = push_payload(self.update, origin, final, self.lr)
                 member_weight = dict(zip(gids.tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
                 grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
                 if grow:
                     out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
-                out.params, out.state, out.history = self.apply(out.params, out.state, out.history,
-                                                                _pad(pseudo, self.members_max), *inputs)
+                out.params, out.state, out.history = self._apply_push(out.params, out.state, out.history, origin, final, ok,
+                                                                      *inputs)
             planner.versions[shard] += 1
             stale = column(tr.staleness, np.int64)[gids]
             out.stale_sum += float(stale.sum())
             out.stale_count += len(gids)
             planner.row = r + 1
+        if checks:
+            flags = np.array(jax.device_get([flag for _, flag, _ in checks] + [ok]))  # (one wait per call; no op to compile)
+            if not flags.all():
+                # checks[i] holds the flag before push i; the first push after which it is False diverged.
+                bad = int(np.argmin(flags[1:]))
+                r, _, (versions, computed, stale_sum, stale_count) = checks[bad]
+                planner.row, planner.versions = r, versions  # rows before r were applied; this one and the rest never will be
+                out.computed, out.stale_sum, out.stale_count = computed, stale_sum, stale_count
+                out.ok = False
         return out
 
     def _new_version_slot(self, tr: TraceBuilder, r: int, planner: WavePlanner) -> tuple[int, int]:

@@ -395,10 +395,11 @@ class TimingEngine:
                             wall_time_s=wall_time_s, updates=self.updates, busy=[self._busy_so_far(w) for w in self.workers],
                             deadlock=list(self.deadlock))
 
-    def freeze(self, meta: dict | None = None) -> Trace:
-        """The trace so far. An iteration in stages lays out its computations ahead of time: only
-        what has happened by now is kept (as a step-by-step loop would have stamped it)."""
-        trace = self.trace.freeze(meta)
+    def freeze(self, meta: dict | None = None, *, copy: bool = True) -> Trace:
+        """The trace so far (``copy`` as in `TraceBuilder.freeze`). An iteration in stages lays out
+        its computations ahead of time: only what has happened by now is kept (as a step-by-step
+        loop would have stamped it)."""
+        trace = self.trace.freeze(meta, copy=copy)
         for w in self.workers:
             if w.chain is not None:
                 w.chain.clip(trace.times, self.env.now)
