@@ -36,9 +36,12 @@ from .config import (
     WorkerGroup,
 )
 from .distributions import Distribution, bind_to_group, distribution_json_schema, parse_distribution, reject_formulas
+from .messages import bad, join, reject_unknown, show
+from .messages import did_you_mean as _did_you_mean
+from .messages import why_text as _why
 from .optimizer import check_optimizer
 from .plugins import OBJECT_PATH, is_object_path
-from ..errors import ScenarioError, closest
+from ..errors import ScenarioError
 
 __all__ = ["build_scenario", "show", "join"]
 
@@ -52,41 +55,6 @@ LOCK_ORDERS = ("sorted", "random")
 NOISE_MODES = ("independent", "shared")
 MIXING_DECAYS = ("constant", "polynomial", "hinge")
 _TOML_SCALARS = (str, bool, int, float, datetime.date, datetime.time)  # datetime is a date
-
-
-# ---------------------------------------------------------------------------------- messages
-
-
-def join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def show(value: Any) -> str:
-    """A value as the user wrote it (TOML spelling for booleans), cut short when long."""
-    text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
-    return text if len(text) <= 70 else text[:67] + "..."
-
-
-def bad(path: str, value: Any, rule: str) -> ScenarioError:
-    return ScenarioError(path, f"= {show(value)}: {rule}")
-
-
-def _why(why: str) -> str:
-    return f" ({why})" if why else ""
-
-
-def _did_you_mean(word: Any, choices: Sequence[str]) -> str:
-    hint = closest(word, choices) if isinstance(word, str) else None
-    return f" (did you mean {hint!r}?)" if hint else ""
-
-
-def reject_unknown(table: dict[str, Any], allowed: Sequence[str], path: str) -> None:
-    for key in table:
-        if key not in allowed:
-            full = join(path, key)
-            hint = closest(key, allowed)
-            fix = f"did you mean {join(path, hint)!r}?" if hint else f"{path or 'the top level'} takes {', '.join(allowed)}"
-            raise ScenarioError(full, f"unknown key {full!r}; {fix}")
 
 
 # ---------------------------------------------------------------------------------- parsers
