@@ -35,14 +35,6 @@ class EASGDPolicy(AsyncPolicy):
     kind = "easgd"
     model_update = "elastic"
 
-    def __init__(self, scenario: Scenario) -> None:
-        super().__init__(scenario)
-        self.steps = scenario.algorithm.local_steps
-
-    @property
-    def local_steps(self) -> int:
-        return self.steps
-
 
 class SSPPolicy(ServerPolicy):
     """Stale synchronous parallel (Ho et al. 2013): commit each push, then hold the pusher while

@@ -152,6 +152,8 @@ class ServerPolicy:
         algo = scenario.algorithm
         self.workers = scenario.num_workers
         self.drop_above = algo.drop_staleness_above
+        # Local steps per push: the scenario's for the kinds whose pushes are model changes, else 1.
+        self.steps = algo.local_steps if self.model_update != "gradient" else 1
         # Per worker, as numpy arrays (indexed like lists), so that drivers note many workers at once.
         self.state = np.full(self.workers, PULLING, np.int8)  # every worker starts with an explicit pull
         self.round = 0  # rounds of the round-based algorithms (0 for the others)
@@ -164,7 +166,7 @@ class ServerPolicy:
     @property
     def local_steps(self) -> int:
         """Gradients each push carries (local steps between exchanges)."""
-        return 1
+        return self.steps
 
     @property
     def gradients_per_update(self) -> int:

@@ -113,14 +113,9 @@ class FedBuffPolicy(KBatchAsyncPolicy):
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)
-        self.steps = scenario.algorithm.local_steps
         self.weigh_staleness = scenario.optimizer.staleness_rule == "none"
         self.read_at = [0] * self.workers  # the version each worker's computation in progress read
         self.buffer_read: list[int] = []  # the version each buffered push was computed from
-
-    @property
-    def local_steps(self) -> int:
-        return self.steps
 
     @property
     def gradients_per_update(self) -> int:
@@ -150,14 +145,6 @@ class FedAsyncPolicy(AsyncPolicy):
 
     kind = "fedasync"
     model_update = "mix"
-
-    def __init__(self, scenario: Scenario) -> None:
-        super().__init__(scenario)
-        self.steps = scenario.algorithm.local_steps
-
-    @property
-    def local_steps(self) -> int:
-        return self.steps
 
     def on_push(self, worker: int, gids: list[int]) -> list[Decision]:
         return [Apply(gids, [1.0] * len(gids))]

@@ -86,11 +86,6 @@ class LocalSGDPolicy(RoundPolicy):
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario, scenario.num_workers)
-        self.steps = scenario.algorithm.local_steps
-
-    @property
-    def local_steps(self) -> int:
-        return self.steps
 
     def weight(self, pushes: int, gradients: int) -> float:
         return 1.0 / pushes  # one model change per worker
