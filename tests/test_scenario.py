@@ -191,7 +191,8 @@ def test_resolved_dump_has_every_default(tmp_path: Path) -> None:
     assert tree["run"] == {"seed": 0, "until_updates": 5000, "eval_every": 100, "max_loss": 1e6, "window": 256, "batch_cap": 64}
     assert tree["workers"] == [{"name": "worker", "count": 4, "compute": {"dist": "constant", "value": 0.05}, "stagger": 0.0, "slowdowns": [], "failures": {"at": []}}]
     assert tree["server"] == {"shards": 1, "lock": "shard", "apply_time": {"dist": "constant", "value": 0.0005},
-                              "lock_handoff": {"dist": "constant", "value": 0.0}, "atomic": False, "lock_order": "sorted"}
+                              "lock_handoff": {"dist": "constant", "value": 0.0}, "lock_fifo": 1.0, "atomic": False,
+                              "lock_order": "sorted"}
     assert tree["model"]["hidden"] == [256, 256] and tree["model"]["eigenvalues"] == {"min": 0.1, "max": 1.0}
     assert set(tree["algorithm"]) == {"kind", "k", "backup", "staleness_bound", "local_steps", "elastic_alpha", "stops", "mixing",
                                       "mixing_decay", "mixing_a", "mixing_b", "options"}  # None left out

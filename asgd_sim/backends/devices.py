@@ -17,11 +17,13 @@ trace starts with the cluster already warm.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -101,12 +103,13 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
                                           "local_steps": server.policy.local_steps},
                                   name=f"worker-{w}", daemon=True)
         threads.append(thread)
-    for thread in threads:
-        thread.start()
-    stall = stall_after if stall_after is not None else _default_stall(sc)
-    _supervise(server, threads, stall, progress)
-    for thread in threads:
-        thread.join(timeout=10)
+    with _collector_frozen():
+        for thread in threads:
+            thread.start()
+        stall = stall_after if stall_after is not None else _default_stall(sc)
+        _supervise(server, threads, stall, progress)
+        for thread in threads:
+            thread.join(timeout=10)
     wall = time.perf_counter() - started
     if writer is not None:
         writer.close()
@@ -121,6 +124,24 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
                "checkpoint_errors": writer.errors if writer is not None else []}
     final_rows = server.final_rows()
     return finish_real_run(sc, layout, trace, server.snapshots, final_rows, server.stopped, server.stop_time, wall, backend)
+
+
+@contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """Python's cyclic garbage collector with everything alive before the run frozen (`gc.freeze`).
+
+    A full (generation 2) collection scans every object alive, JAX's and the problem's included:
+    measured at 57-110 ms each during a 1.4 s run of 7 worker threads, stopping every thread at
+    once (it holds the GIL) and adding a 99-140 ms stall to the trace, 7 % of the run, that no
+    simulation of the scenario has. Frozen objects are never scanned, so what collections remain
+    only look at what the run itself allocates.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _default_stall(sc: Scenario) -> float:

@@ -141,6 +141,10 @@ class ServerConfig:
     # A lock handed to a waiting update starts this much later: a real server's waiter wakes, takes
     # the GIL, and the last holder's bookkeeping runs first. 0 in an idealised server.
     lock_handoff: Distribution = field(default_factory=lambda: Constant(0.0))
+    # The chance that a released lock goes to the request that has waited longest; otherwise to one
+    # of the other waiters, uniformly. 1: first come, first served. A real server's threading.Lock
+    # is not FIFO (a woken waiter races the others for the GIL): `calibrate` measures this.
+    lock_fifo: float = 1.0
     atomic: bool = False  # an update holds all its shards' locks at once ...
     lock_order: str = "sorted"  # ... taken in "sorted" or "random" order (random can deadlock)
     checkpoint_every: int | None = None  # real backends: checkpoint the server every N updates (--resume)

@@ -485,6 +485,7 @@ SERVER: dict[str, Parser] = {
     "lock": choice(LOCKS, "lock"),
     "apply_time": dist,
     "lock_handoff": dist,
+    "lock_fifo": number(0, 1, why="chance that a released lock goes to its longest waiter (1: FIFO)"),
     "atomic": boolean,
     "lock_order": choice(LOCK_ORDERS, "lock order"),
     "checkpoint_every": integer(1, why="updates between server checkpoints (real backends)"),

@@ -39,21 +39,22 @@ from ..trace import CANCELLED, Trace
 from .calibrate_devices import SHARED_DEVICE, fit_device
 from .fits import fit_distribution
 
-__all__ = ["fit_distribution", "calibrate", "calibrate_models", "calibrate_run", "lock_handoffs", "timing_samples",
+__all__ = ["fit_distribution", "calibrate", "calibrate_models", "calibrate_run", "lock_handoffs", "lock_fifo_grants", "timing_samples",
            "DEVICE_CHOICES"]
 
-DEVICE_CHOICES = ("auto", "always", "none")  # the device model: kept when its AIC is lower, always, never
+DEVICE_CHOICES = ("auto", "always", "none")
+MIN_LOCK_CHOICES = 50  # contended releases needed to fit server.lock_fifo  # the device model: kept when its AIC is lower, always, never
 
 
-def lock_handoffs(trace: Trace, server: ServerConfig) -> np.ndarray:
-    """Gaps between a lock's holder finishing and the next holder, already waiting, starting.
+def _lock_sequences(trace: Trace, server: ServerConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each lock's holds as (request, start, end) arrays in the order it was granted.
 
-    One sequence of holds per lock: every update row under a global lock, each shard's rows under
-    shard locks, whole updates (rows sharing a request and lock time) when an update holds all its
-    locks at once. A lock-free server hands nothing over.
+    One sequence per lock: every update row under a global lock, each shard's rows under shard
+    locks, whole updates (rows sharing a request and lock time) when an update holds all its locks
+    at once. A lock-free server has none.
     """
     if server.lock == "none" or trace.num_update_rows < 2:
-        return np.zeros(0)
+        return []
     request, lock, applied, shard = trace.u_request, trace.u_lock, trace.u_applied, trace.u_shard
     if server.atomic and server.lock in ("shard", "rw") and server.shards > 1:
         _, first, group = np.unique(np.stack([request, lock]), axis=1, return_index=True, return_inverse=True)
@@ -64,14 +65,48 @@ def lock_handoffs(trace: Trace, server: ServerConfig) -> np.ndarray:
         sequences = [(request, lock, applied)]
     else:
         sequences = [(request[shard == s], lock[shard == s], applied[shard == s]) for s in range(server.shards)]
-    gaps = []
+    granted = []
     for req, start, end in sequences:
         order = np.argsort(start, kind="stable")
-        req, start, end = req[order], start[order], end[order]
-        waiting = req[1:] < end[:-1]  # the next holder asked before this one finished
-        gaps.append((start[1:] - end[:-1])[waiting])
-    gaps = np.concatenate(gaps)
-    return gaps[np.isfinite(gaps) & (gaps >= 0)]
+        granted.append((req[order], start[order], end[order]))
+    return granted
+
+
+def lock_handoffs(trace: Trace, server: ServerConfig) -> np.ndarray:
+    """Gaps between a lock's holder finishing and the next holder, already waiting, starting."""
+    gaps = [(start[1:] - end[:-1])[req[1:] < end[:-1]]  # the next holder asked before this one finished
+            for req, start, end in _lock_sequences(trace, server)]
+    gaps_all = np.concatenate(gaps) if gaps else np.zeros(0)
+    return gaps_all[np.isfinite(gaps_all) & (gaps_all >= 0)]
+
+
+def lock_fifo_grants(trace: Trace, server: ServerConfig) -> tuple[int, int]:
+    """(grants to the longest waiter, grants with a choice): over the releases of a lock that found
+    two or more requests waiting, how often the next holder was the one that had asked first.
+
+    The requests waiting at the release of hold i are the later holds j > i with request_j <=
+    end_i; the longest waiter is the later hold with the smallest request time, found for every i
+    at once from suffix minima (and a choice existed when the second smallest is <= end_i too). A
+    request that arrived after the release and still took the lock counts as not FIFO.
+    """
+    fifo = chosen = 0
+    for req, _, end in _lock_sequences(trace, server):
+        n = req.size
+        if n < 3:
+            continue
+        # Suffix minimum, its position and the suffix's second smallest request time, from the back.
+        first, where, second = np.empty(n), np.empty(n, np.int64), np.empty(n)
+        first[-1], where[-1], second[-1] = req[-1], n - 1, np.inf
+        for j in range(n - 2, -1, -1):
+            if req[j] <= first[j + 1]:
+                first[j], where[j], second[j] = req[j], j, first[j + 1]
+            else:
+                first[j], where[j], second[j] = first[j + 1], where[j + 1], min(second[j + 1], req[j])
+        release, nxt = end[:-1], np.arange(1, n)
+        choice = second[1:] <= release  # two or more waited when hold i ended
+        chosen += int(choice.sum())
+        fifo += int((choice & (where[1:] == nxt)).sum())
+    return fifo, chosen
 
 
 def timing_samples(trace: Trace, workers: int, server: ServerConfig | None = None) -> dict[str, Any]:
@@ -92,8 +127,9 @@ def timing_samples(trace: Trace, workers: int, server: ServerConfig | None = Non
     latency = np.concatenate([back[np.isfinite(back)], push[np.isfinite(push)]])
     apply = trace.u_applied - trace.u_lock
     handoff = lock_handoffs(trace, server) if server is not None else np.zeros(0)
+    fifo = lock_fifo_grants(trace, server) if server is not None else (0, 0)
     return {"compute": per_worker, "latency": latency[latency >= 0], "apply": apply[np.isfinite(apply) & (apply >= 0)],
-            "handoff": handoff}
+            "handoff": handoff, "fifo_grants": fifo}
 
 
 def calibrate_models(scenario: Scenario, trace: Trace, fit_devices: bool = True) -> tuple[Scenario, Scenario | None, dict[str, Any]]:
@@ -115,10 +151,14 @@ def calibrate_models(scenario: Scenario, trace: Trace, fit_devices: bool = True)
         dist, info = fit_distribution(samples[key]) if samples[key].size else (Constant(0.0), {"chosen": "constant", "n": 0})
         fitted[key] = dist
         report[name] = {**info, "fit": dist.to_dict()}
+    fifo, chosen = samples["fifo_grants"]
+    # Too few contended releases to say: keep the idealised FIFO lock.
+    lock_fifo = fifo / chosen if chosen >= MIN_LOCK_CHOICES else 1.0
+    report["lock_fifo"] = {"n": chosen, "fifo": fifo, "fit": {"lock_fifo": lock_fifo}}
     independent = dataclasses.replace(
         scenario, name=f"{scenario.name}-calibrated", workers=tuple(groups), racks=(), devices=(),
         network=NetworkConfig(latency=fitted["latency"], bandwidth=math.inf, server_bandwidth=math.inf, compression=1.0),
-        server=dataclasses.replace(scenario.server, apply_time=fitted["apply"], lock_handoff=fitted["handoff"]),
+        server=dataclasses.replace(scenario.server, apply_time=fitted["apply"], lock_handoff=fitted["handoff"], lock_fifo=lock_fifo),
     )
     if not fit_devices:
         return independent, None, report
@@ -193,6 +233,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(line("latency", report["latency"]))
     lines.append(line("apply time", report["apply_time"]))
     lines.append(line("lock handoff", report["lock_handoff"]))
+    lines.append(line("lock FIFO", report["lock_fifo"]) + f": {report['lock_fifo']['fifo']} of {report['lock_fifo']['n']} "
+                 "releases with two or more waiting went to the longest waiter")
     model = report.get("device_model")
     if model is not None:
         lines.append(format_device_model(model))

@@ -79,7 +79,8 @@ class TimingEngine:
         self.local_steps = self.policy.local_steps
         self.may_drop = self.policy.may_drop
         self.trace = TraceBuilder(self.S)
-        self.server = ParameterServer(env, self.S, sc.server.lock)
+        self.server = ParameterServer(env, self.S, sc.server.lock, sc.server.lock_fifo,
+                                      stream(sc.run.seed, SERVER, 3) if sc.server.lock_fifo < 1.0 else None)
         self.apply_time = Sampler(sc.server.apply_time, stream(sc.run.seed, SERVER, 0))
         self.order_rng = stream(sc.run.seed, SERVER, 1)
         self.lock_handoff = Sampler(sc.server.lock_handoff, stream(sc.run.seed, SERVER, 2))
