@@ -85,6 +85,9 @@ class CoordinatorHost:
         return read
 
     def start_clock(self) -> float:
+        from .server import freeze_collector
+
+        freeze_collector()  # the coordinator's threads serve every worker: no full collections of setup objects
         self.server.clock.origin = time.monotonic() - self.offset
         self.server.last_update_time = self.server.clock.now()
         return self.server.clock.now()

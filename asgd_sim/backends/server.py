@@ -51,6 +51,7 @@ discarded (the check and the policy's push event are one step under the conditio
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import threading
 import time
@@ -74,7 +75,20 @@ from .shards import LocalShards, ShardStore
 from .updates import RULE_UPDATES, ShardMath
 from .writes import ShardSlot, ShardWrites, Stopped
 
-__all__ = ["Clock", "Read", "RealServer"]
+__all__ = ["Clock", "Read", "RealServer", "freeze_collector"]
+
+
+def freeze_collector() -> None:
+    """Collect, then freeze every object alive (`gc.freeze`): call it as a real run's clock starts.
+
+    A full (generation 2) collection scans every object alive, JAX's and the problem's included:
+    measured at 57-110 ms each during a 1.4 s devices-backend run of 7 worker threads, stopping
+    every thread at once (it holds the GIL) and putting a 99-140 ms stall into the trace, 7 % of
+    the run, that no simulation of the scenario has. Frozen objects are never scanned again, so
+    the collections that remain look only at what the run itself allocates.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Clock:
