@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,12 +122,23 @@ def test_an_unfair_lock_spreads_staleness_but_keeps_a_saturated_servers_rate() -
     assert np.array_equal(again.u_lock, unfair.u_lock) and np.array_equal(again.staleness, unfair.staleness)
 
 
-def test_calibration_recovers_the_lock_grant_order(tmp_path: Path) -> None:
+def test_calibration_recovers_the_lock_grant_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sc = _lock_bound(0.6, seed=3)
     run_scenario(sc, tmp_path / "run", timing_only=True)
     cal, report = calibrate_run(tmp_path / "run")
     assert cal.server.lock_fifo == pytest.approx(0.6, abs=0.05)
     assert "lock FIFO" in report and "went to the longest waiter" in report
+    # fidelity says what it calibrated, and its simulation of the unfair lock matches the run's staleness
+    import re
+
+    from asgd_sim.cli import main
+
+    assert main(["fidelity", str(tmp_path / "run"), "--timing-only", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    fitted = re.search(r"lock grants: \d+ of \d+ releases .* \(server.lock_fifo = ([0-9.]+)\)", out)
+    assert fitted is not None and float(fitted.group(1)) == pytest.approx(0.6, abs=0.05)
+    fidelity = json.loads((tmp_path / "run" / "fidelity.json").read_text())
+    assert fidelity["staleness_ks"] <= 0.05 and fidelity["throughput_error"] <= 0.02
     # Too few contended releases (a lightly loaded lock) keep the idealised FIFO lock.
     light = scenario_from_dict({"workers": [{"count": 2, "compute": 0.01}], "run": {"until_updates": 200},
                                 "server": {"lock": "global", "apply_time": 0.0005, "lock_fifo": 0.2}})

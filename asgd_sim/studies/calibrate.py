@@ -42,8 +42,8 @@ from .fits import fit_distribution
 __all__ = ["fit_distribution", "calibrate", "calibrate_models", "calibrate_run", "lock_handoffs", "lock_fifo_grants", "timing_samples",
            "DEVICE_CHOICES"]
 
-DEVICE_CHOICES = ("auto", "always", "none")
-MIN_LOCK_CHOICES = 50  # contended releases needed to fit server.lock_fifo  # the device model: kept when its AIC is lower, always, never
+DEVICE_CHOICES = ("auto", "always", "none")  # the device model: kept when its AIC is lower, always, never
+MIN_LOCK_CHOICES = 50  # contended releases needed to fit server.lock_fifo
 
 
 def _lock_sequences(trace: Trace, server: ServerConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -129,11 +129,21 @@ def fidelity(run_dir: str | Path, seeds: int = 5, numerics: bool = True) -> dict
     out["table"] = "\n\n".join([
         f"independent compute times{' (kept)' if kept == 'independent' else ''}:\n{figures['independent']['table']}",
         f"device model, capacity {capacities}{' (kept)' if kept == 'device' else ''}:\n{figures['device']['table']}",
-        format_device_model(report["device_model"]).splitlines()[-1]])
+        format_device_model(report["device_model"]).splitlines()[-1] + "\n" + _lock_line(report["lock_fifo"])])
     out["calibration"] = report
     out["run_dir"] = str(run_dir)
     (run_dir / "fidelity.json").write_text(json.dumps({k: v for k, v in out.items()}, indent=2, default=_plain) + "\n")
     return out
+
+
+def _lock_line(lock: dict[str, Any]) -> str:
+    """The lock's grant order as calibrated (`calibrate.lock_fifo_grants`)."""
+    from .calibrate import MIN_LOCK_CHOICES
+
+    if not lock["n"]:
+        return "lock grants: no release found two updates waiting (server.lock_fifo = 1, FIFO)"
+    return (f"lock grants: {lock['fifo']} of {lock['n']} releases with two or more waiting went to the longest waiter "
+            f"(server.lock_fifo = {lock['fit']['lock_fifo']:.3g}{'' if lock['n'] >= MIN_LOCK_CHOICES else ': too few to fit, FIFO kept'})")
 
 
 def _simulate(calibrated: Any, seeds: int, numerics: bool) -> list[dict[str, Any]]:
