@@ -86,9 +86,6 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
     transfer = 0.0 if math.isinf(sc.network.bandwidth) else sc.message_bytes(sc.model.param_bytes or problem.param_bytes) * sc.server.shards / sc.network.bandwidth
     states = build_workers(sc, sc.network.latency)
     threads = []
-    started = time.perf_counter()
-    clock.origin = time.monotonic() - (ckpt.t if ckpt is not None else 0.0)
-    server.last_update_time = clock.now()
     for w, state in enumerate(states):
         dev = worker_device[w]
         slot = server.slots[w]
@@ -103,7 +100,10 @@ def run_devices(scenario: Scenario, out: str | Path | None = None, *, emulate: b
                                           "local_steps": server.policy.local_steps},
                                   name=f"worker-{w}", daemon=True)
         threads.append(thread)
-    with _collector_frozen():
+    with _collector_frozen():  # (its collection runs before the clock starts)
+        started = time.perf_counter()
+        clock.origin = time.monotonic() - (ckpt.t if ckpt is not None else 0.0)
+        server.last_update_time = clock.now()
         for thread in threads:
             thread.start()
         stall = stall_after if stall_after is not None else _default_stall(sc)
