@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.real_time  # real runs: their assertions read wall-clock times
+
 from asgd_sim.cli import main
 from asgd_sim.results.summary import summarize_trace
 from asgd_sim.scenario.files import scenario_from_dict

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.real_time  # speed ratios measured in the test's own process
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -120,6 +120,7 @@ def test_calibrate_rejects_a_folder_that_is_no_run(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.slow
+@pytest.mark.real_time
 def test_fidelity_of_a_real_emulated_run_meets_the_targets(tmp_path: Path) -> None:
     """Devices backend, 4 forced CPU devices, 6 workers of ~30 ms (emulated): the calibrated
     simulation predicts throughput within 5 % and the staleness distribution within KS 0.05."""

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.real_time  # real runs: their assertions read wall-clock times
+
 from asgd_sim.scenario.files import scenario_from_dict
 from asgd_sim.trace import APPLIED, CANCELLED, Trace
 
