@@ -98,6 +98,8 @@ class TimingEngine:
         else:
             self.loop = ProcessLoop(self, self.workers, self.shares, self.msg_bytes)
         self.callbacks = isinstance(self.loop, CallbackLoop)
+        self.rw = sc.server.lock == "rw"  # (only then does a write hold up reads)
+        self.quiet_updates = _quiet_updates(self.policy)
         if self.S == 1 and _applies_alone(self.policy):
             self.serve = self._serve_alone  # type: ignore[method-assign]
         self.loop.start()
@@ -166,12 +168,14 @@ class TimingEngine:
         if self.may_drop:
             members, weights = self._drop_stale(shard, members, weights, t_lock)
         if members:
-            self.server.begin_write(shard)
+            if self.rw:
+                self.server.begin_write(shard)
             hold = self.apply_time()
             if hold > 0:
                 yield Timeout(self.env, hold, 1)
             self._commit(shard, members, weights, t_request, t_lock, push)
-            self.server.end_write(shard)
+            if self.rw:
+                self.server.end_write(shard)
         if lock is not None:
             lock.release()
 
@@ -200,10 +204,16 @@ class TimingEngine:
         before = shard.version
         shard.version = before + 1
         self.server.versions_changed()
-        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights, push)
+        if len(members) == 1:
+            self.trace.record_apply_one(shard.index, before, t_request, t_lock, self.env._now, members[0], weights[0], push)  # type: ignore[attr-defined]
+        else:
+            self.trace.record_apply(shard.index, before, t_request, t_lock, self.env._now, members, weights, push)  # type: ignore[attr-defined]
         logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
         if logical > self.updates:
             self.updates = logical
+            if self.quiet_updates:  # (`ServerPolicy.updated` would note the version and decide nothing)
+                self.policy.version = logical
+                return
             decisions = self.policy.updated(logical)
             if decisions:  # (e.g. Ringmaster's stops) about other workers: nothing here waits
                 for _ in self._carry_out(None, [], decisions, self.env.now):
@@ -364,12 +374,12 @@ class TimingEngine:
 
     def _step_until(self, updates: float, progress: Callable[[int, float], None] | None) -> bool:
         env = self.env
-        step, peek = env.step, env.peek
+        step, queue = env.step, env._queue  # type: ignore[attr-defined]
         target = min(updates, self.until_updates)
         until_time = self.until_time
         count = 0
         while self.updates < target:
-            t = peek()
+            t = queue[0][0] if queue else _INF  # (env.peek(), without a call per event)
             if t == _INF:
                 self._diagnose_stop()
                 return False
@@ -442,9 +452,16 @@ def _applies_alone(policy: ServerPolicy) -> bool:
     then [Serve([its pusher])], notes no more than `ServerPolicy` does, and decides nothing when
     an update lands: then `TimingEngine._serve_alone` carries out its answers."""
     cls = type(policy)
-    return (cls.on_push is AsyncPolicy.on_push and cls.on_applied is AsyncPolicy.on_applied
-            and cls.on_update is ServerPolicy.on_update and all(
-                getattr(cls, name) is getattr(ServerPolicy, name) for name in ("push", "applied", "updated", "_noted")))
+    return (cls.on_push is AsyncPolicy.on_push and cls.on_applied is AsyncPolicy.on_applied and _quiet_updates(policy)
+            and cls.push is ServerPolicy.push and cls.applied is ServerPolicy.applied)
+
+
+def _quiet_updates(policy: ServerPolicy) -> bool:
+    """Whether ``policy`` only notes the version when an update lands (`ServerPolicy.updated` as it
+    is, no `on_update`): then `TimingEngine._commit` notes it without the call."""
+    cls = type(policy)
+    return (cls.updated is ServerPolicy.updated and cls.on_update is ServerPolicy.on_update
+            and cls._noted is ServerPolicy._noted)
 
 
 @contextmanager
