@@ -158,13 +158,13 @@ class TimingEngine:
         """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold.
         ``push`` numbers the request (see `_apply_all`)."""
         lock = shard.lock
-        t_request = self.env.now
+        t_request = self.env._now  # type: ignore[attr-defined]  (not env.now: a property call per read, on the hot path)
         if lock is not None:
             granted = lock.acquire(requester)
             if granted is not None:
                 yield granted
                 yield from self._handed_over()
-        t_lock = self.env.now
+        t_lock = self.env._now  # type: ignore[attr-defined]
         if self.may_drop:
             members, weights = self._drop_stale(shard, members, weights, t_lock)
         if members:
@@ -258,7 +258,7 @@ class TimingEngine:
 
     def _piggyback(self, w: WorkerState, t_pull: float | None = None) -> None:
         """Serve ``w``'s read now, in the process at hand (its push carried the pull request)."""
-        now = self.env.now
+        now = self.env._now  # type: ignore[attr-defined]
         w.next_read = (now if t_pull is None else t_pull, now, self.server.versions())
         self.policy.read(w.wid)
 

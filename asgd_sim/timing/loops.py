@@ -100,10 +100,14 @@ def abandon(w: WorkerState, trace: TraceBuilder, now: float) -> None:
 def _new_gradients(server: Server, w: WorkerState) -> list[int]:
     """Trace rows for the worker's next push, at the read it holds."""
     tr, (t_pull, t_read, versions) = server.trace, w.next_read  # type: ignore[misc]
-    gids = []
-    for step in range(server.local_steps):
-        gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+    if server.local_steps == 1:  # (every push of most kinds: no loop)
+        gids = [tr.new_gradient(w.wid, w.k, 0, t_pull, t_read, versions)]
         w.k += 1
+    else:
+        gids = []
+        for step in range(server.local_steps):
+            gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+            w.k += 1
     w.unpushed = gids
     return gids
 
@@ -144,7 +148,7 @@ class ProcessLoop:
                     server.policy.read(w.wid)
                 gids = _new_gradients(server, w)
                 if w.routes is None:  # no transfer time, no shared device: one timeout to the arrival
-                    now = env.now
+                    now = env._now  # type: ignore[attr-defined]
                     start = now if w.has_params else now + w.latency()
                     w.has_params = False
                     arrive = compute(w, gids, start, tr, server.bandwidth) + w.latency()
@@ -167,7 +171,7 @@ class ProcessLoop:
                     w.chain = None
                     chain.arrived()
                     for gid in gids:
-                        tr.t_arrive[gid] = env.now
+                        tr.t_arrive[gid] = env._now  # type: ignore[attr-defined]
             except simpy.Interrupt as interrupt:
                 w.computing = False
                 abandon(w, tr, env.now)
@@ -357,7 +361,7 @@ class CallbackLoop:
     def _compute(self, w: WorkerState) -> None:
         """Start the worker's computation on the read it holds; its arrival goes on the heap."""
         gids = _new_gradients(self.server, w)
-        now = self.env.now
+        now = self.env._now  # type: ignore[attr-defined]
         start = now if w.has_params else now + w.latency()
         w.has_params = False
         arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
@@ -386,7 +390,7 @@ class CallbackLoop:
         arrive, wid = earliest[0], earliest[1]
         self.pump_serial += 1
         self.pump_key = (arrive, wid)
-        event = Timeout(self.env, arrive - self.env.now, self.workers[wid].priority, at=arrive)
+        event = Timeout(self.env, arrive - self.env._now, self.workers[wid].priority, at=arrive)  # type: ignore[attr-defined]
         event.callbacks.append(partial(self._pumped, self.pump_serial))
 
     def _pumped(self, pump_serial: int, event: Any) -> None:
@@ -394,7 +398,7 @@ class CallbackLoop:
             return  # superseded by an earlier arrival
         self.pump_key = None
         earliest = self._earliest()
-        if earliest is not None and earliest[0] == self.env.now:
+        if earliest is not None and earliest[0] == self.env._now:  # type: ignore[attr-defined]
             arrive, wid, run = earliest
             w = self.workers[wid]
             if run is None:
