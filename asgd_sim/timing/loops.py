@@ -67,7 +67,8 @@ def compute(w: WorkerState, gids: list[int], start: float, trace: TraceBuilder, 
     """Record the compute of ``gids`` (one after the other) starting at ``start``; when it ends."""
     t = start
     for gid in gids:
-        end = w.slowdowns.finish(t, w.step_time(w.compute(), bandwidth))
+        work = w.compute() if w.pipeline is None else w.step_time(w.compute(), bandwidth)
+        end = w.slowdowns.finish(t, work) if w.slowdowns.starts else t + work  # (no slowdown window: no call)
         trace.t_compute_start[gid] = t
         trace.t_compute_end[gid] = end
         w.busy += end - t
@@ -374,12 +375,13 @@ class CallbackLoop:
         while heap and heap[0][2] != serial[heap[0][1]]:
             heappop(heap)
         best = (heap[0][0], heap[0][1], None) if heap else None
-        for run in list(runs):
-            head = run.head(serial)
-            if head is None:
-                runs.remove(run)
-            elif best is None or head < best[:2]:
-                best = (head[0], head[1], run)
+        if runs:  # (cohorts restarted together)
+            for run in list(runs):
+                head = run.head(serial)
+                if head is None:
+                    runs.remove(run)
+                elif best is None or head < best[:2]:
+                    best = (head[0], head[1], run)
         return best
 
     def _pump(self) -> None:
@@ -391,10 +393,11 @@ class CallbackLoop:
         self.pump_serial += 1
         self.pump_key = (arrive, wid)
         event = Timeout(self.env, arrive - self.env._now, self.workers[wid].priority, at=arrive)  # type: ignore[attr-defined]
-        event.callbacks.append(partial(self._pumped, self.pump_serial))
+        event.serial = self.pump_serial  # type: ignore[attr-defined]  (on the event: no partial per pump)
+        event.callbacks.append(self._pumped)
 
-    def _pumped(self, pump_serial: int, event: Any) -> None:
-        if pump_serial != self.pump_serial:
+    def _pumped(self, event: Any) -> None:
+        if event.serial != self.pump_serial:
             return  # superseded by an earlier arrival
         self.pump_key = None
         earliest = self._earliest()

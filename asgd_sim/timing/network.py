@@ -169,18 +169,18 @@ class FairShare:
         fluid flow predicted on them by ``start`` and, with the free groups, no link over capacity
         at any instant. False (and nothing entered) if it does not fit."""
         loads = group.route.loads
-        until = self.until
+        until, all_starts, all_entries, longest = self.until, self.starts, self.entries, self.longest
         for link, load in loads:
             if until and start < until.get(link, -_INF):
                 return False
-            starts = self.starts[link]
+            starts = all_starts[link]
             i = bisect_left(starts, end)
-            if i and (self.entries[link][i - 1][1] > start or i > 1 and starts[i - 2] > start - self.longest[link]):
+            if i and (all_entries[link][i - 1][1] > start or i > 1 and starts[i - 2] > start - longest[link]):
                 if not self._room(link, load, start, end, i):
                     return False
         now = self.env._now  # type: ignore[attr-defined]
         for link, load in loads:
-            entries, starts = self.entries[link], self.starts[link]
+            entries, starts = all_entries[link], all_starts[link]
             if entries and entries[0][1] <= now:  # drop the groups that have ended (the front: the earliest starts)
                 dead = 1
                 while dead < len(entries) and entries[dead][1] <= now:
@@ -189,8 +189,8 @@ class FairShare:
             i = bisect_right(starts, start)
             starts.insert(i, start)
             entries.insert(i, (start, end, load, group))
-            if end - start > self.longest[link]:
-                self.longest[link] = end - start
+            if end - start > longest[link]:
+                longest[link] = end - start
         return True
 
     def _room(self, link: int, load: float, start: float, end: float, i: int) -> bool:

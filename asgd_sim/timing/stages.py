@@ -131,8 +131,8 @@ class Iteration:
                 gid, tr = self.gids[i], ctx.trace
                 work = self.works[i] if w.pipeline is None else w.step_time(self.works[i], ctx.bandwidth)
                 tr.t_compute_start[gid] = t
-                if routes.device is None:
-                    end = w.slowdowns.finish(t, work)
+                if routes.device is None:  # (no slowdown window: no call)
+                    end = w.slowdowns.finish(t, work) if w.slowdowns.starts else t + work
                 else:
                     groups[k] = group = ctx.shares.start(routes.device, work, t, self, k)
                     if group.state != FREE:
