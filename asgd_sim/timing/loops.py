@@ -264,9 +264,10 @@ class CallbackLoop:
     and a single SimPy event (the pump) waits for the earliest, at the priority the worker's own
     timeout would have had; a stop bumps the worker's serial, so its entry is skipped when it comes
     up. Pulls and start delays are timeouts of their own. The server's answer to a push runs at
-    once in the arrival's callback; only when it has to wait (a lock, an apply time, a hold) does
-    it continue in a SimPy process of its own. Workers the server stops and serves anew at one
-    instant restart together in one event, in the order they were served.
+    once in the arrival's callback; when it has to wait (a lock, an apply time, a hold) it goes on
+    from the callback of the event it waits on (`_answer`), not in a SimPy process of its own (its
+    start and end would cost two more events per update). Workers the server stops and serves anew
+    at one instant restart together in one event, in the order they were served.
 
     The workers' state is kept in numpy columns (`cohorts.WorkerTable`), so that many workers are
     stopped (`stop_many`), served (`resume_many`) and restarted (`_restart`) in a few numpy steps:
@@ -392,7 +393,8 @@ class CallbackLoop:
         arrive, wid = earliest[0], earliest[1]
         self.pump_serial += 1
         self.pump_key = (arrive, wid)
-        event = Timeout(self.env, arrive - self.env._now, self.workers[wid].priority, at=arrive)  # type: ignore[attr-defined]
+        now = self.env._now  # type: ignore[attr-defined]
+        event = Timeout(self.env, arrive - now, self.workers[wid].priority, at=arrive)
         event.serial = self.pump_serial  # type: ignore[attr-defined]  (on the event: no partial per pump)
         event.callbacks.append(self._pumped)
 

@@ -93,7 +93,7 @@ class Group:
         self.route, self.size, self.start, self.owner, self.tag = route, size, start, owner, tag
         self.end: float | None = None
         self.state = WAITING
-        self.flows: list[Any] = []  # its flows in the fluid model
+        self.flows: Sequence[Any] = ()  # its flows in the fluid model (`Fluid.join` sets them)
         self.left = 0  # how many of them are still running
 
 
@@ -141,11 +141,14 @@ class FairShare:
         """
         group = Group(route, size, start, owner, tag)
         rate = route.rate
-        if rate is not None or not route.paths:
-            end = start + size / rate if route.paths and size > 0 else start  # type: ignore[operator]
+        if rate is not None:
+            end = start + size / rate if size > 0 else start
             if end <= start or not route.loads or self._place(group, start, end):
                 group.state, group.end = FREE, end
                 return group
+        elif not route.paths:  # (no link with a finite capacity: it takes no time)
+            group.state, group.end = FREE, start
+            return group
         heappush(self.joins, (start, next(self.serial), group))
         self._pump(start)
         return group
