@@ -45,17 +45,17 @@ class BareSimPy:
         for _ in range(workers):
             env.process(worker())
 
-    def run(self, steps: int) -> float:
-        """Seconds to take ``steps`` more steps."""
+    def run(self, steps: int) -> tuple[float, float]:
+        """Wall and CPU seconds to take ``steps`` more steps."""
         target, step = self.done + steps, self.env.step
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         while self.done < target:
             step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def bare_simpy_steps_per_s(workers: int, steps: int) -> float:
-    return steps / BareSimPy(workers).run(steps)
+    return steps / BareSimPy(workers).run(steps)[0]
 
 
 def scenario(workers: int, updates: int, bandwidth: float = INF, server_bandwidth: float = INF) -> Scenario:
@@ -71,24 +71,28 @@ def scenario(workers: int, updates: int, bandwidth: float = INF, server_bandwidt
 
 
 def measure(sc: Scenario) -> dict:
-    """The engine and the bare loop in alternating slices: rates, their ratio and the engine's wall time."""
+    """The engine and the bare loop in alternating slices: rates, their ratio (of wall times, and
+    of CPU times: on a shared machine the process may wait for a core) and the engine's wall time."""
     workers, updates = sc.num_workers, sc.run.until_updates
     started = time.perf_counter()
     engine = TimingEngine(sc)
     bare = BareSimPy(workers)
-    engine_s = bare_s = 0.0
+    engine_s = bare_s = engine_cpu = bare_cpu = 0.0
     for i in range(1, SLICES + 1):
         target = updates * i // SLICES
         steps = target - engine.updates
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         engine.step_until(target)
         engine_s += time.perf_counter() - t0
-        bare_s += bare.run(steps)
+        engine_cpu += time.process_time() - c0
+        wall, cpu = bare.run(steps)
+        bare_s += wall
+        bare_cpu += cpu
     assert engine.updates == updates, engine.stopped
     ups, steps_per_s = updates / engine_s, updates / bare_s
     return {"workers": workers, "updates": updates, "engine_updates_per_s": round(ups), "bare_simpy_steps_per_s": round(steps_per_s),
-            "ratio_vs_bare": round(ups / steps_per_s, 3), "total_wall_s": round(time.perf_counter() - started - bare_s, 2),
-            "loop": type(engine.loop).__name__}
+            "ratio_vs_bare": round(ups / steps_per_s, 3), "ratio_cpu": round(bare_cpu / engine_cpu, 3),
+            "total_wall_s": round(time.perf_counter() - started - bare_s, 2), "loop": type(engine.loop).__name__}
 
 
 # (workers, updates, worker link bytes/s, server NIC bytes/s): 1e18 never makes a transfer wait on

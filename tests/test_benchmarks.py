@@ -59,6 +59,7 @@ def test_timing_benchmark_quick_run() -> None:
     for row in out["results"]:
         assert row["engine_updates_per_s"] > 0 and row["bare_simpy_steps_per_s"] > 0
         assert row["ratio_vs_bare"] == pytest.approx(row["engine_updates_per_s"] / row["bare_simpy_steps_per_s"], rel=1e-2)
+        assert row["ratio_cpu"] > 0
     finite = out["finite_bandwidth"]
     assert [(row["workers"], row["server_bandwidth"]) for row in finite] == [(1000, 1e18), (1000, 1.25e9), (1000, 5e8), (10_000, 1e18), (10_000, 5e9)]
     for row in finite:  # a finite bandwidth needs the process loop; the rows ran their updates

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from ..algorithms import Apply, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
-from ..algorithms.base import worker_array
+from ..algorithms import Apply, AsyncPolicy, Cancel, Hold, Keep, Pull, Read, Serve, ServerPolicy, Stop, make_policy
+from ..algorithms.base import AT_SERVER, worker_array
 from ..scenario.config import Scenario
 from .events import RESTARTED, Timeout
 from .loops import CallbackLoop, ProcessLoop, callbacks_suffice
@@ -99,6 +99,10 @@ class TimingEngine:
         else:
             self.loop = ProcessLoop(self, self.workers, self.shares, self.msg_bytes)
         self.callbacks = isinstance(self.loop, CallbackLoop)
+        self.rw = sc.server.lock == "rw"  # (only then does a write hold up reads)
+        self.quiet_updates = _quiet_updates(self.policy)
+        if self.S == 1 and _applies_alone(self.policy):
+            self.serve = self._serve_alone  # type: ignore[method-assign]
         self.loop.start()
 
     def _build_routes(self) -> None:
@@ -132,6 +136,19 @@ class TimingEngine:
         """The server's answer to ``w``'s push of ``gids``: the policy's decisions, carried out."""
         return self._carry_out(w, gids, self.policy.push(w.wid, gids), self.env.now)
 
+    def _serve_alone(self, w: WorkerState, gids: list[int]) -> Generator:
+        """`serve` for a policy that applies every push alone and then serves its pusher (async,
+        EASGD: `_applies_alone`), on one shard: what `_carry_out` does with its ``[Apply(gids)]``
+        and ``[Serve([w])]``, without building, noting and dispatching the decisions: a dozen
+        calls and objects per update, on the path most simulated updates take. The policy's state
+        is noted as `ServerPolicy.push` would (its worker at the server); `_commit` tells it each
+        update."""
+        self.policy.state[w.wid] = AT_SERVER
+        w.arrived = self.env._now  # type: ignore[attr-defined]
+        push, self.pushes = self.pushes, self.pushes + 1
+        yield from self._apply(self.server.shards[0], gids, [1.0] * len(gids), w.wid, push)
+        self._piggyback(w)
+
     def read(self) -> Generator:
         """Serve a read of every shard (with an rw lock, after any write in progress)."""
         if self.server.lock_policy == "rw":
@@ -143,22 +160,24 @@ class TimingEngine:
         """Apply one update of ``shard`` combining gradients ``members``: lock, drop-stale, hold.
         ``push`` numbers the request (see `_apply_all`)."""
         lock = shard.lock
-        t_request = self.env.now
+        t_request = self.env._now  # type: ignore[attr-defined]  (env.now is a property: a call per read)
         if lock is not None:
             granted = lock.acquire(requester)
             if granted is not None:
                 yield granted
                 yield from self._handed_over()
-        t_lock = self.env.now
+        t_lock = self.env._now  # type: ignore[attr-defined]
         if self.may_drop:
             members, weights = self._drop_stale(shard, members, weights, t_lock)
         if members:
-            self.server.begin_write(shard)
+            if self.rw:
+                self.server.begin_write(shard)
             hold = self.apply_time()
             if hold > 0:
                 yield Timeout(self.env, hold, 1)
             self._commit(shard, members, weights, t_request, t_lock, push)
-            self.server.end_write(shard)
+            if self.rw:
+                self.server.end_write(shard)
         if lock is not None:
             lock.release()
 
@@ -187,10 +206,17 @@ class TimingEngine:
         before = shard.version
         shard.version = before + 1
         self.server.versions_changed()
-        self.trace.record_apply(shard.index, before, t_request, t_lock, self.env.now, members, weights, push)
+        now = self.env._now  # type: ignore[attr-defined]
+        if len(members) == 1:
+            self.trace.record_apply_one(shard.index, before, t_request, t_lock, now, members[0], weights[0], push)
+        else:
+            self.trace.record_apply(shard.index, before, t_request, t_lock, now, members, weights, push)
         logical = before + 1 if self.S == 1 else min(sh.version for sh in self.server.shards)
         if logical > self.updates:
             self.updates = logical
+            if self.quiet_updates:  # (`ServerPolicy.updated` would note the version and decide nothing)
+                self.policy.version = logical
+                return
             decisions = self.policy.updated(logical)
             if decisions:  # (e.g. Ringmaster's stops) about other workers: nothing here waits
                 for _ in self._carry_out(None, [], decisions, self.env.now):
@@ -235,7 +261,7 @@ class TimingEngine:
 
     def _piggyback(self, w: WorkerState, t_pull: float | None = None) -> None:
         """Serve ``w``'s read now, in the process at hand (its push carried the pull request)."""
-        now = self.env.now
+        now = self.env._now  # type: ignore[attr-defined]
         w.next_read = (now if t_pull is None else t_pull, now, self.server.versions())
         self.policy.read(w.wid)
 
@@ -351,12 +377,12 @@ class TimingEngine:
 
     def _step_until(self, updates: float, progress: Callable[[int, float], None] | None) -> bool:
         env = self.env
-        step, peek = env.step, env.peek
+        step, queue = env.step, env._queue  # type: ignore[attr-defined]
         target = min(updates, self.until_updates)
         until_time = self.until_time
         count = 0
         while self.updates < target:
-            t = peek()
+            t = queue[0][0] if queue else _INF  # (env.peek(), without a call per event)
             if t == _INF:
                 self._diagnose_stop()
                 return False
@@ -422,6 +448,23 @@ class TimingEngine:
             elif on_device and end != end and start <= now:  # running on a device, its end not known yet
                 busy += now - start
         return busy
+
+
+def _applies_alone(policy: ServerPolicy) -> bool:
+    """Whether ``policy`` answers every push as `AsyncPolicy` does, [Apply(its gradients, weight 1)]
+    then [Serve([its pusher])], notes no more than `ServerPolicy` does, and decides nothing when
+    an update lands: then `TimingEngine._serve_alone` carries out its answers."""
+    cls = type(policy)
+    return (cls.on_push is AsyncPolicy.on_push and cls.on_applied is AsyncPolicy.on_applied and _quiet_updates(policy)
+            and cls.push is ServerPolicy.push and cls.applied is ServerPolicy.applied)
+
+
+def _quiet_updates(policy: ServerPolicy) -> bool:
+    """Whether ``policy`` only notes the version when an update lands (`ServerPolicy.updated` as it
+    is, no `on_update`): then `TimingEngine._commit` notes it without the call."""
+    cls = type(policy)
+    return (cls.updated is ServerPolicy.updated and cls.on_update is ServerPolicy.on_update
+            and cls._noted is ServerPolicy._noted)
 
 
 @contextmanager

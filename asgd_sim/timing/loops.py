@@ -67,7 +67,8 @@ def compute(w: WorkerState, gids: list[int], start: float, trace: TraceBuilder, 
     """Record the compute of ``gids`` (one after the other) starting at ``start``; when it ends."""
     t = start
     for gid in gids:
-        end = w.slowdowns.finish(t, w.step_time(w.compute(), bandwidth))
+        work = w.compute() if w.pipeline is None else w.step_time(w.compute(), bandwidth)
+        end = w.slowdowns.finish(t, work) if w.slowdowns.starts else t + work  # (no slowdown window: no call)
         trace.t_compute_start[gid] = t
         trace.t_compute_end[gid] = end
         w.busy += end - t
@@ -100,10 +101,14 @@ def abandon(w: WorkerState, trace: TraceBuilder, now: float) -> None:
 def _new_gradients(server: Server, w: WorkerState) -> list[int]:
     """Trace rows for the worker's next push, at the read it holds."""
     tr, (t_pull, t_read, versions) = server.trace, w.next_read  # type: ignore[misc]
-    gids = []
-    for step in range(server.local_steps):
-        gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+    if server.local_steps == 1:  # (every push of most kinds: no loop)
+        gids = [tr.new_gradient(w.wid, w.k, 0, t_pull, t_read, versions)]
         w.k += 1
+    else:
+        gids = []
+        for step in range(server.local_steps):
+            gids.append(tr.new_gradient(w.wid, w.k, step, t_pull, t_read, versions))
+            w.k += 1
     w.unpushed = gids
     return gids
 
@@ -144,7 +149,7 @@ class ProcessLoop:
                     server.policy.read(w.wid)
                 gids = _new_gradients(server, w)
                 if w.routes is None:  # no transfer time, no shared device: one timeout to the arrival
-                    now = env.now
+                    now = env._now  # type: ignore[attr-defined]
                     start = now if w.has_params else now + w.latency()
                     w.has_params = False
                     arrive = compute(w, gids, start, tr, server.bandwidth) + w.latency()
@@ -167,7 +172,7 @@ class ProcessLoop:
                     w.chain = None
                     chain.arrived()
                     for gid in gids:
-                        tr.t_arrive[gid] = env.now
+                        tr.t_arrive[gid] = env._now  # type: ignore[attr-defined]
             except simpy.Interrupt as interrupt:
                 w.computing = False
                 abandon(w, tr, env.now)
@@ -259,9 +264,10 @@ class CallbackLoop:
     and a single SimPy event (the pump) waits for the earliest, at the priority the worker's own
     timeout would have had; a stop bumps the worker's serial, so its entry is skipped when it comes
     up. Pulls and start delays are timeouts of their own. The server's answer to a push runs at
-    once in the arrival's callback; only when it has to wait (a lock, an apply time, a hold) does
-    it continue in a SimPy process of its own. Workers the server stops and serves anew at one
-    instant restart together in one event, in the order they were served.
+    once in the arrival's callback; when it has to wait (a lock, an apply time, a hold) it goes on
+    from the callback of the event it waits on (`_answer`), not in a SimPy process of its own (its
+    start and end would cost two more events per update). Workers the server stops and serves anew
+    at one instant restart together in one event, in the order they were served.
 
     The workers' state is kept in numpy columns (`cohorts.WorkerTable`), so that many workers are
     stopped (`stop_many`), served (`resume_many`) and restarted (`_restart`) in a few numpy steps:
@@ -357,7 +363,7 @@ class CallbackLoop:
     def _compute(self, w: WorkerState) -> None:
         """Start the worker's computation on the read it holds; its arrival goes on the heap."""
         gids = _new_gradients(self.server, w)
-        now = self.env.now
+        now = self.env._now  # type: ignore[attr-defined]
         start = now if w.has_params else now + w.latency()
         w.has_params = False
         arrive = compute(w, gids, start, self.server.trace, self.server.bandwidth) + w.latency()
@@ -370,12 +376,13 @@ class CallbackLoop:
         while heap and heap[0][2] != serial[heap[0][1]]:
             heappop(heap)
         best = (heap[0][0], heap[0][1], None) if heap else None
-        for run in list(runs):
-            head = run.head(serial)
-            if head is None:
-                runs.remove(run)
-            elif best is None or head < best[:2]:
-                best = (head[0], head[1], run)
+        if runs:  # (cohorts restarted together)
+            for run in list(runs):
+                head = run.head(serial)
+                if head is None:
+                    runs.remove(run)
+                elif best is None or head < best[:2]:
+                    best = (head[0], head[1], run)
         return best
 
     def _pump(self) -> None:
@@ -386,15 +393,17 @@ class CallbackLoop:
         arrive, wid = earliest[0], earliest[1]
         self.pump_serial += 1
         self.pump_key = (arrive, wid)
-        event = Timeout(self.env, arrive - self.env.now, self.workers[wid].priority, at=arrive)
-        event.callbacks.append(partial(self._pumped, self.pump_serial))
+        now = self.env._now  # type: ignore[attr-defined]
+        event = Timeout(self.env, arrive - now, self.workers[wid].priority, at=arrive)
+        event.serial = self.pump_serial  # type: ignore[attr-defined]  (on the event: no partial per pump)
+        event.callbacks.append(self._pumped)
 
-    def _pumped(self, pump_serial: int, event: Any) -> None:
-        if pump_serial != self.pump_serial:
+    def _pumped(self, event: Any) -> None:
+        if event.serial != self.pump_serial:
             return  # superseded by an earlier arrival
         self.pump_key = None
         earliest = self._earliest()
-        if earliest is not None and earliest[0] == self.env.now:
+        if earliest is not None and earliest[0] == self.env._now:  # type: ignore[attr-defined]
             arrive, wid, run = earliest
             w = self.workers[wid]
             if run is None:
@@ -411,22 +420,24 @@ class CallbackLoop:
             tr.t_arrive[gid] = arrive
         w.interruptible = False
         w.unpushed = []
-        answer = self.server.serve(w, gids)
-        try:
-            waits_for = next(answer)
-        except StopIteration:
-            self._iterate(w)
-            return
-        self.env.process(self._continue(w, answer, waits_for))  # it waits: go on in a process
+        self._answer(w, self.server.serve(w, gids), None)
 
-    def _continue(self, w: WorkerState, answer: Generator, waits_for: Any) -> Generator:
+    def _answer(self, w: WorkerState, answer: Generator, event: Any) -> None:
+        """Run the server's answer to ``w``'s push until it waits (a lock, an apply time, a hold);
+        it goes on from the callback of the event it waits on, and the worker iterates once it is
+        done. (A SimPy process would do the same with two more events per wait: its start and its
+        end, a third of all events on the asynchronous fast path.)"""
+        value = None if event is None else event._value
         while True:
-            value = yield waits_for
             try:
                 waits_for = answer.send(value)
             except StopIteration:
-                break
-        self._iterate(w)
+                self._iterate(w)
+                return
+            if waits_for.callbacks is not None:  # not processed yet: go on when it is
+                waits_for.callbacks.append(partial(self._answer, w, answer))
+                return
+            value = waits_for._value
 
     # ---- stops and restarts ------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ class Group:
         self.route, self.size, self.start, self.owner, self.tag = route, size, start, owner, tag
         self.end: float | None = None
         self.state = WAITING
-        self.flows: list[Any] = []  # its flows in the fluid model
+        self.flows: Sequence[Any] = ()  # its flows in the fluid model (`Fluid.join` sets them)
         self.left = 0  # how many of them are still running
 
 
@@ -141,11 +141,14 @@ class FairShare:
         """
         group = Group(route, size, start, owner, tag)
         rate = route.rate
-        if rate is not None or not route.paths:
-            end = start + size / rate if route.paths and size > 0 else start  # type: ignore[operator]
+        if rate is not None:
+            end = start + size / rate if size > 0 else start
             if end <= start or not route.loads or self._place(group, start, end):
                 group.state, group.end = FREE, end
                 return group
+        elif not route.paths:  # (no link with a finite capacity: it takes no time)
+            group.state, group.end = FREE, start
+            return group
         heappush(self.joins, (start, next(self.serial), group))
         self._pump(start)
         return group
@@ -169,18 +172,18 @@ class FairShare:
         fluid flow predicted on them by ``start`` and, with the free groups, no link over capacity
         at any instant. False (and nothing entered) if it does not fit."""
         loads = group.route.loads
-        until = self.until
+        until, all_starts, all_entries, longest = self.until, self.starts, self.entries, self.longest
         for link, load in loads:
             if until and start < until.get(link, -_INF):
                 return False
-            starts = self.starts[link]
+            starts = all_starts[link]
             i = bisect_left(starts, end)
-            if i and (self.entries[link][i - 1][1] > start or i > 1 and starts[i - 2] > start - self.longest[link]):
+            if i and (all_entries[link][i - 1][1] > start or i > 1 and starts[i - 2] > start - longest[link]):
                 if not self._room(link, load, start, end, i):
                     return False
         now = self.env._now  # type: ignore[attr-defined]
         for link, load in loads:
-            entries, starts = self.entries[link], self.starts[link]
+            entries, starts = all_entries[link], all_starts[link]
             if entries and entries[0][1] <= now:  # drop the groups that have ended (the front: the earliest starts)
                 dead = 1
                 while dead < len(entries) and entries[dead][1] <= now:
@@ -189,8 +192,8 @@ class FairShare:
             i = bisect_right(starts, start)
             starts.insert(i, start)
             entries.insert(i, (start, end, load, group))
-            if end - start > self.longest[link]:
-                self.longest[link] = end - start
+            if end - start > longest[link]:
+                longest[link] = end - start
         return True
 
     def _room(self, link: int, load: float, start: float, end: float, i: int) -> bool:

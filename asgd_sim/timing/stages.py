@@ -89,16 +89,16 @@ class Iteration:
     def begin(self, gids: list[int]) -> simpy.Event:
         w = self.w
         self.gids, self.waiting, self.event = gids, False, None
-        steps = len(gids)
+        steps, routes = len(gids), w.routes
         if w.has_params:
             w.has_params = False
-            self.plan = w.routes.plan(False, steps)
+            self.plan = routes.plans.get((False, steps)) or routes.plan(False, steps)
             response = 0.0
         else:
-            self.plan = w.routes.plan(True, steps)
+            self.plan = routes.plans.get((True, steps)) or routes.plan(True, steps)
             response = w.latency()  # (drawn now: the response starts now)
         compute = w.compute
-        if w.routes.pull is not None:  # transfers: draws taken as their stages start (see the module docstring)
+        if routes.pull is not None:  # transfers: draws taken as their stages start (see the module docstring)
             self.works = [compute.peek()] if steps == 1 else [compute.peek(i) for i in range(steps)]
             self.lat = (response, w.latency.peek())
         else:  # as on the fast path: all drawn as the iteration starts
@@ -131,8 +131,8 @@ class Iteration:
                 gid, tr = self.gids[i], ctx.trace
                 work = self.works[i] if w.pipeline is None else w.step_time(self.works[i], ctx.bandwidth)
                 tr.t_compute_start[gid] = t
-                if routes.device is None:
-                    end = w.slowdowns.finish(t, work)
+                if routes.device is None:  # (no slowdown window: no call)
+                    end = w.slowdowns.finish(t, work) if w.slowdowns.starts else t + work
                 else:
                     groups[k] = group = ctx.shares.start(routes.device, work, t, self, k)
                     if group.state != FREE:
@@ -140,7 +140,11 @@ class Iteration:
                     end = group.end  # type: ignore[assignment]
                 tr.t_compute_end[gid] = end
                 t = end
-        self._point_at(Timeout(ctx.env, t - ctx.env._now, w.priority, at=t))  # type: ignore[attr-defined]
+        arrival = Timeout(ctx.env, t - ctx.env._now, w.priority, at=t)  # type: ignore[attr-defined]
+        if self.waiting:
+            self._point_at(arrival)
+        else:  # (laid out as the iteration begins: the process will yield it)
+            self.event = arrival
 
     def _point_at(self, event: simpy.Event) -> None:
         """Make ``event`` the one the worker's process waits on."""
@@ -185,10 +189,12 @@ class Iteration:
         """The worker's process resumed at its arrival: take the draws its stages read ahead."""
         if self.groups:
             self.groups.clear()  # (their entries may outlive them: they name their owner)
-        self.w.busy = self.busy(self.w.busy)
-        if self.w.routes.pull is not None:
-            self.w.compute.skip(len(self.gids))
-            self.w.latency.skip(1)
+        w = self.w
+        w.busy = self.busy(w.busy)
+        if w.routes.pull is not None and w.compute.const is None:  # (constants are never drawn: nothing to skip)
+            w.compute.skip(len(self.gids))
+        if w.routes.pull is not None and w.latency.const is None:
+            w.latency.skip(1)
 
     def clip(self, times: dict, now: float) -> None:
         """In a copy of the trace's ``times`` taken at ``now``, mid-iteration, keep only what is
