@@ -34,6 +34,7 @@ server combines the same pushes (`push_heads`) and mixes and exchanges with the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ from jax.flatten_util import ravel_pytree
 from ..scenario.config import AlgorithmConfig, Scenario
 from ..trace import TraceBuilder
 from .layout import Layout
-from .planner import WavePlanner, column
+from .planner import WavePlanner, bucket, column
 
 UNROLLED_STEPS = 16  # local steps traced one after the other (more: a loop on the device)
 # Pushes whose local steps one vmapped call takes on a CPU backend: the digits MLP's two local
@@ -192,9 +193,19 @@ class LocalModels:
         self.traces = 0  # compilations of the jitted functions below
         self.push_block = PUSH_BLOCK_CPU if jax.default_backend() == "cpu" else max(1, members_max)
         # One push per update on one shard (FedAsync, EASGD): the local steps of several updates'
-        # pushes run in one call when they do not depend on each other (`_wave`).
+        # pushes run in one call when they do not depend on each other (`_wave`), in waves of one
+        # size (padded: a shape first seen late in a run compiled for seconds there). FedAsync's
+        # pushes are ready about sqrt(pi M / 2) at a time, as the asynchronous engine's gradients
+        # (`WavePlanner.__init__`); EASGD's, of distinct workers, almost always.
         self.single = members_max == 1 and self.S == 1 and update in ("mix", "elastic")
-        self.buffer_rows = self.push_block if self.single else members_max
+        ready = math.sqrt(math.pi * self.M / 2)
+        if not self.single:
+            self.wave = 1
+        elif self.push_block == 1:  # an accelerator: every ready push
+            self.wave = bucket(math.ceil(ready)) if not self.elastic else bucket(self.M)
+        else:
+            self.wave = self.push_block if self.elastic else min(self.push_block, 1 << (int(ready).bit_length() - 1))
+        self.buffer_rows = self.wave if self.single else members_max
         # EASGD's models ([M, S, chunk]) are donated to single-output calls that write one row: XLA
         # updates them in place there (a call with a second output copied all M models every push).
         self._local = jax.jit(self._local_impl, donate_argnums=(0,))
@@ -306,18 +317,18 @@ class LocalModels:
         each. Several only for one-push updates on one shard (FedAsync, EASGD), as the asynchronous
         engine's waves: the rows after r whose push reads only versions that exist before row r
         (FedAsync) or whose worker's model no row of the wave exchanges first (EASGD), up to
-        ``push_block``; their steps do not depend on each other's results."""
+        ``wave``; their steps do not depend on each other's results."""
         offsets, gid = column(tr.u_offsets, np.int64), column(tr.u_gid, np.int64)
         read = column(tr.read_version, np.int64)
         wave: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        for row in range(r, min(end, r + self.push_block) if self.single else r + 1):
+        for row in range(r, min(end, r + self.wave)):
             gids = gid[offsets[row]:offsets[row + 1]]
             heads, workers, ks = self._pushes(tr, gids)
             if wave and (int(read[heads[0]]) > planner.versions[0] if not self.elastic
                          else any(int(workers[0]) == int(w[0]) for _, _, w, _ in wave)):
                 break
             wave.append((int(gids.min()), heads, workers, ks))
-        return wave[:1 << (len(wave).bit_length() - 1)]  # 1, 2 or 4 pushes: few shapes, so few compilations
+        return wave
 
     def run_rows(self, tr: TraceBuilder, start: int, end: int, planner: WavePlanner, params: jax.Array, state: Any,
                  history: jax.Array) -> LocalOutcome:
@@ -353,16 +364,20 @@ class LocalModels:
                     payloads = self._cache[1] if self._cache is not None and self._cache[1] is not None else None
                     if payloads is None:
                         payloads = jnp.zeros((self.buffer_rows, self.S, self.layout.chunk), jnp.float32)
-                    before = ok
-                    for b in range(0, len(workers), self.push_block):  # (blocks of pushes: see PUSH_BLOCK_CPU)
-                        block = slice(b, b + self.push_block)
+                    before, n = ok, len(workers)
+                    if self.single and n < self.wave:  # padded with copies of the first push (results unused)
+                        workers, ks, read_slots = (np.concatenate([a, np.repeat(a[:1], self.wave - n, axis=0)])
+                                                   for a in (workers, ks, read_slots))
+                    size = self.wave if self.single else self.push_block
+                    for b in range(0, len(workers), size):  # (blocks of pushes: see PUSH_BLOCK_CPU)
+                        block = slice(b, b + size)
                         payloads, oks, ok = self._local(payloads, np.int32(b), out.history, self.models, read_slots[block],
                                                         workers[block].astype(np.int32), ks[block].astype(np.int32), ok)
                     pushes = {k: (j, h, w) for j, (k, h, w, _) in enumerate(wave)}
                     self._cache = (pushes, payloads, oks, before, set(pushes))
                     if self.elastic:  # the workers' models after their local steps, before their exchanges
                         padded = np.full(self.buffer_rows, self.M, np.int32)
-                        padded[:len(workers)] = workers
+                        padded[:n] = workers[:n]
                         self.models = self._set_models(self.models, padded, payloads, oks)
                         self._stepped.update({int(w[0]): k for k, (_, _, w) in pushes.items()})
             pushes, payloads, oks, before, fresh = self._cache
