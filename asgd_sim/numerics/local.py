@@ -174,10 +174,12 @@ class LocalModels:
 
     The local steps of several pushes run in one vmapped call: an update's pushes (local SGD,
     FedBuff: in blocks of ``push_block``), or (FedAsync, EASGD on one shard) consecutive updates'
-    pushes that do not depend on each other's results (`_wave`); each update is then one more
-    call (the server's combination of its push). No call waits: whether a local loss diverged is
-    a device flag per push, carried from push to push, which guards every write (a row after a
-    bad push changes nothing), and the host reads the flags once per `run_rows` call.
+    pushes that do not depend on each other's results (`_wave`). On one shard the server's side
+    joins that call (local SGD and FedBuff: the update, after its last block; FedAsync: the
+    wave's mixes); otherwise it is one more call per update row (EASGD: the exchange). No call
+    waits: whether a local loss diverged is a device flag per push, carried from push to push,
+    which guards every write (a row after a bad push changes nothing), and the host reads the
+    flags once per `run_rows` call.
     """
 
     def __init__(self, scenario: Scenario, update: str, layout: Layout, params: jax.Array, apply_row: Callable[..., tuple],
@@ -206,6 +208,9 @@ class LocalModels:
         else:
             self.wave = self.push_block if self.elastic else min(self.push_block, 1 << (int(ready).bit_length() - 1))
         self.buffer_rows = self.wave if self.single else members_max
+        # Local SGD and FedBuff on one shard: an update's last block of local steps and the update
+        # itself in one call.
+        self.fuse_apply = self.S == 1 and update in ("local_average", "delta")
         # EASGD's models ([M, S, chunk]) are donated to single-output calls that write one row: XLA
         # updates them in place there (a call with a second output copied all M models every push).
         self._local = jax.jit(self._local_impl, donate_argnums=(0,))
@@ -213,6 +218,8 @@ class LocalModels:
         self._exchange_center = jax.jit(self._exchange_center_impl)
         self._exchange_model = jax.jit(self._exchange_model_impl, donate_argnums=(0,))
         self._mix = jax.jit(self._mix_impl, donate_argnums=(0, 1))
+        self._local_mix = jax.jit(self._local_mix_impl, donate_argnums=(0, 1, 2))
+        self._local_apply = jax.jit(self._local_apply_impl, donate_argnums=(0, 1, 2, 4))
         self._apply_push = jax.jit(self._apply_push_impl, donate_argnums=(0, 1, 2))
         # The last call's pushes (key: first gradient id -> index, heads, workers), their payloads, the
         # flag after each, the flag before them, and those whose first row is still to come: reused
@@ -287,6 +294,37 @@ class LocalModels:
         self.traces += 1
         new = jnp.where(oks[push], mix_rows(params[shard], finals[push, shard], weight), params[shard])
         return params.at[shard].set(new), history.at[slot, shard].set(new)
+
+    def _local_mix_impl(self, params: jax.Array, history: jax.Array, payloads: jax.Array, read_slots: jax.Array,
+                        workers: jax.Array, ks: jax.Array, ok: jax.Array, count: jax.Array, weights: jax.Array,
+                        slots: jax.Array) -> tuple:
+        """FedAsync on one shard: a wave's local steps (`_local_impl`), then its ``count`` rows'
+        mixes in order (x <- (1 - a_j) x + a_j x_j, each written to its version's slot
+        ``slots[j]``), in one call: the same numbers as `_mix_impl`, one call per row. Every
+        version the wave reads exists at its start and no new version takes a slot one of them
+        holds, so the reads come first. Returns (params, history, payloads, oks, ok) as
+        `_local_impl` and `_mix_impl`."""
+        payloads, oks, last = self._local_impl(payloads, jnp.int32(0), history, None, read_slots, workers, ks, ok)
+
+        def mix(j: jax.Array, carry: tuple) -> tuple:
+            # (A loop, not unrolled: XLA fused unrolled mixes into one expression and rounded
+            # differently from one mix per call; a loop body computes each as `_mix_impl` does.)
+            params, history = carry
+            new = jnp.where(oks[j], mix_rows(params[0], payloads[j, 0], weights[j]), params[0])
+            return new[None], history.at[slots[j], 0].set(new)
+
+        params, history = jax.lax.fori_loop(0, count, mix, (params, history))
+        return params, history, payloads, oks, last
+
+    def _local_apply_impl(self, params: jax.Array, state: Any, payloads: jax.Array, at: jax.Array, history: jax.Array,
+                          models: None, read_slots: jax.Array, workers: jax.Array, ks: jax.Array, ok: jax.Array,
+                          row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
+        """Local SGD and FedBuff on one shard: the last block of an update's pushes (`_local_impl`)
+        and the update (`_apply_push_impl`) in one call. Returns (params, state, history, payloads,
+        oks, ok)."""
+        payloads, oks, last = self._local_impl(payloads, at, history, models, read_slots, workers, ks, ok)
+        params, state, history = self._apply_push_impl(params, state, history, payloads, last, row_ints, member_ints, weights)
+        return params, state, history, payloads, oks, last
 
     def _apply_push_impl(self, params: jax.Array, state: Any, history: jax.Array, pseudo: jax.Array,
                          ok: jax.Array, row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
@@ -368,11 +406,25 @@ class LocalModels:
                     if self.single and n < self.wave:  # padded with copies of the first push (results unused)
                         workers, ks, read_slots = (np.concatenate([a, np.repeat(a[:1], self.wave - n, axis=0)])
                                                    for a in (workers, ks, read_slots))
-                    size = self.wave if self.single else self.push_block
-                    for b in range(0, len(workers), size):  # (blocks of pushes: see PUSH_BLOCK_CPU)
-                        block = slice(b, b + size)
-                        payloads, oks, ok = self._local(payloads, np.int32(b), out.history, self.models, read_slots[block],
-                                                        workers[block].astype(np.int32), ks[block].astype(np.int32), ok)
+                    if self.single and self.update == "mix":  # the wave's mixes in the same call
+                        grow, slots, weights = self._wave_mixes(tr, r, n, np.array([h[0] for _, h, _, _ in wave]), planner)
+                        if grow:
+                            out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
+                        out.params, out.history, payloads, oks, ok = self._local_mix(
+                            out.params, out.history, payloads, read_slots, workers.astype(np.int32), ks.astype(np.int32), ok,
+                            np.int32(n), weights, slots)
+                    else:
+                        size = self.wave if self.single else self.push_block
+                        for b in range(0, len(workers), size):  # (blocks of pushes: see PUSH_BLOCK_CPU)
+                            block = slice(b, b + size)
+                            args = (payloads, np.int32(b), out.history, self.models, read_slots[block],
+                                    workers[block].astype(np.int32), ks[block].astype(np.int32), ok)
+                            if self.fuse_apply and b + size >= len(workers):  # the last block, and the update
+                                inputs = self._update_inputs(tr, r, lo, hi, heads, planner, out)
+                                out.params, out.state, out.history, payloads, oks, ok = self._local_apply(
+                                    out.params, out.state, *args, *inputs)
+                            else:
+                                payloads, oks, ok = self._local(*args)
                     pushes = {k: (j, h, w) for j, (k, h, w, _) in enumerate(wave)}
                     self._cache = (pushes, payloads, oks, before, set(pushes))
                     if self.elastic:  # the workers' models after their local steps, before their exchanges
@@ -390,7 +442,7 @@ class LocalModels:
             if self.elastic:
                 out.params, self.models = self._exchange(out.params, self.models, np.int32(workers[0]), np.int32(shard),
                                                          oks, np.int32(push))
-            elif self.update == "mix":
+            elif self.update == "mix" and not self.single:
                 grow, slot = self._new_version_slot(tr, r, planner)
                 if grow:
                     out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
@@ -399,11 +451,8 @@ class LocalModels:
                 weight = np.float32(mixing_weight(self.scenario.algorithm, stale))
                 out.params, out.history = self._mix(out.params, out.history, payloads, np.int32(push), weight, np.int32(shard),
                                                     np.int32(slot), oks)
-            else:
-                member_weight = dict(zip(gids.tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
-                grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
-                if grow:
-                    out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
+            elif self.update != "mix" and not self.fuse_apply:
+                inputs = self._update_inputs(tr, r, lo, hi, heads, planner, out)
                 out.params, out.state, out.history = self._apply_push(out.params, out.state, out.history, payloads, ok,
                                                                       *inputs)
             planner.versions[shard] += 1
@@ -430,6 +479,29 @@ class LocalModels:
             planner.row, planner.versions = r, versions  # rows before r were applied; this one and the rest never will be
             out.computed, out.stale_sum, out.stale_count = computed, stale_sum, stale_count
             out.ok = False
+
+    def _update_inputs(self, tr: TraceBuilder, r: int, lo: int, hi: int, heads: np.ndarray, planner: WavePlanner,
+                       out: LocalOutcome) -> tuple[np.ndarray, ...]:
+        """`_row_inputs` of update row r (members ``[lo, hi)`` of the trace), the history grown first if needed."""
+        member_weight = dict(zip(column(tr.u_gid, np.int64)[lo:hi].tolist(), column(tr.u_weight, np.float64)[lo:hi].tolist()))
+        grow, inputs = self._row_inputs(tr, r, heads, np.array([member_weight[g] for g in heads.tolist()]), planner)
+        if grow:
+            out.history = jnp.pad(out.history, ((0, grow), (0, 0), (0, 0)))
+        return inputs
+
+    def _wave_mixes(self, tr: TraceBuilder, r: int, n: int, heads: np.ndarray,
+                    planner: WavePlanner) -> tuple[int, np.ndarray, np.ndarray]:
+        """FedAsync on one shard: the history growth needed, the slots of the versions rows [r, r + n)
+        write and their mixing weights (`mixing_weight` of the staleness of each push, ``heads``:
+        its first gradient row), padded to the wave with the scratch row and weight 0."""
+        grow = planner.make_room(tr, n)
+        versions = column(tr.u_version, np.int64)[r:r + n]
+        slots = np.full(self.wave, planner.scratch, np.int32)
+        slots[:n] = planner.slots.store(0, versions)
+        reads = column(tr.read_version, np.int64)[heads]
+        weights = np.zeros(self.wave, np.float32)
+        weights[:n] = [mixing_weight(self.scenario.algorithm, int(stale)) for stale in versions - 1 - reads]
+        return grow, slots, weights
 
     def _new_version_slot(self, tr: TraceBuilder, r: int, planner: WavePlanner) -> tuple[int, int]:
         """The history growth needed, and the slot of the version update row r writes."""
