@@ -54,7 +54,7 @@ class NumericsEngine:
         self.scenario = sc = scenario
         self.M, self.S = sc.num_workers, sc.server.shards
         policy = make_policy(sc)
-        self.model_update = policy.model_update
+        self.model_update, self.local_steps = policy.model_update, policy.local_steps
         self.problem = problem or build_problem(sc, self.M)
         self.layout = layout = Layout(self.problem, self.S, sc.run.seed)
         self.P, self.chunk = layout.P, layout.chunk
@@ -105,7 +105,9 @@ class NumericsEngine:
             from .local import LocalModels
 
             if self.local is None:
-                self.local = LocalModels(sc, self.model_update, layout, self.params, self._scan, members_max=self.members_max)
+                pushes_max = -(-self.members_max // self.local_steps)  # (an update's pushes, each of local_steps rows)
+                self.local = LocalModels(sc, self.model_update, layout, self.params, self._apply_row,
+                                         members_max=pushes_max, needs_read=self.rule.needs_read_params)
             else:
                 self.local.reset(self.params)
 
@@ -206,14 +208,13 @@ class NumericsEngine:
 
     def _scan(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array,
               row_ints: jax.Array, member_ints: jax.Array, weights: jax.Array) -> tuple:
-        """Apply update rows in server order, one scan step each.
+        """Apply update rows in server order, one scan step (`_apply_row`) each.
 
         row_ints[r] = (shard, history slot of the new version (the planner's scratch if padding), active); member_ints[r, m] =
         (gradient index, staleness, worker, history slot of the version read); weights[r, m].
         Inactive (padding) rows change nothing.
         """
-        rule, needs_read = self.rule, self.rule.needs_read_params
-        state_mask = None if self.layout.state_mask is None else jnp.asarray(self.layout.state_mask)
+        needs_read = self.rule.needs_read_params
         # DC-ASGD's read parameters are gathered before the loop: every version a wave's gradients
         # read exists at its start, and a gather from the history inside the loop body makes XLA
         # copy the whole ring on every step (measured ~8x slower).
@@ -223,30 +224,38 @@ class NumericsEngine:
             grads = grads[:, 0]
 
         def step(carry: tuple, x: tuple) -> tuple:
-            params, state, history = carry
             rows, members, weight, read = x
-            s, slot, active = rows[0], rows[1], rows[2] > 0
-            mine = jax.tree.map(lambda leaf: leaf[s], state)
-            read = read if needs_read else None
-            mine_grads = grads[members[:, 0]] if self.S == 1 else grads[members[:, 0], s]
-            new, new_state = rule.apply(params[s], mine, mine_grads, weights=weight,
-                                        staleness=members[:, 1], workers=members[:, 2], read_params=read)
-            if state_mask is not None:  # a model's state moves by the mean change of the update's gradients (user_problem)
-                live = weight > 0
-                share = jnp.where(live, weight, 0.0) / jnp.maximum(jnp.sum(jnp.where(live, weight, 0.0)), 1e-30)
-                change = jnp.dot(share, jnp.where(live[:, None], mine_grads, 0.0), precision=jax.lax.Precision.HIGHEST)
-                new = jnp.where(state_mask[s], params[s] - change, new)
-            new = jnp.where(active, new, params[s])
-            new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, mine)
-            if self.S == 1:  # whole arrays: no dynamic update (XLA copied the carried params for it)
-                params, state = new[None], jax.tree.map(lambda n: n[None], new_state)
-            else:
-                params = params.at[s].set(new)
-                state = jax.tree.map(lambda leaf, n: leaf.at[s].set(n), state, new_state)
-            history = history.at[slot, s].set(new)  # padding rows write the scratch row
-            return (params, state, history), None
+            mine_grads = grads[members[:, 0]] if self.S == 1 else grads[members[:, 0], rows[0]]
+            return self._apply_row(*carry, mine_grads, rows, members, weight, read if needs_read else None), None
 
         (params, state, history), _ = jax.lax.scan(step, (params, state, history), (row_ints, member_ints, weights, reads))
+        return params, state, history
+
+    def _apply_row(self, params: jax.Array, state: Any, history: jax.Array, grads: jax.Array, rows: jax.Array,
+                   members: jax.Array, weight: jax.Array, read: jax.Array | None) -> tuple:
+        """One update row: the server rule on its gradients' shard rows ``grads [members, chunk]``
+        (rows = (shard, history slot of the new version, active), members and weight as in
+        `_scan`; ``read``: the shard rows they were computed at, DC-ASGD only). Returns the new
+        (params, state, history); an inactive row changes nothing."""
+        rule = self.rule
+        state_mask = None if self.layout.state_mask is None else jnp.asarray(self.layout.state_mask)
+        s, slot, active = rows[0], rows[1], rows[2] > 0
+        mine = jax.tree.map(lambda leaf: leaf[s], state)
+        new, new_state = rule.apply(params[s], mine, grads, weights=weight, staleness=members[:, 1], workers=members[:, 2],
+                                    read_params=read)
+        if state_mask is not None:  # a model's state moves by the mean change of the update's gradients (user_problem)
+            live = weight > 0
+            share = jnp.where(live, weight, 0.0) / jnp.maximum(jnp.sum(jnp.where(live, weight, 0.0)), 1e-30)
+            change = jnp.dot(share, jnp.where(live[:, None], grads, 0.0), precision=jax.lax.Precision.HIGHEST)
+            new = jnp.where(state_mask[s], params[s] - change, new)
+        new = jnp.where(active, new, params[s])
+        new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, mine)
+        if self.S == 1:  # whole arrays: no dynamic update (XLA copied the carried params for it)
+            params, state = new[None], jax.tree.map(lambda n: n[None], new_state)
+        else:
+            params = params.at[s].set(new)
+            state = jax.tree.map(lambda leaf, n: leaf.at[s].set(n), state, new_state)
+        history = history.at[slot, s].set(new)  # padding rows write the scratch row
         return params, state, history
 
     def _evaluate_impl(self, params: jax.Array) -> dict[str, jax.Array]:
