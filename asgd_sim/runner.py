@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import gc
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +26,7 @@ from .results.folder import write_run
 from .results.result import Result
 from .results.summary import busy_from_trace, learning_summary, run_summary
 from .scenario.config import Scenario
-from .timing.engine import TimingEngine
+from .timing.engine import TimingEngine, fewer_collections
 from .trace import Trace, TraceBuilder, trace_meta
 
 __all__ = ["simulate", "replay", "run_scenario", "run_timing", "progress_bar", "REPLAY_KEYS", "Progress"]
@@ -59,7 +57,7 @@ def simulate(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[
 
     sc = _load(scenario, overrides)
     started = time.perf_counter()
-    with _quiet_collector():
+    with fewer_collections(freeze=True):
         numerics = NumericsEngine(sc, problem_from_object(problem, sc, sc.num_workers) if problem is not None else None)
         engine = TimingEngine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
         metrics = Metrics(callbacks)
@@ -103,36 +101,10 @@ def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, 
     return result
 
 
-YOUNG_COLLECTION_THRESHOLD = 100_000  # allocations between young collections while an engine runs
-
-
-@contextmanager
-def _quiet_collector() -> Iterator[None]:
-    """Python's cyclic garbage collector kept off the objects that were alive before the run.
-
-    Measured with `gc.callbacks` on the Ringmaster paper's scenario (n = 6,174, 42,000
-    asynchronous updates, 2.5 s): 0.39 s of collections, nearly all of it full collections
-    (~0.2 s each) that scan every object alive, JAX's included. Building 6,174 workers' state set
-    one off before the first event; the engines' young garbage (SimPy events, generator frames,
-    small lists: collected every 700 allocations by default, every ~50 updates) set off the rest.
-    So: objects alive before the run are frozen (`gc.freeze`: never scanned, never freed, until
-    `gc.unfreeze` at the end puts them back), and young collections wait for 100,000
-    allocations. Cycles the run itself makes are still collected; the settings are restored after.
-    """
-    saved = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, saved[1], saved[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*saved)
-        gc.unfreeze()
-
-
 def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
     """Timing only (no JAX): the schedule and its summary; ``metrics`` is empty."""
     started = time.perf_counter()
-    with _quiet_collector():
+    with fewer_collections(freeze=True):
         timing = TimingEngine(scenario).run(progress)
         wall = time.perf_counter() - started
         summary = run_summary(scenario, timing.trace, sim_time=timing.sim_time, stopped=timing.stopped, wall_time_s=wall,

@@ -1,5 +1,5 @@
 """The run path keeps Python's cyclic garbage collector off the objects alive before a run
-(`runner._quiet_collector`): a full collection scans every object alive, JAX's included."""
+(`timing.engine.fewer_collections(freeze=True)`): a full collection scans every object alive, JAX's included."""
 
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def test_cycles_a_run_makes_are_still_collected() -> None:
         a.other, b.other = b, a  # type: ignore[attr-defined]
         return weakref.ref(a)
 
-    from asgd_sim.runner import _quiet_collector
+    from asgd_sim.timing.engine import fewer_collections
 
-    with _quiet_collector():
+    with fewer_collections(freeze=True):
         ref = make_cycle()
         junk = [np.zeros(1).tolist() for _ in range(250_000)]  # allocations: young collections run
         del junk
