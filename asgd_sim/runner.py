@@ -26,7 +26,8 @@ from .results.folder import write_run
 from .results.result import Result
 from .results.summary import busy_from_trace, learning_summary, run_summary
 from .scenario.config import Scenario
-from .timing.engine import TimingEngine, fewer_collections
+from .timing.closed_form import make_timing_engine
+from .timing.engine import fewer_collections
 from .trace import Trace, TraceBuilder, trace_meta
 
 __all__ = ["simulate", "replay", "run_scenario", "run_timing", "progress_bar", "REPLAY_KEYS", "Progress"]
@@ -59,7 +60,7 @@ def simulate(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[
     started = time.perf_counter()
     with fewer_collections(freeze=True):
         numerics = NumericsEngine(sc, problem_from_object(problem, sc, sc.num_workers) if problem is not None else None)
-        engine = TimingEngine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
+        engine = make_timing_engine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
         metrics = Metrics(callbacks)
         stopped = drive(engine, numerics, metrics, progress)
         result = _finish(sc, engine, numerics, metrics, stopped, time.perf_counter() - started)
@@ -105,7 +106,7 @@ def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
     """Timing only (no JAX): the schedule and its summary; ``metrics`` is empty."""
     started = time.perf_counter()
     with fewer_collections(freeze=True):
-        timing = TimingEngine(scenario).run(progress)
+        timing = make_timing_engine(scenario).run(progress)
         wall = time.perf_counter() - started
         summary = run_summary(scenario, timing.trace, sim_time=timing.sim_time, stopped=timing.stopped, wall_time_s=wall,
                               busy=timing.busy, deadlock=timing.deadlock)

@@ -45,6 +45,11 @@ def trace_meta(scenario: Any, stopped: str, sim_time: float, **extra: Any) -> di
             "stopped": stopped, "sim_time": float(sim_time), **extra}
 
 
+def _append(column: array, values: Any) -> None:
+    """Append numpy ``values`` to ``column`` in one copy (converted to its type)."""
+    column.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.dtype(column.typecode))).cast("B"))
+
+
 class TraceBuilder:
     """Append-only columns filled in as the simulation runs (array.array: 8 bytes a cell)."""
 
@@ -105,10 +110,7 @@ class TraceBuilder:
         over [starts, ends) (what many `new_gradient` calls and compute stamps would write, in one
         append per column); returns the first gid (the others follow in order)."""
         first, n = len(self.worker), len(workers)
-
-        def append(column: array, values: Any) -> None:
-            column.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.dtype(column.typecode))).cast("B"))
-
+        append = _append
         append(self.worker, workers)
         append(self.k, ks)
         append(self.local_step, np.zeros(n))
@@ -123,6 +125,37 @@ class TraceBuilder:
         for column in (self.t_arrive, self.t_lock, self.t_applied):
             append(column, np.full(n, NAN))
         return first
+
+    def add_gradients(self, workers: np.ndarray, ks: np.ndarray, t_pull: np.ndarray, t_read: np.ndarray,
+                      versions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
+        """`new_gradients` with a read of its own per gradient (one shard: ``versions`` [n]);
+        returns the first gid."""
+        first, n = len(self.worker), len(workers)
+        for column, values in ((self.worker, workers), (self.k, ks), (self.local_step, np.zeros(n)),
+                               (self.read_version, versions), (self.staleness, np.full(n, -1)),
+                               (self.fate, np.full(n, PENDING)), (self.resolved, np.zeros(n)),
+                               (self.t_pull, t_pull), (self.t_read, t_read), (self.t_compute_start, starts),
+                               (self.t_compute_end, ends), (self.t_arrive, np.full(n, NAN)),
+                               (self.t_lock, np.full(n, NAN)), (self.t_applied, np.full(n, NAN))):
+            _append(column, values)
+        return first
+
+    def record_applies_alone(self, gids: np.ndarray, befores: np.ndarray, times: np.ndarray) -> None:
+        """`record_apply_one` for consecutive updates of one shard, each of one gradient (weight 1,
+        distinct ``gids``) requested, locked and applied at its arrival ``times``: update ``befores[i]``
+        takes the shard from that version to the next, and is push number ``befores[i]``."""
+        n = len(gids)
+        for column, values in ((self.u_shard, np.zeros(n)), (self.u_version, befores + 1), (self.u_request, times),
+                               (self.u_lock, times), (self.u_applied, times), (self.u_push, befores),
+                               (self.u_offsets, len(self.u_gid) + np.arange(1, n + 1)), (self.u_gid, gids),
+                               (self.u_weight, np.ones(n))):
+            _append(column, values)
+        read = np.frombuffer(self.read_version, np.int64)[gids]
+        np.frombuffer(self.staleness, np.int64)[gids] = np.maximum(np.frombuffer(self.staleness, np.int64)[gids], befores - read)
+        np.frombuffer(self.fate, np.int8)[gids] = APPLIED
+        np.frombuffer(self.resolved, np.int32)[gids] += 1
+        for name in ("t_arrive", "t_lock", "t_applied"):
+            np.frombuffer(getattr(self, name), np.float64)[gids] = times
 
     def cancel_computes(self, gids: np.ndarray, now: float) -> np.ndarray:
         """Cancel gradients ``gids`` at ``now`` and cut their computes there (a compute that had

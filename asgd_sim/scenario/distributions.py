@@ -159,7 +159,7 @@ class Gamma(Distribution):
         return self.mean_
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        if self.cv == 0.0:
+        if self.cv**2 == 0.0:  # (a cv below ~1e-154 squares to 0: no spread a float can hold)
             return np.full(size, self.mean_)
         return rng.gamma(1.0 / self.cv**2, self.mean_ * self.cv**2, size)
 

@@ -29,7 +29,10 @@ def stream(seed: int, kind: int, index: int) -> np.random.Generator:
 
 
 class Sampler:
-    """Draws from a distribution in blocks of 1024: one numpy call instead of one per draw.
+    """Draws from a distribution in blocks of 1024 (the first of 64): one numpy call instead of one
+    per draw. The block sizes never change the values: every distribution's draws are the same
+    however they are split into calls (tests/test_samplers.py), and thousands of workers that each
+    draw a few values need not draw 1,024 each.
 
     ``rng`` is a generator, or the (seed, kind, index) of its stream, created at the first draw: a
     constant never draws, and thousands of workers need not build thousands of generators up front.
@@ -74,14 +77,16 @@ class Sampler:
         if self.const is None:
             self.index += n
 
-    def block(self) -> np.ndarray:
-        """The next block of draws from the stream."""
+    def block(self, size: int = 0) -> np.ndarray:
+        """The next ``size`` draws from the stream (default: a block; the first one is shorter)."""
         if isinstance(self.rng, tuple):
             self.rng = stream(*self.rng)
-        return self.dist.sample(self.rng, BLOCK)
+            size = size or FIRST_BLOCK
+        return self.dist.sample(self.rng, size or BLOCK)
 
 
 BLOCK = 1024  # draws per sampler block
+FIRST_BLOCK = 64  # draws in a sampler's first block
 
 
 class SamplerBank:
@@ -101,19 +106,38 @@ class SamplerBank:
         self.any_random = bool(self.random.any())
         self.table = np.empty((len(samplers), BLOCK) if self.any_random else (0, BLOCK), np.float64)
         self.position = np.full(len(samplers), BLOCK, np.int64)
+        # Where each row's current block starts: a block fills the row's end (a first block, or
+        # the rest of one drawn before joining, is shorter than the row).
+        self.block_start = np.zeros(len(samplers), np.int64)
         for row, sampler in enumerate(samplers):
             if sampler.const is None:
-                if sampler.buffer:  # (it drew before joining: its block moves into the table)
-                    self.table[row, :len(sampler.buffer)] = sampler.buffer
-                    self.position[row] = sampler.index
+                rest = sampler.buffer[sampler.index:]
+                if rest:  # (it drew before joining: the rest of its block moves into the table)
+                    self._fill(row, np.asarray(rest))
                 sampler.bank, sampler.row = self, row
+
+    def _fill(self, row: int, block: np.ndarray) -> None:
+        """Row ``row``'s next block is ``block``: at the row's end, its position at the block's start."""
+        at = BLOCK - len(block)
+        self.table[row, at:] = block
+        self.position[row] = self.block_start[row] = at
+
+    def _fill_many(self, rows: np.ndarray) -> None:
+        """`_fill` each of ``rows`` with its sampler's next block (blocks of one size in one step)."""
+        blocks = [self.samplers[row].block() for row in rows.tolist()]
+        sizes = np.array([len(block) for block in blocks])
+        for size in np.unique(sizes).tolist():
+            pick = np.flatnonzero(sizes == size)
+            at, mine = BLOCK - size, rows[pick]
+            self.table[mine, at:] = np.stack([blocks[i] for i in pick.tolist()])
+            self.position[mine] = self.block_start[mine] = at
 
     def next(self, row: int) -> float:
         """Sampler ``row``'s next draw."""
         i = int(self.position[row])
         if i == BLOCK:
-            self.table[row] = self.samplers[row].block()
-            i = 0
+            self._fill(row, self.samplers[row].block())
+            i = int(self.position[row])
         self.position[row] = i + 1
         return float(self.table[row, i])
 
@@ -126,7 +150,7 @@ class SamplerBank:
         sampler: each gives the same values again (a block drawn meanwhile is kept, from its start)."""
         refilled = (saved == BLOCK) & (self.position != BLOCK)
         self.position[:] = saved
-        self.position[refilled] = 0
+        self.position[refilled] = self.block_start[refilled]
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next draw of each sampler in ``rows`` (distinct rows), as a new array."""
@@ -137,9 +161,8 @@ class SamplerBank:
                 at = self.position[mine]
                 spent = at == BLOCK
                 if spent.any():  # (once per BLOCK draws of a sampler)
-                    for row in mine[spent].tolist():
-                        self.table[row] = self.samplers[row].block()
-                    at[spent] = 0
+                    self._fill_many(mine[spent])
+                    at[spent] = self.block_start[mine[spent]]
                 values[self.random[rows]] = self.table[mine, at]
                 self.position[mine] = at + 1
         return values
