@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,7 +31,7 @@ from .timing.closed_form import make_timing_engine
 from .timing.engine import fewer_collections
 from .trace import Trace, TraceBuilder, trace_meta
 
-__all__ = ["simulate", "replay", "run_scenario", "run_timing", "progress_bar", "REPLAY_KEYS", "Progress"]
+__all__ = ["simulate", "replay", "run_scenario", "run_timing", "progress_bar", "small_pages", "REPLAY_KEYS", "Progress"]
 
 # What a replay may change: the schedule (timing) is the saved one, so only numerics keys.
 REPLAY_KEYS = ("optimizer.", "run.eval_every", "run.target_accuracy", "run.max_loss", "run.window", "run.batch_cap",
@@ -58,7 +59,7 @@ def simulate(scenario: Scenario | str | Path, overrides: tuple[str, ...] | list[
 
     sc = _load(scenario, overrides)
     started = time.perf_counter()
-    with fewer_collections(freeze=True):
+    with fewer_collections(freeze=True), small_pages():
         numerics = NumericsEngine(sc, problem_from_object(problem, sc, sc.num_workers) if problem is not None else None)
         engine = make_timing_engine(sc, param_bytes=sc.model.param_bytes or numerics.problem.param_bytes)
         metrics = Metrics(callbacks)
@@ -102,10 +103,36 @@ def replay(run_dir: str | Path, overrides: tuple[str, ...] | list[str] = (), *, 
     return result
 
 
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy's big arrays on ordinary pages while a run allocates them, restored after.
+
+    numpy advises the kernel to back arrays of 4 MB and more with transparent huge pages
+    (madvise MADV_HUGEPAGE). Where the kernel then compacts memory on the page fault (THP
+    ``defrag = madvise``, the usual default), a fault can stall: on this project's machine, the
+    Ringmaster paper's runs (n = 6,174; traces of 3 million rows, 42 MB of parameter history)
+    spent 0.5-1.3 s per run in it (benchmarks/matrix.py --only paper: 9.0 s -> 6.5 s for the three
+    methods). A simulation writes each big array once, front to back, where huge pages gain little.
+    """
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined]
+    except ImportError:  # (numpy < 2, or a build without it: nothing to change)
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            yield
+            return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
+
+
 def run_timing(scenario: Scenario, progress: Progress | None = None) -> Result:
     """Timing only (no JAX): the schedule and its summary; ``metrics`` is empty."""
     started = time.perf_counter()
-    with fewer_collections(freeze=True):
+    with fewer_collections(freeze=True), small_pages():
         timing = make_timing_engine(scenario).run(progress)
         wall = time.perf_counter() - started
         summary = run_summary(scenario, timing.trace, sim_time=timing.sim_time, stopped=timing.stopped, wall_time_s=wall,

@@ -50,23 +50,41 @@ def _append(column: array, values: Any) -> None:
     column.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.dtype(column.typecode))).cast("B"))
 
 
+# The gradient columns: (name, array typecode, the value a new gradient starts with; None: the
+# caller always gives it). read_version has one cell per shard, the others one.
+_GRADIENT_COLUMNS = (("worker", "i", None), ("k", "q", None), ("local_step", "i", None), ("read_version", "q", None),
+                     ("staleness", "q", -1), ("fate", "b", PENDING), ("resolved", "i", 0), ("t_pull", "d", None),
+                     ("t_read", "d", None), ("t_compute_start", "d", NAN), ("t_compute_end", "d", NAN),
+                     ("t_arrive", "d", NAN), ("t_lock", "d", NAN), ("t_applied", "d", NAN))
+MIN_CAPACITY = 1024  # gradient rows the columns first make room for
+
+
+def _column(values: np.ndarray, typecode: str) -> memoryview:
+    """A memoryview of ``values``' buffer with ``typecode``'s item format (as an array.array's)."""
+    return memoryview(values.view(np.uint8)).cast(typecode)
+
+
 class TraceBuilder:
-    """Append-only columns filled in as the simulation runs (array.array: 8 bytes a cell)."""
+    """Columns filled in as the simulation runs (8 bytes a cell at most).
+
+    The gradient columns are memoryviews over numpy buffers that keep room ahead: ``capacity``
+    rows, of which the first `num_gradients` are the trace (the rest is never read), doubled when
+    full. (An array.array grows by 1/16 of its size at a time and may copy itself each time: a
+    trace of millions of cancelled computations - Rennala and Ringmaster at n = 6,174 restart
+    thousands of workers per round - spent 0.6 s in those copies.) Rows are written in place
+    (``column[gid] = ...``, as cheap as an append) or a block at a time through numpy. The update
+    columns are array.arrays that grow by appends.
+    """
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
-        self.worker = array("i")
-        self.k = array("q")
-        self.local_step = array("i")
-        self.read_version = array("q")  # flattened [n, shards]
-        self.staleness = array("q")
-        self.fate = array("b")
-        # Per gradient, on how many shards its push is settled (applied or dropped): once on all,
-        # every update row that uses it is in the trace. Only the numerics engine reads it, to
-        # know which parameter versions a gradient may still need; it is not part of the schema.
-        self.resolved = array("i")
-        for name in _TIME_COLUMNS:
-            setattr(self, name, array("d"))
+        self.n = 0  # gradient rows
+        self.capacity = 0
+        for name, typecode, _ in _GRADIENT_COLUMNS:
+            setattr(self, name, _column(np.zeros(0, np.dtype(typecode)), typecode))
+        # (resolved: per gradient, on how many shards its push is settled (applied or dropped): once
+        # on all, every update row that uses it is in the trace. Only the numerics engine reads it,
+        # to know which parameter versions a gradient may still need; it is not part of the schema.)
         self.u_shard = array("i")
         self.u_version = array("q")
         self.u_request = array("d")
@@ -79,65 +97,83 @@ class TraceBuilder:
 
     @property
     def num_gradients(self) -> int:
-        return len(self.worker)
+        return self.n
 
     @property
     def num_update_rows(self) -> int:
         return len(self.u_shard)
 
+    def _make_room(self, rows: int) -> None:
+        """Room for ``rows`` more gradients: the capacity doubles (at least) when they do not fit."""
+        need = self.n + rows
+        if need <= self.capacity:
+            return
+        capacity = max(need, 2 * self.capacity, MIN_CAPACITY)
+        for name, typecode, _ in _GRADIENT_COLUMNS:
+            width = self.shards if name == "read_version" else 1
+            grown = np.empty(capacity * width, np.dtype(typecode))  # (pages are committed as rows are written)
+            if self.n:
+                grown[:self.n * width] = np.frombuffer(getattr(self, name), np.dtype(typecode))[:self.n * width]
+            setattr(self, name, _column(grown, typecode))
+        self.capacity = capacity
+
     def new_gradient(self, worker: int, k: int, local_step: int, t_pull: float, t_read: float, versions: list[int]) -> int:
         """A gradient whose worker read ``versions`` (one per shard) at ``t_read``; returns its gid."""
-        gid = len(self.worker)
-        self.worker.append(worker)
-        self.k.append(k)
-        self.local_step.append(local_step)
-        self.read_version.extend(versions)
-        self.staleness.append(-1)
-        self.fate.append(PENDING)
-        self.resolved.append(0)
-        self.t_pull.append(t_pull)
-        self.t_read.append(t_read)
-        self.t_compute_start.append(NAN)
-        self.t_compute_end.append(NAN)
-        self.t_arrive.append(NAN)
-        self.t_lock.append(NAN)
-        self.t_applied.append(NAN)
+        gid = self.n
+        if gid == self.capacity:
+            self._make_room(1)
+        self.n = gid + 1
+        self.worker[gid] = worker
+        self.k[gid] = k
+        self.local_step[gid] = local_step
+        S = self.shards
+        if S == 1:
+            self.read_version[gid] = versions[0]
+        else:
+            self.read_version[gid * S:gid * S + S] = array("q", versions)
+        self.staleness[gid] = -1
+        self.fate[gid] = PENDING
+        self.resolved[gid] = 0
+        self.t_pull[gid] = t_pull
+        self.t_read[gid] = t_read
+        self.t_compute_start[gid] = NAN
+        self.t_compute_end[gid] = NAN
+        self.t_arrive[gid] = NAN
+        self.t_lock[gid] = NAN
+        self.t_applied[gid] = NAN
         return gid
 
     def new_gradients(self, workers: np.ndarray, ks: np.ndarray, t_pull: float, t_read: float, versions: list[int],
                       starts: np.ndarray, ends: np.ndarray) -> int:
         """Many gradients at once, each its worker's one-step push at the same read and computed
         over [starts, ends) (what many `new_gradient` calls and compute stamps would write, in one
-        append per column); returns the first gid (the others follow in order)."""
-        first, n = len(self.worker), len(workers)
-        append = _append
-        append(self.worker, workers)
-        append(self.k, ks)
-        append(self.local_step, np.zeros(n))
-        append(self.read_version, np.tile(np.asarray(versions, np.int64), n))
-        append(self.staleness, np.full(n, -1))
-        append(self.fate, np.full(n, PENDING))
-        append(self.resolved, np.zeros(n))
-        append(self.t_pull, np.full(n, t_pull))
-        append(self.t_read, np.full(n, t_read))
-        append(self.t_compute_start, starts)
-        append(self.t_compute_end, ends)
-        for column in (self.t_arrive, self.t_lock, self.t_applied):
-            append(column, np.full(n, NAN))
-        return first
+        step per column); returns the first gid (the others follow in order)."""
+        return self._add(workers, ks=ks, t_pull=t_pull, t_read=t_read, read_version=np.asarray(versions, np.int64),
+                         t_compute_start=starts, t_compute_end=ends)
 
     def add_gradients(self, workers: np.ndarray, ks: np.ndarray, t_pull: np.ndarray, t_read: np.ndarray,
                       versions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
         """`new_gradients` with a read of its own per gradient (one shard: ``versions`` [n]);
         returns the first gid."""
-        first, n = len(self.worker), len(workers)
-        for column, values in ((self.worker, workers), (self.k, ks), (self.local_step, np.zeros(n)),
-                               (self.read_version, versions), (self.staleness, np.full(n, -1)),
-                               (self.fate, np.full(n, PENDING)), (self.resolved, np.zeros(n)),
-                               (self.t_pull, t_pull), (self.t_read, t_read), (self.t_compute_start, starts),
-                               (self.t_compute_end, ends), (self.t_arrive, np.full(n, NAN)),
-                               (self.t_lock, np.full(n, NAN)), (self.t_applied, np.full(n, NAN))):
-            _append(column, values)
+        return self._add(workers, ks=ks, t_pull=t_pull, t_read=t_read, read_version=versions,
+                         t_compute_start=starts, t_compute_end=ends)
+
+    def _add(self, workers: np.ndarray, ks: np.ndarray, **given: Any) -> int:
+        """Gradient rows for ``workers`` (local iterations ``ks``, local step 0): the ``given``
+        columns (arrays or one value for all; read_version [n] or one row [shards]), the others
+        as a new gradient starts."""
+        n, first = len(workers), self.n
+        self._make_room(n)
+        self.n = first + n
+        rows = slice(first, first + n)
+        given.update(worker=workers, k=ks, local_step=0)
+        for name, typecode, start in _GRADIENT_COLUMNS:
+            values = given[name] if name in given else start
+            view = np.frombuffer(getattr(self, name), np.dtype(typecode))
+            if name == "read_version":
+                view.reshape(-1, self.shards)[rows] = np.reshape(values, (-1, self.shards))
+            else:
+                view[rows] = values
         return first
 
     def record_applies_alone(self, gids: np.ndarray, befores: np.ndarray, times: np.ndarray) -> None:
@@ -245,9 +281,12 @@ class TraceBuilder:
                              ("u_push", trace.u_push), ("u_offsets", trace.member_offsets),
                              ("u_gid", trace.member_gid), ("u_weight", trace.member_weight), *trace.times.items()):
             target = getattr(builder, name)
-            del target[:]
-            target.frombytes(np.ascontiguousarray(column, dtype=np.dtype(target.typecode)).tobytes())
-        builder.resolved = array("i", [trace.shards]) * len(trace.worker)  # a finished trace: all settled
+            if isinstance(target, array):
+                target[:] = array(target.typecode, np.ascontiguousarray(column, dtype=np.dtype(target.typecode)).tobytes())
+            else:
+                setattr(builder, name, _column(np.array(column, dtype=np.dtype(target.format)).reshape(-1), target.format))
+        builder.resolved = _column(np.full(len(trace.worker), trace.shards, np.int32), "i")  # a finished trace: all settled
+        builder.n = builder.capacity = len(trace.worker)
         return builder
 
     def freeze(self, meta: dict[str, Any] | None = None, *, copy: bool = True) -> Trace:
@@ -256,22 +295,23 @@ class TraceBuilder:
         copy would double); the builder can then no longer grow (array.array refuses to resize
         while the trace's views exist), so only the last user of a builder may pass it."""
 
-        def arr(column: array, dtype: Any) -> np.ndarray:
-            if not len(column):
+        n = self.num_gradients
+
+        def arr(column: array | memoryview, dtype: Any, rows: int | None = None) -> np.ndarray:
+            if not len(column) or rows == 0:
                 return np.zeros(0, dtype)
-            view = np.frombuffer(column, dtype=dtype)
+            view = np.frombuffer(column, dtype=dtype)[:rows]  # (rows: a gradient column's filled part)
             return view.copy() if copy else view
 
-        n = self.num_gradients
         return Trace(
             shards=self.shards,
-            worker=arr(self.worker, np.int32),
-            k=arr(self.k, np.int64),
-            local_step=arr(self.local_step, np.int32),
-            read_version=arr(self.read_version, np.int64).reshape(n, self.shards),
-            staleness=arr(self.staleness, np.int64),
-            fate=arr(self.fate, np.int8),
-            times={name: arr(getattr(self, name), np.float64) for name in _TIME_COLUMNS},
+            worker=arr(self.worker, np.int32, n),
+            k=arr(self.k, np.int64, n),
+            local_step=arr(self.local_step, np.int32, n),
+            read_version=arr(self.read_version, np.int64, n * self.shards).reshape(n, self.shards),
+            staleness=arr(self.staleness, np.int64, n),
+            fate=arr(self.fate, np.int8, n),
+            times={name: arr(getattr(self, name), np.float64, n) for name in _TIME_COLUMNS},
             u_shard=arr(self.u_shard, np.int32),
             u_version=arr(self.u_version, np.int64),
             u_request=arr(self.u_request, np.float64),

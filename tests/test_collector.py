@@ -62,3 +62,18 @@ def test_cycles_a_run_makes_are_still_collected() -> None:
         del junk
         gc.collect(0)
         assert ref() is None
+
+
+def test_runs_allocate_on_small_pages_and_restore_the_setting():
+    """`runner.small_pages`: numpy's huge-page advice is off inside a run, as it was after."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    from asgd_sim.runner import small_pages
+
+    before = _set_madvise_hugepage(True)
+    try:
+        with small_pages():
+            assert _set_madvise_hugepage(False) is False  # (returns the setting it replaces)
+        assert _set_madvise_hugepage(True) is True
+    finally:
+        _set_madvise_hugepage(before)

@@ -275,7 +275,7 @@ class RealServer(ShardWrites):
         if self.stopped:
             return
         with self.state_lock:
-            mine = np.flatnonzero(np.frombuffer(self.trace.worker, np.int32) == wid).tolist()
+            mine = np.flatnonzero(np.frombuffer(self.trace.worker, np.int32)[:self.trace.num_gradients] == wid).tolist()
         self.cancel(wid, sorted(set(gids) | set(mine)))
         now = self.clock.now()
         with self.cond:

@@ -130,29 +130,71 @@ class WorkerTable:
         self.k[wids] = ks + 1
         self.busy[wids] += ends - starts
         self.gid[wids] = gids
-        order = np.lexsort((wids, arrives))
-        self.runs.append(Run(arrives[order], wids[order], self.serial[wids[order]], gids[order]))
+        self.runs.append(Run(arrives, wids.copy(), self.serial[wids], gids))
 
 
 class Run:
-    """The arrivals of workers restarted together, sorted by (arrival time, worker); a cursor
-    walks them as they fire, skipping the stopped ones. (Numpy columns: a round's cohort is
-    mostly stopped before it arrives, so its entries are read one at a time, a few per round.)"""
+    """The arrivals of workers restarted together, taken in (arrival time, worker) order; a cursor
+    walks them as they fire, skipping the stopped ones.
 
-    __slots__ = ("arrive", "wid", "serial", "gid", "cursor")
+    Sorted lazily: a round's cohort is mostly stopped before it arrives (Rennala takes its first
+    few arrivals, Ringmaster its fastest workers), so the columns are put in order a chunk at a
+    time, the earliest first (`numpy.argpartition`, then a sort of the chunk), the chunk doubling
+    each time the cursor reaches its end. A chunk takes every arrival tied with its last one, so
+    that ties stay in worker order across chunks.
+    """
+
+    __slots__ = ("arrive", "wid", "serial", "gid", "cursor", "ordered", "chunk")
+
+    FIRST_CHUNK = 32
 
     def __init__(self, arrive: np.ndarray, wid: np.ndarray, serial: np.ndarray, gid: np.ndarray) -> None:
         self.arrive, self.wid, self.serial, self.gid = arrive, wid, serial, gid
         self.cursor = 0
+        self.ordered = 0  # entries [0, ordered) are in their final order
+        self.chunk = self.FIRST_CHUNK
+
+    def _order_more(self) -> None:
+        """Put the next chunk of the earliest arrivals in order, after the ordered ones."""
+        lo, n = self.ordered, len(self.wid)
+        rest = self.arrive[lo:]
+        if self.chunk < n - lo:
+            cut = rest[np.argpartition(rest, self.chunk - 1)[self.chunk - 1]]
+            pick = np.flatnonzero(rest <= cut)  # (every arrival tied with the chunk's last)
+        else:
+            pick = np.arange(n - lo)
+        pick = pick[np.lexsort((self.wid[lo:][pick], rest[pick]))]
+        others = np.ones(n - lo, bool)
+        others[pick] = False
+        order = lo + np.concatenate([pick, np.flatnonzero(others)])
+        for name in ("arrive", "wid", "serial", "gid"):
+            column = getattr(self, name)
+            column[lo:] = column[order]
+        self.ordered = lo + len(pick)
+        self.chunk *= 2
 
     def head(self, serial: np.ndarray) -> tuple[float, int] | None:
         """The earliest live entry, or None once the run is spent."""
-        i, n = self.cursor, len(self.wid)
-        if i < n and self.serial[i] != serial[self.wid[i]]:  # stopped: skip every stale entry at once
-            live = np.flatnonzero(self.serial[i:] == serial[self.wid[i:]])
-            i = i + int(live[0]) if live.size else n
-            self.cursor = i
-        return (float(self.arrive[i]), int(self.wid[i])) if i < n else None
+        while True:
+            i = self.cursor
+            if i == len(self.wid):
+                return None
+            if self.serial[i] != serial[self.wid[i]]:  # stopped: drop every stale entry at once
+                self._drop_stale(serial)
+            elif i < self.ordered:
+                return float(self.arrive[i]), int(self.wid[i])
+            else:
+                self._order_more()
+
+    def _drop_stale(self, serial: np.ndarray) -> None:
+        """Keep only the live entries not yet taken (in their order; a stopped worker's entry never
+        comes back to life), so that ordering spends nothing on the stopped."""
+        i = self.cursor
+        live = self.serial[i:] == serial[self.wid[i:]]
+        for name in ("arrive", "wid", "serial", "gid"):
+            setattr(self, name, getattr(self, name)[i:][live])
+        self.ordered = int(np.count_nonzero(live[:max(0, self.ordered - i)]))
+        self.cursor = 0
 
     def pop(self) -> list[int]:
         i = self.cursor
