@@ -65,3 +65,52 @@ def test_a_bank_gives_each_streams_sequence_through_refills_and_rewinds():
                 got[row].append(value)
     for row in range(n):
         assert got[row] == expected[row].tolist()
+
+
+def test_streams_are_kept_across_runs_with_the_same_values(monkeypatch):
+    """A second sampler of a stream reads the blocks the first drew (no generator built) and
+    goes on drawing from where the stream stands: the stream's own sequence either way."""
+    from asgd_sim.timing import streams, workers
+
+    memo = streams.StreamMemo()
+    monkeypatch.setattr(workers, "MEMO", memo)
+    built = []
+    monkeypatch.setattr(workers, "stream", lambda *key: built.append(key) or stream(*key))
+    dist = parse_distribution({"dist": "lognormal", "mean": 1.0, "cv": 0.4}, "compute")
+    expected = dist.sample(stream(4, 0, 2), FIRST_BLOCK + 3 * BLOCK).tolist()
+    first = Sampler(dist, (4, 0, 2))
+    assert [first() for _ in range(FIRST_BLOCK + BLOCK + 1)] == expected[:FIRST_BLOCK + BLOCK + 1]
+    assert built == [(4, 0, 2)]
+    second = Sampler(dist, (4, 0, 2))
+    assert [second() for _ in range(len(expected))] == expected  # (two blocks read, two drawn)
+    assert built == [(4, 0, 2)]
+    other = Sampler(parse_distribution({"dist": "exponential", "mean": 1.0}, "compute"), (4, 0, 2))
+    other()  # (another distribution on the same stream is another prefix)
+    assert built == [(4, 0, 2), (4, 0, 2)]
+
+
+def test_a_memo_over_its_budget_forgets_the_oldest_streams(monkeypatch):
+    from asgd_sim.timing import streams, workers
+
+    memo = streams.StreamMemo(budget=3 * FIRST_BLOCK * 8)  # three first blocks
+    monkeypatch.setattr(workers, "MEMO", memo)
+    dist = parse_distribution({"dist": "exponential", "mean": 1.0}, "compute")
+    for index in range(5):
+        Sampler(dist, (1, 0, index))()
+    assert [key[0][2] for key in memo.prefixes] == [2, 3, 4]
+    assert memo.nbytes == 3 * FIRST_BLOCK * 8
+    again = Sampler(dist, (1, 0, 0))
+    assert [again() for _ in range(FIRST_BLOCK + 2)] == dist.sample(stream(1, 0, 0), FIRST_BLOCK + 2).tolist()
+
+
+def test_a_run_gives_the_same_trace_with_its_streams_kept_or_not():
+    from asgd_sim.runner import run_timing
+    from asgd_sim.scenario.files import load_scenario
+    from asgd_sim.timing.streams import MEMO
+
+    sc = load_scenario("scenarios/papers/ringmaster_quadratic.toml", ["workers[0].count=300", "run.until_time=100"])
+    MEMO.clear()
+    fresh = run_timing(sc).trace
+    assert MEMO.prefixes  # (kept for the next run)
+    kept = run_timing(sc).trace
+    assert fresh.num_gradients > 1000 and fresh.equals(kept)

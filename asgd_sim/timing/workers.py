@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import simpy
 
 from ..scenario.config import Pipeline, Scenario, Slowdown
 from ..scenario.distributions import Distribution
+from .streams import MEMO, StreamPrefix
 
 __all__ = ["Sampler", "SamplerBank", "SlowdownProfile", "WorkerState", "stream", "pipeline_step_time", "build_workers"]
 
@@ -34,21 +36,23 @@ class Sampler:
     however they are split into calls (tests/test_samplers.py), and thousands of workers that each
     draw a few values need not draw 1,024 each.
 
-    ``rng`` is a generator, or the (seed, kind, index) of its stream, created at the first draw: a
-    constant never draws, and thousands of workers need not build thousands of generators up front.
-    A sampler that joins a `SamplerBank` keeps its block in the bank's table from then on.
+    ``rng`` is a generator, or the (seed, kind, index) of its stream: then its blocks come from
+    `streams.MEMO` (drawn by an earlier run with the same seed, or drawn now and kept), the
+    stream built at its first new block; a constant never draws. A sampler that joins a
+    `SamplerBank` keeps its block in the bank's table from then on.
     """
 
-    __slots__ = ("dist", "rng", "const", "buffer", "index", "bank", "row")
+    __slots__ = ("dist", "rng", "const", "buffer", "index", "bank", "row", "taken")
 
     def __init__(self, dist: Distribution, rng: np.random.Generator | tuple[int, int, int]) -> None:
         self.dist = dist
-        self.rng = rng
+        self.rng: np.random.Generator | tuple[int, int, int] | StreamPrefix = rng
         self.const: float | None = dist.mean if dist.is_constant else None
         self.buffer: list[float] = []
         self.index = 0
         self.bank: SamplerBank | None = None
         self.row = 0
+        self.taken = 0  # blocks taken from its stream's prefix
 
     def __call__(self) -> float:
         if self.const is not None:
@@ -77,12 +81,15 @@ class Sampler:
         if self.const is None:
             self.index += n
 
-    def block(self, size: int = 0) -> np.ndarray:
-        """The next ``size`` draws from the stream (default: a block; the first one is shorter)."""
+    def block(self) -> np.ndarray:
+        """The next block of draws from the stream (the first one shorter; read-only)."""
         if isinstance(self.rng, tuple):
-            self.rng = stream(*self.rng)
-            size = size or FIRST_BLOCK
-        return self.dist.sample(self.rng, size or BLOCK)
+            self.rng = MEMO.prefix(self.rng, partial(stream, *self.rng), self.dist)
+        if isinstance(self.rng, StreamPrefix):
+            block = self.rng.block(self.taken, FIRST_BLOCK if self.taken == 0 else BLOCK)
+            self.taken += 1
+            return block
+        return self.dist.sample(self.rng, BLOCK)
 
 
 BLOCK = 1024  # draws per sampler block
