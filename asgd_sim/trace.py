@@ -68,7 +68,7 @@ class TraceBuilder:
     """Columns filled in as the simulation runs (8 bytes a cell at most).
 
     The gradient columns are memoryviews over numpy buffers that keep room ahead: ``capacity``
-    rows, of which the first `num_gradients` are the trace (the rest is never read), doubled when
+    rows, of which the first `num_gradients` are the trace (the rest is never read), quadrupled when
     full. (An array.array grows by 1/16 of its size at a time and may copy itself each time: a
     trace of millions of cancelled computations - Rennala and Ringmaster at n = 6,174 restart
     thousands of workers per round - spent 0.6 s in those copies.) Rows are written in place
@@ -104,11 +104,12 @@ class TraceBuilder:
         return len(self.u_shard)
 
     def _make_room(self, rows: int) -> None:
-        """Room for ``rows`` more gradients: the capacity doubles (at least) when they do not fit."""
+        """Room for ``rows`` more gradients: the capacity quadruples (at least) when they do not fit."""
         need = self.n + rows
         if need <= self.capacity:
             return
-        capacity = max(need, 2 * self.capacity, MIN_CAPACITY)
+        # (x4: rows not written yet commit no memory, so room ahead is nearly free and copies few)
+        capacity = max(need, 4 * self.capacity, MIN_CAPACITY)
         for name, typecode, _ in _GRADIENT_COLUMNS:
             width = self.shards if name == "read_version" else 1
             grown = np.empty(capacity * width, np.dtype(typecode))  # (pages are committed as rows are written)
