@@ -27,8 +27,8 @@ demo: $(CORE)
 # module fixtures run once), then alone the real runs (marked real_time: their assertions read
 # wall-clock times, which a test running beside them would stretch).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not real_time"
-	$(BIN)/python -m pytest -q -m real_time
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not real_time" --durations=10
+	$(BIN)/python -m pytest -q -m real_time --durations=10
 
 # Everything but the tests marked slow (@pytest.mark.slow: more than ~10 s each).
 test-fast: $(STAMP)
