@@ -41,14 +41,14 @@ def test_draws_do_not_depend_on_how_they_are_split(spec):
 
 def test_a_sampler_gives_its_streams_sequence():
     dist = parse_distribution({"dist": "gamma", "mean": 1.0, "cv": 0.7}, "compute")
-    expected = dist.sample(stream(3, 0, 11), 2 * BLOCK + 5)
+    expected = dist.sample(stream(3, 0, 11), 3 * BLOCK + 5)
     sampler = Sampler(dist, (3, 0, 11))
     assert [sampler() for _ in range(len(expected))] == expected.tolist()
 
 
 def test_a_bank_gives_each_streams_sequence_through_refills_and_rewinds():
     dist = parse_distribution({"dist": "exponential", "mean": 1.0}, "compute")
-    n, draws = 5, FIRST_BLOCK + BLOCK + 40
+    n, draws = 5, FIRST_BLOCK + BLOCK // 2 + BLOCK + 40
     expected = [dist.sample(stream(9, 0, i), draws) for i in range(n)]
     bank = SamplerBank([Sampler(dist, (9, 0, i)) for i in range(n)])
     got: list[list[float]] = [[] for _ in range(n)]
@@ -79,10 +79,10 @@ def test_streams_are_kept_across_runs_with_the_same_values(monkeypatch):
     dist = parse_distribution({"dist": "lognormal", "mean": 1.0, "cv": 0.4}, "compute")
     expected = dist.sample(stream(4, 0, 2), FIRST_BLOCK + 3 * BLOCK).tolist()
     first = Sampler(dist, (4, 0, 2))
-    assert [first() for _ in range(FIRST_BLOCK + BLOCK + 1)] == expected[:FIRST_BLOCK + BLOCK + 1]
+    assert [first() for _ in range(FIRST_BLOCK + BLOCK // 2 + 1)] == expected[:FIRST_BLOCK + BLOCK // 2 + 1]
     assert built == [(4, 0, 2)]
     second = Sampler(dist, (4, 0, 2))
-    assert [second() for _ in range(len(expected))] == expected  # (two blocks read, two drawn)
+    assert [second() for _ in range(len(expected))] == expected  # (three blocks read, two drawn)
     assert built == [(4, 0, 2)]
     other = Sampler(parse_distribution({"dist": "exponential", "mean": 1.0}, "compute"), (4, 0, 2))
     other()  # (another distribution on the same stream is another prefix)

@@ -31,8 +31,8 @@ def stream(seed: int, kind: int, index: int) -> np.random.Generator:
 
 
 class Sampler:
-    """Draws from a distribution in blocks of 1024 (the first of 64): one numpy call instead of one
-    per draw. The block sizes never change the values: every distribution's draws are the same
+    """Draws from a distribution in blocks of 1024 (the first two of 64 and 512, `block_size`): one
+    numpy call instead of one per draw. The block sizes never change the values: every distribution's draws are the same
     however they are split into calls (tests/test_samplers.py), and thousands of workers that each
     draw a few values need not draw 1,024 each.
 
@@ -86,14 +86,20 @@ class Sampler:
         if isinstance(self.rng, tuple):
             self.rng = MEMO.prefix(self.rng, partial(stream, *self.rng), self.dist)
         if isinstance(self.rng, StreamPrefix):
-            block = self.rng.block(self.taken, FIRST_BLOCK if self.taken == 0 else BLOCK)
+            block = self.rng.block(self.taken, block_size(self.taken))
             self.taken += 1
             return block
         return self.dist.sample(self.rng, BLOCK)
 
 
 BLOCK = 1024  # draws per sampler block
-FIRST_BLOCK = 64  # draws in a sampler's first block
+FIRST_BLOCK = 64  # draws in a stream's first block (then 512, then BLOCK each)
+
+
+def block_size(index: int) -> int:
+    """Draws in a stream's block ``index``: a worker that draws a few values (a short run, a slow
+    worker) draws 64; one restarted every round of a long run (Rennala: ~460 draws) 576."""
+    return FIRST_BLOCK if index == 0 else BLOCK // 2 if index == 1 else BLOCK
 
 
 class SamplerBank:
