@@ -22,6 +22,7 @@ Update columns
 
 from __future__ import annotations
 
+import mmap
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,22 @@ _GRADIENT_COLUMNS = (("worker", "i", None), ("k", "q", None), ("local_step", "i"
                      ("t_read", "d", None), ("t_compute_start", "d", NAN), ("t_compute_end", "d", NAN),
                      ("t_arrive", "d", NAN), ("t_lock", "d", NAN), ("t_applied", "d", NAN))
 MIN_CAPACITY = 1024  # gradient rows the columns first make room for
+
+
+LARGE = 4 * 2**20  # bytes from which numpy asks for transparent huge pages (and `_empty` maps memory itself)
+
+
+def _empty(count: int, dtype: Any) -> np.ndarray:
+    """An uninitialised array; a large one on an anonymous mapping of its own: its pages are
+    committed as they are written, and they are ordinary pages. (numpy advises huge pages from
+    4 MB, and a kernel that compacts memory to find them on a page fault - THP ``defrag =
+    madvise``, the usual default - stalled: 460 Rennala rounds at n = 6,174 took 1.9 s instead of
+    1.4 s with the trace on such arrays; see also `runner.small_pages`.)"""
+    dtype = np.dtype(dtype)
+    nbytes = count * dtype.itemsize
+    if nbytes < LARGE:
+        return np.empty(count, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype)
 
 
 def _column(values: np.ndarray, typecode: str) -> memoryview:
@@ -112,7 +129,7 @@ class TraceBuilder:
         capacity = max(need, 4 * self.capacity, MIN_CAPACITY)
         for name, typecode, _ in _GRADIENT_COLUMNS:
             width = self.shards if name == "read_version" else 1
-            grown = np.empty(capacity * width, np.dtype(typecode))  # (pages are committed as rows are written)
+            grown = _empty(capacity * width, typecode)  # (pages are committed as rows are written)
             if self.n:
                 grown[:self.n * width] = np.frombuffer(getattr(self, name), np.dtype(typecode))[:self.n * width]
             setattr(self, name, _column(grown, typecode))
@@ -302,7 +319,11 @@ class TraceBuilder:
             if not len(column) or rows == 0:
                 return np.zeros(0, dtype)
             view = np.frombuffer(column, dtype=dtype)[:rows]  # (rows: a gradient column's filled part)
-            return view.copy() if copy else view
+            if not copy:
+                return view
+            out = _empty(len(view), dtype)
+            out[:] = view
+            return out
 
         return Trace(
             shards=self.shards,
