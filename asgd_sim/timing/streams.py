@@ -63,6 +63,10 @@ class StreamMemo:
     def prefix(self, key: Any, make: Callable[[], np.random.Generator], dist: Any) -> StreamPrefix:
         """The prefix of stream ``key`` drawing from ``dist`` (a new one, remembered, if unknown)."""
         key = (key, dist)
+        try:
+            hash(key)
+        except TypeError:  # (a distribution that cannot be a key: drawn afresh, not kept)
+            return StreamPrefix(make, dist, None, key)
         with self.lock:
             found = self.prefixes.get(key)
             if found is not None:
